@@ -1,0 +1,22 @@
+"""neurodyn: learning in continuous-time neural networks on diffrax.
+
+A network is a vector field `dr/dt = F(r, w, x)`. Four gradient estimators (RBP, EP, RTRL,
+BPTT) are interchangeable behind `nd.value_and_grad`.
+"""
+
+import importlib.metadata
+
+from . import activations as activations, losses as losses, networks as networks
+from ._dynamics import relax as relax, rollout as rollout
+from ._objectives import (
+    AbstractObjective as AbstractObjective,
+    SteadyState as SteadyState,
+    Trajectory as Trajectory,
+)
+from ._options import IntegrationOptions as IntegrationOptions
+from ._outcome import RESULTS as RESULTS
+from ._value_and_grad import value_and_grad as value_and_grad
+from .estimators import AbstractEstimator as AbstractEstimator, BPTT as BPTT
+
+
+__version__ = importlib.metadata.version("neurodyn")

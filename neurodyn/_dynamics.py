@@ -1,0 +1,331 @@
+"""Forward dynamics on diffrax: relaxation to a steady state and trajectory rollouts.
+
+Both drive a diffrax solver's `step` directly inside `lax`/equinox loops with fixed steps,
+rather than through `diffeqsolve`: on these problems the adaptive machinery costs far more
+than the vector field (ANCHORS.md: 30-50x off the device on a GPU), and a fixed-step loop
+is what BPTT and RTRL differentiate exactly.
+"""
+
+import math
+from typing import Literal
+
+import diffrax
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ._misc import rms_norm, tree_dtype
+from ._options import IntegrationOptions, check_option_names, steady_state_options, trajectory_options
+from ._outcome import RESULTS
+from .networks import AbstractNetwork
+
+
+def _vector_field(t, r, args):
+    net, x = args
+    return net(t, r, x)
+
+
+_TERM = diffrax.ODETerm(_vector_field)
+
+
+def solver_step(solver, net, r, x, t0, dt, solver_state, made_jump):
+    """One step of `solver` on `dr/dt = F(r, w, x)` from `t0` to `t0 + dt`."""
+    r1, _, _, solver_state, _ = solver.step(
+        _TERM, t0, t0 + dt, r, (net, x), solver_state, made_jump
+    )
+    return r1, solver_state
+
+
+def solver_init(solver, net, r, x, t0, dt):
+    return solver.init(_TERM, t0, t0 + dt, r, (net, x))
+
+
+# ----------------------------------------------------------------------------------------
+# Relaxation to a steady state
+# ----------------------------------------------------------------------------------------
+
+
+def relax_loop(
+    net: AbstractNetwork,
+    x: Float[Array, " n_in"],
+    r0: Float[Array, " n"],
+    opts: IntegrationOptions,
+    *,
+    kind: Literal["lax", "checkpointed", "bounded"] = "lax",
+    checkpoints: int | None = None,
+    forcing=None,
+):
+    """Integrates until `rms(F(r)) < atol + rtol rms(r)` or `max_steps`.
+
+    `forcing`, if given, is a function `r -> extra drift` added to `F` (EP's nudging).
+    `kind` is the equinox while-loop kind: `"lax"` (no reverse mode, fastest) or
+    `"checkpointed"` (reverse mode, for BPTT through the relaxation).
+    """
+    solver, dt = opts.solver, opts.dt0
+    if forcing is not None:
+        net = _Nudged(net, forcing)
+    state0 = solver_init(solver, net, r0, x, 0.0, dt)
+    # A finite start value: an infinite or NaN residual then always means divergence.
+    big = jnp.asarray(jnp.finfo(r0.dtype).max, dtype=r0.dtype)
+
+    def tol(r):
+        return opts.atol + opts.rtol * rms_norm(r)
+
+    def cond(carry):
+        r, _, step, res = carry
+        return (step < opts.max_steps) & ~(res < tol(r)) & jnp.isfinite(res)
+
+    def body(carry):
+        r, s, step, _ = carry
+        t = step.astype(r.dtype) * dt
+        r1, s1 = solver_step(solver, net, r, x, t, dt, s, False)
+        res = rms_norm(r1 - r) / dt
+        return r1, s1, step + 1, res
+
+    init = (r0, state0, jnp.asarray(0), big)
+    r, _, steps, res = eqxi.while_loop(
+        cond, body, init, max_steps=opts.max_steps, kind=kind, checkpoints=checkpoints
+    )
+    residual = rms_norm(_vector_field(steps.astype(r.dtype) * dt, r, (net, x)))
+    finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual)
+    converged = finite & (res < tol(r))
+    result = RESULTS.where(
+        converged,
+        RESULTS.successful,
+        RESULTS.where(finite, RESULTS.max_steps_reached, RESULTS.nonfinite),
+    )
+    info = dict(result=result, converged=converged, steps=steps, residual=residual)
+    return r, info
+
+
+class _Nudged(AbstractNetwork):
+    # Wraps a network with an extra drift (EP's `beta dl/dr`); never exported.
+    net: AbstractNetwork
+    forcing: object
+
+    @property
+    def n_state(self):
+        return self.net.n_state
+
+    @property
+    def n_in(self):
+        return self.net.n_in
+
+    @property
+    def n_out(self):
+        return self.net.n_out
+
+    def __call__(self, t, r, x):
+        return self.net(t, r, x) + self.forcing(r)
+
+    def init_state(self, x):
+        return self.net.init_state(x)
+
+    def readout(self, r):
+        return self.net.readout(r)
+
+
+# ----------------------------------------------------------------------------------------
+# Trajectories
+# ----------------------------------------------------------------------------------------
+
+
+class TimeGrid(eqx.Module):
+    """The fixed-step grid of a rollout: interval k is `(ts[k-1], ts[k]]` (with
+    `ts[-1] = 0`), integrated in `n_sub` equal steps of `dts[k] <= dt0` with `x[k]` held."""
+
+    t0s: Float[Array, " T"]
+    dts: Float[Array, " T"]
+    n_sub: int = eqx.field(static=True)
+
+
+def concrete_times(ts: ArrayLike, what: str = "ts") -> tuple[float, ...]:
+    """`ts` as a tuple of Python floats, checked: positive and strictly increasing."""
+    if isinstance(ts, jax.core.Tracer):
+        raise ValueError(
+            f"`{what}` must be concrete (a NumPy array, list or non-traced JAX array): the "
+            "number of fixed solver steps is decided at trace time. Build the Trajectory "
+            "objective outside `jax.jit`, or close over `ts` instead of passing it traced."
+        )
+    arr = np.asarray(ts, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"`{what}` must be a non-empty 1-D array of times, got shape {arr.shape}.")
+    gaps = np.diff(np.concatenate([[0.0], arr]))
+    if not np.all(gaps > 0):
+        raise ValueError(
+            f"`{what}` must be strictly increasing and start after t = 0 (integration starts "
+            f"at 0 and x[k] is held on (ts[k-1], ts[k]]), got {arr.tolist()[:8]}..."
+        )
+    return tuple(float(t) for t in arr)
+
+
+def time_grid(ts: tuple[float, ...], dt0: float, max_steps: int, dtype) -> TimeGrid:
+    arr = np.asarray(ts)
+    starts = np.concatenate([[0.0], arr[:-1]])
+    gaps = arr - starts
+    n_sub = max(1, math.ceil(float(np.max(gaps)) / dt0 - 1e-9))
+    if n_sub * len(ts) > max_steps:
+        raise ValueError(
+            f"The rollout needs {n_sub * len(ts)} steps ({len(ts)} intervals x {n_sub} steps of "
+            f"at most dt0={dt0}), more than max_steps={max_steps}. Raise `max_steps` or `dt0`."
+        )
+    return TimeGrid(
+        jnp.asarray(starts, dtype=dtype), jnp.asarray(gaps / n_sub, dtype=dtype), n_sub
+    )
+
+
+def integrate_interval(solver, net, r, x, t0, dt, n_sub: int):
+    """Integrates one interval of `n_sub` fixed steps of size `dt` with the input held at `x`."""
+    state = solver_init(solver, net, r, x, t0, dt)
+
+    def step(carry, j):
+        r, s = carry
+        r1, s1 = solver_step(solver, net, r, x, t0 + j * dt, dt, s, False)
+        return (r1, s1), None
+
+    if n_sub == 1:
+        (r, _), _ = step((r, state), jnp.zeros((), r.dtype))
+        return r
+    (r, _), _ = jax.lax.scan(step, (r, state), jnp.arange(n_sub, dtype=r.dtype))
+    return r
+
+
+def rollout_loop(
+    net: AbstractNetwork,
+    xs: Float[Array, "T n_in"],
+    grid: TimeGrid,
+    r0: Float[Array, " n"],
+    solver: diffrax.AbstractSolver,
+    *,
+    checkpoints: int | None = None,
+):
+    """The states at the end of each interval, `(T, n)`, and an `info` dict.
+
+    `checkpoints=None` stores every interval's state for reverse mode (fastest);
+    an integer uses that many checkpoints and recomputes the rest (less memory)."""
+
+    def body(r, inp):
+        x, t0, dt = inp
+        r1 = integrate_interval(solver, net, r, x, t0, dt, grid.n_sub)
+        return r1, r1
+
+    inputs = (xs, grid.t0s, grid.dts)
+    if checkpoints is None:
+        _, rs = jax.lax.scan(body, r0, inputs)
+    else:
+        _, rs = eqxi.scan(body, r0, inputs, kind="checkpointed", checkpoints=checkpoints)
+    finite = jnp.all(jnp.isfinite(rs))
+    info = dict(
+        result=RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite),
+        converged=finite,
+        steps=jnp.asarray(grid.n_sub * xs.shape[0]),
+    )
+    return rs, info
+
+
+# ----------------------------------------------------------------------------------------
+# Public entry points
+# ----------------------------------------------------------------------------------------
+
+
+def check_input(net: AbstractNetwork, x, *, sequence: bool, what: str = "x") -> Array:
+    """Casts `x` to the network's dtype and checks its shape; raises a clear ValueError."""
+    if not isinstance(net, AbstractNetwork):
+        raise ValueError(
+            f"expected a neurodyn network (an `nd.networks.AbstractNetwork`), got {type(net).__name__}."
+        )
+    x = jnp.asarray(x)
+    want = "(T, n_in)" if sequence else "(n_in,)"
+    ok = x.ndim == (2 if sequence else 1) and x.shape[-1] == net.n_in
+    if not ok:
+        hint = ""
+        if x.ndim == (3 if sequence else 2):
+            hint = " It looks batched: neurodyn functions act on one example; use jax.vmap over the batch."
+        raise ValueError(
+            f"{what} has shape {x.shape} but {type(net).__name__} with n_in={net.n_in} expects "
+            f"{want}={'(T, ' if sequence else '('}{net.n_in}{')' if sequence else ',)'}.{hint}"
+        )
+    return x.astype(tree_dtype(net))
+
+
+def _initial_state(net, x, r0):
+    if r0 is None:
+        return net.init_state(x)
+    r0 = jnp.asarray(r0, dtype=tree_dtype(net))
+    if r0.shape != (net.n_state,):
+        raise ValueError(f"r0 has shape {r0.shape} but the network's state has shape ({net.n_state},).")
+    return r0
+
+
+@eqx.filter_jit
+def _relax_jit(net, x, r0, opts):
+    return relax_loop(net, x, r0, opts)
+
+
+def relax(net: AbstractNetwork, x, *, r0=None, **options):
+    """Runs the network to its steady state `F(r*, w, x) = 0` for one input `x`.
+
+    **Arguments:**
+
+    - `net`: a network.
+    - `x`: one input, shape `(n_in,)`. Batch with `jax.vmap`.
+    - `r0`: the initial state (default `net.init_state(x)`); pass a previous `r*` to warm start.
+    - `solver`, `dt0`, `rtol`, `atol`, `max_steps`: integration options. It stops when
+      `rms(F(r)) < atol + rtol rms(r)`.
+
+    **Returns:**
+
+    `(r_star, info)` where `info` has `converged` (bool), `steps`, `residual`
+    (`rms(F(r*))`) and `result` (an `nd.RESULTS`). Non-convergence is reported there, not raised.
+    """
+    check_option_names(options)
+    x = check_input(net, x, sequence=False)
+    opts = steady_state_options(tree_dtype(net), **options)
+    return _relax_jit(net, x, _initial_state(net, x, r0), opts)
+
+
+@eqx.filter_jit
+def _rollout_jit(net, xs, r0, grid, solver, output):
+    rs, info = rollout_loop(net, xs, grid, r0, solver)
+    if output == "readout":
+        rs = jax.vmap(net.readout)(rs)
+    return rs, info
+
+
+def rollout(net: AbstractNetwork, xs, ts, *, r0=None, output: str = "readout", **options):
+    """Integrates a trajectory from `t = 0` with the input `xs[k]` held on `(ts[k-1], ts[k]]`.
+
+    **Arguments:**
+
+    - `net`: a network.
+    - `xs`: inputs, shape `(T, n_in)`.
+    - `ts`: the `T` save times, positive and increasing (concrete, not traced).
+    - `r0`: initial state (default `net.init_state(xs[0])`).
+    - `output`: `"readout"` (default) or `"state"`.
+    - `solver`, `dt0`, `max_steps`: each interval takes `ceil(max_gap / dt0)` equal fixed
+      steps. With `solver=diffrax.Euler(), dt0=1.0` and `ts = 1..T` this is exactly the
+      discrete-time network `r(t) = f(W r(t-1) + U x(t) + b)`.
+
+    **Returns:**
+
+    `(ys, info)`: `ys` is `(T, n_out)` readouts (or `(T, n)` states) at `ts`.
+    """
+    check_option_names(options)
+    if output not in ("readout", "state"):
+        raise ValueError(f"output must be 'readout' or 'state', got {output!r}.")
+    xs = check_input(net, xs, sequence=True, what="xs")
+    ts = concrete_times(ts)
+    if len(ts) != xs.shape[0]:
+        raise ValueError(f"xs has {xs.shape[0]} rows but ts has {len(ts)} times; they must match.")
+    dtype = tree_dtype(net)
+    opts = trajectory_options(dtype, **options)
+    grid = time_grid(ts, opts.dt0, opts.max_steps, dtype)
+    return _rollout_jit(net, xs, _initial_state(net, xs[0], r0), grid, opts.solver, output)
+
+
+def tree_where(pred, a, b):
+    return jtu.tree_map(lambda u, v: jnp.where(pred, u, v), a, b)

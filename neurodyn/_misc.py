@@ -1,0 +1,27 @@
+import jax.numpy as jnp
+
+from ._custom_types import Array
+
+
+def rms_norm(x: Array) -> Array:
+    """Root-mean-square norm, the norm of every convergence test in neurodyn.
+
+    Safe at zero (its gradient there is zero, not NaN)."""
+    sq = jnp.mean(jnp.square(x))
+    safe = jnp.where(sq > 0, sq, 1)
+    return jnp.where(sq > 0, jnp.sqrt(safe), 0)
+
+
+def default_floating_dtype():
+    return jnp.zeros(()).dtype if jnp.zeros(()).dtype.kind == "f" else jnp.float32
+
+
+def tree_dtype(tree):
+    """The floating dtype of the first inexact leaf of ``tree``."""
+    import equinox as eqx
+    import jax.tree_util as jtu
+
+    leaves = jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
+    if not leaves:
+        return jnp.result_type(float)
+    return leaves[0].dtype

@@ -1,0 +1,123 @@
+"""What is differentiated: a loss at the steady state, or along a trajectory."""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from . import losses as _losses
+from ._dynamics import check_input, concrete_times
+from ._misc import tree_dtype
+from ._options import IntegrationOptions, steady_state_options, trajectory_options
+
+
+class AbstractObjective(eqx.Module):
+    """A scalar objective of a network's dynamics for one example `(x, y)`."""
+
+    loss: eqx.AbstractVar[Callable]
+
+    @abc.abstractmethod
+    def check_data(self, net, x, y) -> tuple[Array, Array]:
+        """Checks and casts one example; raises ValueError naming the shapes."""
+
+    @abc.abstractmethod
+    def options(self, dtype, **given) -> IntegrationOptions:
+        """The integration options, with this objective's defaults for the unset ones."""
+
+
+def _check_target(net, y, loss, lead: tuple[int, ...], what: str) -> Array:
+    y = jnp.asarray(y)
+    if jnp.issubdtype(y.dtype, jnp.integer) and _losses.takes_class_index(loss):
+        if y.shape != lead:
+            raise ValueError(f"{what} holds class indices with shape {y.shape}; expected {lead}.")
+        return y
+    want = lead + (net.n_out,)
+    if y.shape != want:
+        raise ValueError(
+            f"{what} has shape {y.shape} but the readout of {type(net).__name__} gives "
+            f"{want} (n_out={net.n_out}); the target must match the readout."
+        )
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(
+            f"{what} is an integer array but the loss {getattr(loss, '__name__', loss)} needs "
+            "float targets; one-hot encode it (jax.nn.one_hot) or use "
+            "nd.losses.softmax_cross_entropy for class indices."
+        )
+    return y.astype(tree_dtype(net))
+
+
+class SteadyState(AbstractObjective):
+    """`l(readout(r*), y)` at the steady state `F(r*, w, x) = 0`.
+
+    **Arguments:**
+
+    - `loss`: a function `(prediction, target) -> scalar`, e.g. `nd.losses.squared_error`.
+    """
+
+    loss: Callable = _losses.squared_error
+
+    def check_data(self, net, x, y):
+        x = check_input(net, x, sequence=False)
+        return x, _check_target(net, y, self.loss, (), "y")
+
+    def options(self, dtype, **given):
+        return steady_state_options(dtype, **given)
+
+    def value(self, net, r: Float[Array, " n"], y) -> Float[Array, ""]:
+        """The loss at state `r`."""
+        return self.loss(net.readout(r), y)
+
+
+class Trajectory(AbstractObjective):
+    """`sum_k alpha_k l(readout(r(t_k)), y_k)` along a trajectory from `t = 0`.
+
+    The input `x[k]` is held on `(ts[k-1], ts[k]]`; `y[k]` is compared with `readout(r(ts[k]))`.
+
+    **Arguments:**
+
+    - `loss`: a function `(prediction, target) -> scalar`.
+    - `ts`: the `T` times, positive and increasing, concrete (not traced).
+    - `weights`: `alpha_k`, shape `(T,)`; default all ones. Zero weights skip a time.
+    """
+
+    loss: Callable
+    ts: tuple[float, ...] = eqx.field(static=True)
+    weights: Float[Array, " T"] | None
+
+    def __init__(self, loss: Callable = _losses.squared_error, ts: ArrayLike = (1.0,), weights=None):
+        self.loss = loss
+        self.ts = concrete_times(ts)
+        if weights is not None:
+            weights = jnp.asarray(weights)
+            if weights.shape != (len(self.ts),):
+                raise ValueError(
+                    f"Trajectory weights have shape {weights.shape}; expected ({len(self.ts)},), one per time in ts."
+                )
+        self.weights = weights
+
+    def check_data(self, net, x, y):
+        x = check_input(net, x, sequence=True)
+        T = len(self.ts)
+        if x.shape[0] != T:
+            raise ValueError(f"x has {x.shape[0]} rows but the objective has {T} times in ts.")
+        return x, _check_target(net, y, self.loss, (T,), "y")
+
+    def options(self, dtype, **given):
+        return trajectory_options(dtype, **given)
+
+    def alphas(self, dtype) -> Float[Array, " T"]:
+        if self.weights is None:
+            return jnp.ones((len(self.ts),), dtype=dtype)
+        return self.weights.astype(dtype)
+
+    def terms(self, net, rs: Float[Array, "T n"], y) -> Float[Array, " T"]:
+        """The weighted per-time losses `alpha_k l_k`."""
+        per_time = jax.vmap(lambda r, yk: self.loss(net.readout(r), yk))(rs, y)
+        return self.alphas(per_time.dtype) * per_time
+
+    def value(self, net, rs: Float[Array, "T n"], y) -> Float[Array, ""]:
+        """The weighted sum of the per-time losses along the states `rs`."""
+        return jnp.sum(self.terms(net, rs, y))

@@ -1,0 +1,92 @@
+"""Integration options shared by `relax`, `rollout` and `value_and_grad`.
+
+The keywords are `solver` (a diffrax solver), `dt0`, `rtol`, `atol` and `max_steps`. Unset
+ones take defaults that depend on the activity (steady state or trajectory) and on the
+floating dtype of the network, so that the same call works in float32 and in float64.
+"""
+
+import difflib
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+
+
+OPTION_NAMES = ("solver", "dt0", "rtol", "atol", "max_steps")
+
+
+class IntegrationOptions(eqx.Module):
+    """Resolved integration options (all set)."""
+
+    solver: diffrax.AbstractSolver
+    dt0: float = eqx.field(static=True)
+    rtol: float
+    atol: float
+    max_steps: int = eqx.field(static=True)
+
+
+def _tolerances(dtype) -> tuple[float, float]:
+    # float32: the residual's rounding floor is ~1e-7 of the state, so 1e-5 is reachable;
+    # float64: tight enough for EP's finite difference at beta ~ 1e-3 (error ~ tol / beta).
+    if jnp.dtype(dtype) == jnp.float64:
+        return 1e-10, 1e-12
+    return 1e-5, 1e-6
+
+
+def check_option_names(options: dict) -> None:
+    for name in options:
+        if name not in OPTION_NAMES:
+            close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise TypeError(
+                f"Unknown integration option `{name}`.{hint} The options are "
+                f"{', '.join(OPTION_NAMES)}."
+            )
+
+
+def steady_state_options(
+    dtype, *, solver=None, dt0=None, rtol=None, atol=None, max_steps=None
+) -> IntegrationOptions:
+    """Defaults for relaxation to a steady state: Euler, `dt0 = 0.5`, tolerances by dtype.
+
+    The steady state is a zero of `F` whatever the solver, so the cheapest stable one wins."""
+    drtol, datol = _tolerances(dtype)
+    opts = IntegrationOptions(
+        solver=diffrax.Euler() if solver is None else solver,
+        dt0=0.5 if dt0 is None else float(dt0),
+        rtol=drtol if rtol is None else rtol,
+        atol=datol if atol is None else atol,
+        max_steps=10_000 if max_steps is None else int(max_steps),
+    )
+    _validate(opts)
+    return opts
+
+
+def trajectory_options(
+    dtype, *, solver=None, dt0=None, rtol=None, atol=None, max_steps=None
+) -> IntegrationOptions:
+    """Defaults for a trajectory: Tsit5 with fixed steps of at most `dt0 = 0.1`.
+
+    Trajectories are integrated with fixed steps (so BPTT and RTRL differentiate the same
+    discretisation); `rtol`/`atol` only matter to steady states and are kept for symmetry."""
+    drtol, datol = _tolerances(dtype)
+    opts = IntegrationOptions(
+        solver=diffrax.Tsit5() if solver is None else solver,
+        dt0=0.1 if dt0 is None else float(dt0),
+        rtol=drtol if rtol is None else rtol,
+        atol=datol if atol is None else atol,
+        max_steps=100_000 if max_steps is None else int(max_steps),
+    )
+    _validate(opts)
+    return opts
+
+
+def _validate(opts: IntegrationOptions) -> None:
+    if not isinstance(opts.solver, diffrax.AbstractSolver):
+        raise ValueError(
+            f"`solver` must be a diffrax solver such as `diffrax.Euler()`, got {opts.solver!r}."
+        )
+    if not opts.dt0 > 0:
+        raise ValueError(f"`dt0` must be positive, got dt0={opts.dt0}.")
+    if opts.max_steps < 1:
+        raise ValueError(f"`max_steps` must be at least 1, got {opts.max_steps}.")

@@ -1,0 +1,87 @@
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from ._misc import tree_dtype
+from ._objectives import AbstractObjective
+from ._options import check_option_names
+from .estimators import AbstractEstimator, BPTT
+
+
+@eqx.filter_custom_vjp
+def _estimate(params, static, x, y, objective, estimator, opts):
+    # The estimator computes the loss and its gradient together; this custom VJP makes
+    # `jax.grad` of the returned loss give the estimator's gradient, so any estimator can
+    # sit inside a larger JAX loss (penalties, batch means, optax) and `grad(vmap)` equals
+    # the mean of `vmap`'d grads.
+    net = eqx.combine(params, static)
+    return estimator.value_and_grad(net, x, y, objective, opts)
+
+
+@_estimate.def_fwd
+def _estimate_fwd(perturbed, params, static, x, y, objective, estimator, opts):
+    del perturbed
+    out = _estimate.fn(params, static, x, y, objective, estimator, opts)
+    return out, out[1]
+
+
+@_estimate.def_bwd
+def _estimate_bwd(grads, g_out, perturbed, params, static, x, y, objective, estimator, opts):
+    del perturbed, params, static, x, y, objective, estimator, opts
+    g_loss, g_grads, _ = g_out
+    if any(leaf is not None for leaf in jtu.tree_leaves(g_grads, is_leaf=lambda z: z is None)):
+        raise ValueError(
+            "Differentiating through the `grads` returned by nd.value_and_grad is not "
+            "supported: the estimators are first-order. Differentiate the returned loss "
+            "instead (jax.grad of it gives the estimator's gradient)."
+        )
+    if g_loss is None:
+        return jtu.tree_map(jnp.zeros_like, grads)
+    return jtu.tree_map(lambda g: None if g is None else g_loss * g, grads)
+
+
+@eqx.filter_jit
+def _value_and_grad(net, x, y, objective, estimator, opts):
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    return _estimate(params, static, x, y, objective, estimator, opts)
+
+
+def value_and_grad(
+    net,
+    x,
+    y,
+    *,
+    objective: AbstractObjective,
+    estimator: AbstractEstimator = BPTT(),
+    **options,
+):
+    r"""The loss and its gradient `dl/dw` for ONE example, by the chosen estimator.
+
+    **Arguments:**
+
+    - `net`: a network (`nd.networks.*`); `w` are its inexact-array leaves.
+    - `x`: the input, `(n_in,)` for `nd.SteadyState`, `(T, n_in)` for `nd.Trajectory`.
+    - `y`: the target, `(n_out,)` or `(T, n_out)` (class indices for cross-entropy).
+    - `objective`: `nd.SteadyState(loss)` or `nd.Trajectory(loss, ts, weights)`.
+    - `estimator`: `nd.BPTT()` (default), `nd.RBP()`, `nd.EP(beta, variant)`, `nd.RTRL()`.
+    - `solver`, `dt0`, `rtol`, `atol`, `max_steps`: integration options (see `nd.relax`).
+
+    **Returns:**
+
+    `(loss, grads, info)`: `grads` has the structure of `eqx.filter(net, eqx.is_inexact_array)`;
+    `info` holds at least `converged` (bool), `steps`, and `result`, per example.
+
+    The call is `jax.jit`- and `jax.vmap`-friendly, and `jax.grad` of the returned `loss`
+    with respect to `net` is the estimator's `grads` (a custom VJP), so the estimators drop
+    into any JAX loss. `grads` itself is not differentiable (the estimators are first-order).
+    Non-convergence shows in `info["converged"]`; it is never raised inside vmap.
+    """
+    check_option_names(options)
+    if not isinstance(estimator, AbstractEstimator):
+        raise ValueError(
+            f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}."
+        )
+    estimator.check_objective(objective)
+    x, y = objective.check_data(net, x, y)
+    opts = objective.options(tree_dtype(net), **options)
+    return _value_and_grad(net, x, y, objective, estimator, opts)

@@ -1,0 +1,186 @@
+"""Activation functions of the seed notes (seed 002), usable by every network.
+
+Each is an `eqx.Module`; fixed ones are exported as ready instances (`nd.activations.tanh`),
+learnable ones (`PReLU`, `Maxout`) are classes whose parameters are sized to the layer by the
+network that uses them (`materialise`). A plain callable such as `jnp.tanh` also works.
+"""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+
+class AbstractActivation(eqx.Module):
+    """An elementwise nonlinearity `f`, applied to a vector of pre-activations."""
+
+    @abc.abstractmethod
+    def __call__(self, z: Float[Array, "..."]) -> Float[Array, "..."]:
+        """Returns `f(z)` elementwise."""
+
+
+class AbstractParametricActivation(AbstractActivation):
+    """An activation with learnable parameters, one set per neuron.
+
+    `materialise(act, n, key)` returns the same activation with parameters of size `n`."""
+
+    @abc.abstractmethod
+    def materialise(self, n: int, key: PRNGKeyArray) -> "AbstractParametricActivation":
+        """Returns this activation with per-neuron parameters for a layer of `n` units."""
+
+
+class Identity(AbstractActivation):
+    """`f(z) = z`."""
+
+    def __call__(self, z):
+        return z
+
+
+class Logistic(AbstractActivation):
+    """`f(z) = 1 / (1 + exp(-z))`, in (0, 1); `f' = f (1 - f)`."""
+
+    def __call__(self, z):
+        return jax.nn.sigmoid(z)
+
+
+class Tanh(AbstractActivation):
+    """`f(z) = tanh(z) = 2 logistic(2z) - 1`, zero-centred."""
+
+    def __call__(self, z):
+        return jnp.tanh(z)
+
+
+class HardLogistic(AbstractActivation):
+    """`f(z) = max(min(0.25 z + 0.5, 1), 0)`."""
+
+    def __call__(self, z):
+        return jnp.clip(0.25 * z + 0.5, 0, 1)
+
+
+class HardTanh(AbstractActivation):
+    """`f(z) = max(min(z, 1), -1)`."""
+
+    def __call__(self, z):
+        return jnp.clip(z, -1, 1)
+
+
+class ReLU(AbstractActivation):
+    """`f(z) = max(0, z)`."""
+
+    def __call__(self, z):
+        return jax.nn.relu(z)
+
+
+class LeakyReLU(AbstractActivation):
+    """`f(z) = max(0, z) + slope min(0, z)` (slope 0.01 by default)."""
+
+    slope: float = 0.01
+
+    def __call__(self, z):
+        return jnp.where(z > 0, z, self.slope * z)
+
+
+class ELU(AbstractActivation):
+    """`f(z) = z` for `z > 0`, `alpha (exp(z) - 1)` otherwise."""
+
+    alpha: float = 1.0
+
+    def __call__(self, z):
+        safe = jnp.minimum(z, 0)
+        return jnp.where(z > 0, z, self.alpha * jnp.expm1(safe))
+
+
+class Softplus(AbstractActivation):
+    """`f(z) = log(1 + exp(z))`, the smooth rectifier."""
+
+    def __call__(self, z):
+        return jax.nn.softplus(z)
+
+
+class PReLU(AbstractParametricActivation):
+    """`f_i(z) = max(0, z) + a_i min(0, z)` with a learnable slope `a_i` per neuron.
+
+    **Arguments:**
+
+    - `slope`: the initial slope (a scalar), or the per-neuron slopes themselves.
+    """
+
+    slope: Float[Array, "*n"]
+
+    def __init__(self, slope: float | ArrayLike = 0.25):
+        self.slope = jnp.asarray(slope, dtype=jnp.result_type(float))
+
+    def materialise(self, n, key):
+        del key
+        return PReLU(jnp.broadcast_to(self.slope, (n,)))
+
+    def __call__(self, z):
+        return jnp.maximum(z, 0) + self.slope * jnp.minimum(z, 0)
+
+
+class Maxout(AbstractParametricActivation):
+    """Maxout with `k` learnable affine pieces per neuron: `f_i(z) = max_j (a_ij z + c_ij)`.
+
+    This is the elementwise maxout unit (each neuron takes the maximum of `k` affine
+    functions of its own pre-activation), so that any network can use it as its
+    activation. Initialised near `max(z, 0.25 z)` so it starts as a leaky rectifier.
+
+    **Arguments:**
+
+    - `k`: number of affine pieces (at least 2).
+    """
+
+    k: int = eqx.field(static=True)
+    a: Float[Array, "n k"] | None
+    c: Float[Array, "n k"] | None
+
+    def __init__(self, k: int = 2, a=None, c=None):
+        self.k = k
+        self.a = a
+        self.c = c
+
+    def __check_init__(self):
+        if self.k < 2:
+            raise ValueError(f"Maxout needs k >= 2 affine pieces, got k={self.k}.")
+
+    def materialise(self, n, key):
+        slopes = jnp.linspace(1.0, 0.25, self.k)
+        a = jnp.broadcast_to(slopes, (n, self.k)) + 0.01 * jr.normal(key, (n, self.k))
+        c = jnp.zeros((n, self.k))
+        return Maxout(self.k, a, c)
+
+    def __call__(self, z):
+        if self.a is None or self.c is None:
+            raise ValueError(
+                "Maxout has no parameters yet: pass it to a network (which sizes it), or "
+                "call `nd.activations.materialise(Maxout(k), n, key)` first."
+            )
+        return jnp.max(self.a * z[..., None] + self.c, axis=-1)
+
+
+def materialise(
+    activation: AbstractActivation | Callable, n: int, key: PRNGKeyArray
+) -> AbstractActivation | Callable:
+    """Sizes a learnable activation's parameters to a layer of `n` units; others pass through."""
+    if isinstance(activation, AbstractParametricActivation):
+        return activation.materialise(n, key)
+    if not callable(activation):
+        raise ValueError(
+            f"activation must be a callable such as `nd.activations.tanh`, got {activation!r}."
+        )
+    return activation
+
+
+identity = Identity()
+logistic = Logistic()
+tanh = Tanh()
+hard_logistic = HardLogistic()
+hard_tanh = HardTanh()
+relu = ReLU()
+leaky_relu = LeakyReLU()
+elu = ELU()
+softplus = Softplus()

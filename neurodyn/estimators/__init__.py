@@ -1,0 +1,4 @@
+"""Gradient estimators, interchangeable behind `nd.value_and_grad`."""
+
+from ._base import AbstractEstimator as AbstractEstimator
+from ._bptt import BPTT as BPTT

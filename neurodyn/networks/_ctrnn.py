@@ -1,0 +1,91 @@
+from collections.abc import Callable
+from typing import Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .. import activations as _act
+from ._base import AbstractNetwork, normal_init
+
+
+class CTRNN(AbstractNetwork):
+    r"""Continuous-time recurrent network with a linear readout.
+
+    - `form="rate"`: `dr/dt = (-r + f(W r + U x + b)) / tau`
+    - `form="current"`: `dr/dt = (-r + W f(r) + U x + b) / tau`
+
+    The readout is `V r + c` (rate form) or `V f(r) + c` (current form).
+    With `solver=diffrax.Euler(), dt0=tau` the rate form is exactly the discrete-time
+    network `r(t) = f(W r(t-1) + U x(t) + b)` of the seed notes.
+
+    **Arguments:**
+
+    - `n`, `n_in`, `n_out`: number of units, inputs and readout units.
+    - `activation`: any `nd.activations` member or elementwise callable.
+    - `form`: `"rate"` or `"current"`.
+    - `gain`: the recurrent weights are `N(0, gain^2 / n)`, so the spectral radius of `W` is
+      about `gain`. With `gain < 1` and `|f'| <= 1` the map is a contraction and the
+      equilibrium is unique and stable, which steady-state estimators need. Raise it on
+      purpose to leave that regime (chaos sets in near `gain = 1` for `tanh`).
+    - `tau`: the time constant.
+    - `key`: a `jax.random` key.
+    """
+
+    W: Float[Array, "n n"]
+    U: Float[Array, "n n_in"]
+    b: Float[Array, " n"]
+    V: Float[Array, "n_out n"]
+    c: Float[Array, " n_out"]
+    activation: Callable
+    form: Literal["rate", "current"] = eqx.field(static=True)
+    tau: float = eqx.field(static=True)
+    n_state: int = eqx.field(static=True)
+    n_in: int = eqx.field(static=True)
+    n_out: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        n: int,
+        n_in: int,
+        n_out: int,
+        activation: Callable = _act.tanh,
+        form: Literal["rate", "current"] = "rate",
+        *,
+        gain: float = 0.5,
+        tau: float = 1.0,
+        key: PRNGKeyArray,
+    ):
+        if form not in ("rate", "current"):
+            raise ValueError(f"CTRNN form must be 'rate' or 'current', got {form!r}.")
+        if min(n, n_in, n_out) < 1:
+            raise ValueError(f"CTRNN sizes must be positive, got n={n}, n_in={n_in}, n_out={n_out}.")
+        kw, ku, kv, ka = jr.split(key, 4)
+        self.W = normal_init(kw, (n, n), gain / jnp.sqrt(n))
+        self.U = normal_init(ku, (n, n_in), 1.0 / jnp.sqrt(n_in))
+        self.b = jnp.zeros((n,))
+        self.V = normal_init(kv, (n_out, n), 1.0 / jnp.sqrt(n))
+        self.c = jnp.zeros((n_out,))
+        self.activation = _act.materialise(activation, n, ka)
+        self.form = form
+        self.tau = tau
+        self.n_state = n
+        self.n_in = n_in
+        self.n_out = n_out
+
+    def __call__(self, t, r, x):
+        del t
+        f = self.activation
+        if self.form == "rate":
+            drdt = -r + f(self.W @ r + self.U @ x + self.b)
+        else:
+            drdt = -r + self.W @ f(r) + self.U @ x + self.b
+        return drdt / self.tau
+
+    def init_state(self, x):
+        return jnp.zeros((self.n_state,), dtype=self.W.dtype)
+
+    def readout(self, r):
+        h = r if self.form == "rate" else self.activation(r)
+        return self.V @ h + self.c

@@ -1,0 +1,165 @@
+"""Seed results about the networks themselves (seeds 000, 001, 002)."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import neurodyn as nd
+
+from helpers import EULER1
+
+
+ACTIVATIONS = [
+    ("identity", nd.activations.identity, lambda z: z),
+    ("logistic", nd.activations.logistic, lambda z: 1 / (1 + np.exp(-z))),
+    ("tanh", nd.activations.tanh, np.tanh),
+    ("hard_logistic", nd.activations.hard_logistic, lambda z: np.maximum(np.minimum(0.25 * z + 0.5, 1), 0)),
+    ("hard_tanh", nd.activations.hard_tanh, lambda z: np.maximum(np.minimum(z, 1), -1)),
+    ("relu", nd.activations.relu, lambda z: np.maximum(0, z)),
+    ("leaky_relu", nd.activations.leaky_relu, lambda z: np.maximum(0, z) + 0.01 * np.minimum(0, z)),
+    ("elu", nd.activations.elu, lambda z: np.maximum(0, z) + np.minimum(0, np.exp(z) - 1)),
+    ("softplus", nd.activations.softplus, lambda z: np.log1p(np.exp(z))),
+]
+
+
+@pytest.mark.parametrize("name,act,ref", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_activation_formulas(name, act, ref):
+    z = np.linspace(-5, 5, 41)
+    np.testing.assert_allclose(np.asarray(act(jnp.asarray(z))), ref(z), rtol=1e-12, atol=1e-12)
+
+
+def test_prelu_and_maxout_are_learnable_per_neuron(getkey):
+    net = nd.networks.CTRNN(5, 2, 1, nd.activations.PReLU(0.2), key=getkey())
+    assert net.activation.slope.shape == (5,)
+    z = jnp.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    np.testing.assert_allclose(net.activation(z), [-0.4, -0.2, 0.0, 1.0, 2.0])
+    mo = nd.activations.materialise(nd.activations.Maxout(3), 5, getkey())
+    a, c = np.asarray(mo.a), np.asarray(mo.c)
+    expected = np.max(a * np.asarray(z)[:, None] + c, axis=-1)
+    np.testing.assert_allclose(mo(z), expected, rtol=1e-12)
+    # Both are parameters: the gradient reaches them.
+    grads = eqx.filter_grad(lambda m: jnp.sum(m(z) ** 2))(mo)
+    assert grads.a.shape == (5, 3) and float(jnp.abs(grads.a).sum()) > 0
+    with pytest.raises(ValueError, match="Maxout has no parameters yet"):
+        nd.activations.Maxout(2)(z)
+
+
+@pytest.mark.parametrize("name,act,_", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_every_network_takes_every_activation(name, act, _, getkey):
+    k = jr.split(getkey(), 3)
+    for net in (
+        nd.networks.CTRNN(4, 2, 1, act, key=k[0]),
+        nd.networks.Hopfield(2, 3, 1, act, key=k[1]),
+        nd.networks.Layered((2, 3, 1), act, key=k[2]),
+    ):
+        r = jnp.linspace(-0.5, 0.5, net.n_state)
+        out = net(0.0, r, jnp.ones(2))
+        assert out.shape == (net.n_state,) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_layered_steady_state_is_the_mlp_forward_pass(getkey):
+    # Seed 000: dx_l/dt = -x_l + f(W_l x_{l-1}); its steady state is the MLP's forward pass.
+    net = nd.networks.Layered((4, 7, 5, 3), nd.activations.tanh, key=getkey())
+    x = jr.normal(getkey(), (4,))
+    r_star, info = nd.relax(net, x)
+    assert bool(info["converged"])
+    h = x
+    expected = []
+    for W, b, f in zip(net.weights, net.biases, [jnp.tanh, jnp.tanh, lambda z: z]):
+        h = f(W @ h + b)
+        expected.append(h)
+    np.testing.assert_allclose(r_star, jnp.concatenate(expected), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(net.readout(r_star), h, rtol=1e-9, atol=1e-10)
+
+
+def test_layered_jacobian_is_block_lower_triangular(getkey):
+    net = nd.networks.Layered((3, 4, 5, 2), nd.activations.tanh, key=getkey())
+    r = jr.normal(getkey(), (net.n_state,))
+    J = jax.jacfwd(lambda r: net(0.0, r, jnp.ones(3)))(r)
+    offsets = np.cumsum([0, 4, 5, 2])
+    for i in range(3):
+        for j in range(i + 1, 3):
+            block = J[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]]
+            assert float(jnp.abs(block).max()) == 0.0
+    # J + I is nilpotent of order L = 3.
+    N = J + jnp.eye(net.n_state)
+    assert float(jnp.abs(N @ N @ N).max()) < 1e-12
+    assert float(jnp.abs(N @ N).max()) > 1e-3
+
+
+def test_euler_dt1_is_the_discrete_time_network(getkey):
+    # DESIGN / seed 001: x(t) = f(W x(t-1) + U x_in(t) + b) is Euler with dt = 1.
+    net = nd.networks.CTRNN(6, 3, 2, nd.activations.tanh, "rate", key=getkey())
+    net = eqx.tree_at(lambda n: n.b, net, jr.normal(getkey(), (6,)))
+    T = 7
+    xs = jr.normal(getkey(), (T, 3))
+    rs, info = nd.rollout(net, xs, np.arange(1, T + 1), output="state", **EULER1)
+    r = jnp.zeros(6)
+    for t in range(T):
+        r = jnp.tanh(net.W @ r + net.U @ xs[t] + net.b)
+        np.testing.assert_allclose(rs[t], r, rtol=1e-12, atol=1e-14)
+    ys, _ = nd.rollout(net, xs, np.arange(1, T + 1), **EULER1)
+    np.testing.assert_allclose(ys, rs @ net.V.T + net.c[None], rtol=1e-12)
+    assert int(info["steps"]) == T
+
+
+def test_rollout_converges_to_the_fine_solution(getkey):
+    net = nd.networks.CTRNN(5, 2, 2, key=getkey())
+    xs = jr.normal(getkey(), (4, 2))
+    ts = np.array([0.5, 1.0, 2.0, 3.5])
+    coarse, _ = nd.rollout(net, xs, ts)
+    fine, _ = nd.rollout(net, xs, ts, solver=diffrax.Tsit5(), dt0=0.005)
+    np.testing.assert_allclose(coarse, fine, rtol=1e-6, atol=1e-8)
+
+
+def test_hopfield_is_a_gradient_flow_with_symmetric_jacobian(getkey):
+    net = nd.networks.Hopfield(3, 6, 2, key=getkey())
+    x = jr.uniform(getkey(), (3,))
+    r = jr.uniform(getkey(), (8,))
+    F = net(0.0, r, x)
+    np.testing.assert_allclose(F, -jax.grad(net.energy)(r, x), rtol=1e-12, atol=1e-14)
+    J = jax.jacfwd(lambda r: net(0.0, r, x))(r)
+    np.testing.assert_allclose(J, J.T, atol=1e-12)
+    Ws = net.symmetric_weights
+    np.testing.assert_allclose(np.diag(Ws), 0.0)
+    np.testing.assert_allclose(Ws, Ws.T)
+    assert net.readout(r).shape == (2,)
+
+
+def test_relax_reports_non_convergence_without_nans(getkey):
+    net = nd.networks.CTRNN(8, 2, 1, key=getkey())
+    r, info = nd.relax(net, jnp.ones(2), max_steps=3)
+    assert not bool(info["converged"]) and int(info["steps"]) == 3
+    assert info["result"] == nd.RESULTS.max_steps_reached
+    assert bool(jnp.all(jnp.isfinite(r)))
+
+
+def test_relax_reports_divergence(getkey):
+    # Euler with dt = 3 on dr/dt = -r + ... is unstable: the state blows up.
+    net = nd.networks.CTRNN(8, 2, 1, nd.activations.identity, gain=0.1, key=getkey())
+    r, info = nd.relax(net, jnp.ones(2), dt0=3.0, max_steps=5000)
+    assert not bool(info["converged"])
+    assert info["result"] == nd.RESULTS.nonfinite
+
+
+def test_relax_vmaps_with_per_example_info(getkey):
+    net = nd.networks.CTRNN(8, 2, 1, key=getkey())
+    xs = jr.normal(getkey(), (5, 2))
+    rs, info = jax.vmap(lambda x: nd.relax(net, x))(xs)
+    assert rs.shape == (5, 8) and info["converged"].shape == (5,)
+    assert bool(jnp.all(info["converged"]))
+    for i in range(5):
+        r, _ = nd.relax(net, xs[i])
+        np.testing.assert_allclose(rs[i], r, rtol=1e-10)
+
+
+def test_relax_warm_start_takes_fewer_steps(getkey):
+    net = nd.networks.CTRNN(8, 2, 1, key=getkey())
+    x = jnp.ones(2)
+    r, info = nd.relax(net, x)
+    _, info2 = nd.relax(net, x * 1.01, r0=r)
+    assert int(info2["steps"]) < int(info["steps"])
