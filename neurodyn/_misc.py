@@ -25,3 +25,18 @@ def tree_dtype(tree):
     if not leaves:
         return jnp.result_type(float)
     return leaves[0].dtype
+
+
+def planned_peak_bytes(fn, *args) -> int | None:
+    """Peak memory XLA plans for a jitted `fn(*args)` (arguments + outputs + temporaries),
+    in bytes; works for `jax.jit` and `eqx.filter_jit` functions. None where the backend
+    does not report it."""
+    try:
+        compiled = fn.lower(*args).compile()
+        compiled = getattr(compiled, "compiled", compiled)  # eqx.filter_jit wraps jax's
+        mem = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports memory
+        return None
+    if mem is None:
+        return None
+    return int(mem.temp_size_in_bytes + mem.output_size_in_bytes + mem.argument_size_in_bytes)

@@ -40,21 +40,11 @@ def time_fn(fn, *args, repeats: int = 5, min_time: float = 0.0):
 
 
 def peak_bytes(fn, *args) -> int | None:
-    """Peak temporary memory XLA plans for `fn(*args)` (compiled memory analysis), in bytes.
+    """Peak memory XLA plans for `fn(*args)` (arguments + outputs + temporaries), in bytes:
+    the figure that grows with stored trajectories; reported on CPU and GPU."""
+    from neurodyn._misc import planned_peak_bytes
 
-    This is the figure that grows with stored trajectories; it is available on CPU and GPU."""
-    try:
-        compiled = fn.lower(*args).compile()
-        mem = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend reports it
-        return None
-    if mem is None:
-        return None
-    return int(
-        getattr(mem, "temp_size_in_bytes", 0)
-        + getattr(mem, "output_size_in_bytes", 0)
-        + getattr(mem, "argument_size_in_bytes", 0)
-    )
+    return planned_peak_bytes(fn, *args)
 
 
 def row(section: str, problem: str, ours: str, peer: str, ours_s: float, peer_s: float, target: str, **extra):
