@@ -1,0 +1,158 @@
+"""The figures researchers publish when comparing gradient estimators.
+
+Every function takes tidy rows (dicts, as in a run's `summary.csv` / `metrics.jsonl`) and
+returns a matplotlib `Figure`; `save(fig, path)` writes PNG and PDF. Each figure is readable
+on its own: title, axis labels with units, legend.
+"""
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+import matplotlib
+
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+_STYLE = {"bptt": "C0", "rbp": "C1", "ep": "C2", "rtrl": "C3"}
+
+
+def _color(name: str):
+    for key, c in _STYLE.items():
+        if name.lower().startswith(key):
+            return c
+    return None
+
+
+def save(fig, path) -> list[str]:
+    """Writes `path.png` and `path.pdf`; returns the two file names."""
+    path = str(path)
+    out = [f"{path}.png", f"{path}.pdf"]
+    fig.savefig(out[0], dpi=150, bbox_inches="tight")
+    fig.savefig(out[1], bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _group(rows: Iterable[Mapping], by: str):
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r[by]].append(r)
+    return groups
+
+
+def fidelity_vs_knob(
+    rows: Sequence[Mapping],
+    knob: str,
+    *,
+    metric: str = "rel_error",
+    slopes: Mapping[str, float] | None = None,
+    title: str | None = None,
+    knob_label: str | None = None,
+):
+    """`metric` (default: relative error to the exact gradient) against one knob, log-log,
+    one line per estimator variant (`rows[i]["estimator"]`), with the theoretical slopes
+    (`{label: slope}`) drawn as dashed guides through the first point of the first line."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.9))
+    first = None
+    for name, rs in sorted(_group([r for r in rows if r.get(knob) is not None], "estimator").items()):
+        rs = sorted(rs, key=lambda r: float(r[knob]))
+        xs = np.array([float(r[knob]) for r in rs])
+        ys = np.array([max(float(r[metric]), 1e-16) for r in rs])
+        ax.loglog(xs, ys, "o-", label=name, color=_color(name))
+        if first is None:
+            first = (xs, ys)
+    if first is not None and slopes:
+        xs, ys = first
+        for i, (label, slope) in enumerate(slopes.items()):
+            guide = ys[0] * (xs / xs[0]) ** slope
+            ax.loglog(xs, guide, "--", color="0.5" if i == 0 else "0.75", label=f"{label} (slope {slope:g})")
+    ax.set_xlabel(knob_label or knob)
+    ax.set_ylabel({"rel_error": "relative error ||g - g*|| / ||g*||", "cosine": "cosine to exact gradient"}.get(metric, metric))
+    ax.set_title(title or f"Gradient fidelity against {knob}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def cost_vs_n(rows: Sequence[Mapping], *, title: str | None = None):
+    """Wall time and peak memory against the network size `n`, per estimator (log-log)."""
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for name, rs in sorted(_group(rows, "estimator").items()):
+        rs = sorted(rs, key=lambda r: int(r["n"]))
+        n = [int(r["n"]) for r in rs]
+        ax_t.loglog(n, [1e3 * float(r["time_s"]) for r in rs], "o-", label=name, color=_color(name))
+        mem = [r.get("peak_bytes") for r in rs]
+        if all(m not in (None, "", "None") for m in mem):
+            ax_m.loglog(n, [float(m) / 2**20 for m in mem], "o-", label=name, color=_color(name))
+    ax_t.set_xlabel("network size n (units)")
+    ax_t.set_ylabel("wall time per batch gradient (ms)")
+    ax_t.set_title("Time")
+    ax_m.set_xlabel("network size n (units)")
+    ax_m.set_ylabel("planned peak memory (MiB)")
+    ax_m.set_title("Memory")
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "Cost of each estimator against network size")
+    fig.tight_layout()
+    return fig
+
+
+def alignment(names: Sequence[str], M: np.ndarray, *, title: str | None = None):
+    """The pairwise gradient-alignment matrix: cosine between every two estimators."""
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.6 + 0.7 * k))
+    im = ax.imshow(M, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{M[i, j]:.3f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(M[i, j]) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="cosine similarity")
+    ax.set_title(title or "Gradient alignment between estimators")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(rows: Sequence[Mapping], *, metrics: Sequence[str] = ("train_loss", "test_accuracy"), title: str | None = None):
+    """Training curves per estimator with a band (min..max and mean) over seeds.
+
+    `rows` carry `estimator`, `seed`, `epoch` and the metrics."""
+    metrics = [m for m in metrics if any(m in r for r in rows)]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.8 * max(len(metrics), 1), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for name, rs in sorted(_group([r for r in rows if metric in r], "estimator").items()):
+            by_epoch = defaultdict(list)
+            for r in rs:
+                by_epoch[int(r["epoch"])].append(float(r[metric]))
+            epochs = sorted(by_epoch)
+            vals = [by_epoch[e] for e in epochs]
+            mean = np.array([np.mean(v) for v in vals])
+            lo = np.array([np.min(v) for v in vals])
+            hi = np.array([np.max(v) for v in vals])
+            c = _color(name)
+            ax.plot(epochs, mean, label=name, color=c)
+            ax.fill_between(epochs, lo, hi, alpha=0.25, color=c)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric.replace("_", " "))
+        if "loss" in metric and all(float(r[metric]) > 0 for r in rows if metric in r):
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "Training with each estimator (band: range over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def slope(xs, ys) -> float:
+    """Least-squares slope of log(ys) against log(xs)."""
+    lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
+    ok = np.isfinite(lx) & np.isfinite(ly)
+    if ok.sum() < 2:
+        return math.nan
+    return float(np.polyfit(lx[ok], ly[ok], 1)[0])
