@@ -19,7 +19,12 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._misc import rms_norm, tree_dtype
-from ._options import IntegrationOptions, check_option_names, steady_state_options, trajectory_options
+from ._options import (
+    check_option_names,
+    IntegrationOptions,
+    steady_state_options,
+    trajectory_options,
+)
 from ._outcome import RESULTS
 from .networks import AbstractNetwork
 

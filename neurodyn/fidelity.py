@@ -67,7 +67,8 @@ def _trajectory_reference(net, xs, y, objective: Trajectory, substeps: int = 100
             h = dt / substeps
 
             def rk4(r, _):
-                f = lambda r: net(0.0, r, x)
+                def f(r):
+                    return net(0.0, r, x)
                 k1 = f(r)
                 k2 = f(r + 0.5 * h * k1)
                 k3 = f(r + 0.5 * h * k2)

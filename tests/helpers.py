@@ -91,7 +91,8 @@ def fine_trajectory_grad(net, xs, y, ts, loss=nd.losses.squared_error, weights=N
             h = (t1 - t0) / n_sub
 
             def rk4(r, _):
-                f = lambda r: net(0.0, r, x)
+                def f(r):
+                    return net(0.0, r, x)
                 k1 = f(r)
                 k2 = f(r + 0.5 * h * k1)
                 k3 = f(r + 0.5 * h * k2)
@@ -118,7 +119,7 @@ def finite_difference_grad(f, net, *, eps=1e-6, n_probe=6, key=jr.PRNGKey(0)):
     out = []
     for i in range(n_probe):
         keys = jr.split(jr.fold_in(key, i), len(leaves))
-        d = [jr.normal(k, l.shape, l.dtype) for k, l in zip(keys, leaves)]
+        d = [jr.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
         dtree = jtu.tree_unflatten(treedef, d)
         plus = eqx.combine(jtu.tree_map(lambda p, u: p + eps * u, params, dtree), static)
         minus = eqx.combine(jtu.tree_map(lambda p, u: p - eps * u, params, dtree), static)

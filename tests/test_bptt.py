@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 import neurodyn as nd
-
 from helpers import (
-    EULER1,
     assert_tree_close,
     dense_ift_grad,
     directional,
+    EULER1,
     fine_trajectory_grad,
     finite_difference_grad,
     small_networks,

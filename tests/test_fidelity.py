@@ -5,7 +5,6 @@ import pytest
 
 import neurodyn as nd
 import neurodyn.fidelity as fid
-
 from helpers import assert_tree_close, dense_ift_grad, fine_trajectory_grad
 
 

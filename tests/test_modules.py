@@ -2,9 +2,9 @@
 abstract classes are named Abstract* and not instantiable; concrete classes are never
 subclassed; only abstract methods are overridden; fields and __init__ live in one class."""
 
+import importlib
 import inspect
 import pkgutil
-import importlib
 
 import equinox as eqx
 import pytest

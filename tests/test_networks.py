@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import neurodyn as nd
-
 from helpers import EULER1
 
 

@@ -178,7 +178,8 @@ def _two_phase_trajectory(net, x, y, objective, options, grid, r0):
         ts = grid.t0s[:, None] + sub_t[None, :] * grid.dts[:, None]
         dts = jnp.broadcast_to(grid.dts[:, None], (T, n_sub))
         xk = jnp.broadcast_to(x[:, None], (T, n_sub) + x.shape[1:])
-        flat = lambda a: a.reshape((T * n_sub,) + a.shape[2:])
+        def flat(a):
+            return a.reshape((T * n_sub,) + a.shape[2:])
         return jax.vmap(one)(flat(r_pre), flat(xk), flat(ts), flat(dts))
 
     _, steps_vjp = eqx.filter_vjp(all_steps, net)

@@ -1,6 +1,9 @@
 """Networks as continuous-time vector fields `dr/dt = F(r, w, x)`."""
 
-from ._base import AbstractEnergyNetwork as AbstractEnergyNetwork, AbstractNetwork as AbstractNetwork
+from ._base import (
+    AbstractEnergyNetwork as AbstractEnergyNetwork,
+    AbstractNetwork as AbstractNetwork,
+)
 from ._ctrnn import CTRNN as CTRNN
 from ._hopfield import Hopfield as Hopfield
 from ._layered import Layered as Layered
