@@ -34,17 +34,17 @@ def _check_target(net, y, loss, lead: tuple[int, ...], what: str) -> Array:
         if y.shape != lead:
             raise ValueError(f"{what} holds class indices with shape {y.shape}; expected {lead}.")
         return y
-    want = lead + (net.n_out,)
-    if y.shape != want:
-        raise ValueError(
-            f"{what} has shape {y.shape} but the readout of {type(net).__name__} gives "
-            f"{want} (n_out={net.n_out}); the target must match the readout."
-        )
     if jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(
             f"{what} is an integer array but the loss {getattr(loss, '__name__', loss)} needs "
             "float targets; one-hot encode it (jax.nn.one_hot) or use "
             "nd.losses.softmax_cross_entropy for class indices."
+        )
+    want = lead + (net.n_out,)
+    if y.shape != want:
+        raise ValueError(
+            f"{what} has shape {y.shape} but the readout of {type(net).__name__} gives "
+            f"{want} (n_out={net.n_out}); the target must match the readout."
         )
     return y.astype(tree_dtype(net))
 
