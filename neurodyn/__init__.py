@@ -6,7 +6,7 @@ BPTT) are interchangeable behind `nd.value_and_grad`.
 
 import importlib.metadata
 
-from . import activations as activations, losses as losses, networks as networks
+from . import activations as activations, adjoint as adjoint, losses as losses, networks as networks
 from ._dynamics import relax as relax, rollout as rollout
 from ._objectives import (
     AbstractObjective as AbstractObjective,
@@ -16,7 +16,7 @@ from ._objectives import (
 from ._options import IntegrationOptions as IntegrationOptions
 from ._outcome import RESULTS as RESULTS
 from ._value_and_grad import value_and_grad as value_and_grad
-from .estimators import AbstractEstimator as AbstractEstimator, BPTT as BPTT
+from .estimators import AbstractEstimator as AbstractEstimator, BPTT as BPTT, RBP as RBP
 
 
 __version__ = importlib.metadata.version("neurodyn")

@@ -11,10 +11,8 @@ import pytest
 import neurodyn as nd
 from helpers import (
     assert_tree_close,
-    dense_ift_grad,
     directional,
     EULER1,
-    fine_trajectory_grad,
     finite_difference_grad,
     small_networks,
 )
@@ -29,29 +27,6 @@ def _example(net, key, T=None):
     if T is None:
         return jr.uniform(kx, (net.n_in,)), jr.normal(ky, (net.n_out,))
     return jr.uniform(kx, (T, net.n_in)), jr.normal(ky, (T, net.n_out))
-
-
-@pytest.mark.parametrize("name,net", NETWORKS, ids=NET_IDS)
-def test_steady_state_bptt_matches_dense_ift(name, net, getkey):
-    x, y = _example(net, getkey())
-    loss, grads, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.BPTT())
-    ref_loss, ref_grads, _ = dense_ift_grad(net, x, y)
-    assert bool(info["converged"])
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-8)
-    assert_tree_close(grads, ref_grads, rtol=1e-6, atol=1e-9, what=name)
-
-
-@pytest.mark.parametrize("name,net", NETWORKS, ids=NET_IDS)
-def test_trajectory_bptt_matches_fine_reference(name, net, getkey):
-    T = 4
-    xs, ys = _example(net, getkey(), T)
-    ts = np.array([0.5, 1.0, 1.5, 2.5])
-    w = jnp.array([0.0, 1.0, 0.5, 2.0])
-    obj = nd.Trajectory(nd.losses.squared_error, ts, w)
-    loss, grads, info = nd.value_and_grad(net, xs, ys, objective=obj, estimator=nd.BPTT())
-    ref_loss, ref_grads = fine_trajectory_grad(net, xs, ys, ts, weights=w)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    assert_tree_close(grads, ref_grads, rtol=1e-5, atol=1e-8, what=name)
 
 
 @pytest.mark.parametrize("name,net", NETWORKS[:2], ids=NET_IDS[:2])

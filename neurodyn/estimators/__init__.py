@@ -2,3 +2,4 @@
 
 from ._base import AbstractEstimator as AbstractEstimator
 from ._bptt import BPTT as BPTT
+from ._rbp import RBP as RBP

@@ -1,0 +1,17 @@
+import jax.numpy as jnp
+
+from .._misc import rms_norm
+
+
+def default_rtol(dtype) -> float:
+    # float32 Krylov stagnates near 1e-6 relative; float64 can go far tighter.
+    return 1e-10 if jnp.dtype(dtype) == jnp.float64 else 1e-5
+
+
+def relative_residual(matvec, v, g):
+    scale = rms_norm(g)
+    return rms_norm(matvec(v) + g) / jnp.where(scale > 0, scale, 1)
+
+
+def adjoint_info(converged, steps, residual):
+    return dict(adjoint_converged=converged, adjoint_steps=jnp.asarray(steps), adjoint_residual=residual)

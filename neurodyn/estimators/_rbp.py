@@ -1,0 +1,125 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+
+from .._dynamics import relax_loop
+from .._objectives import SteadyState
+from .._outcome import RESULTS
+from ..adjoint import AbstractAdjointSolve, Krylov
+from ..networks import AbstractEnergyNetwork
+from ._base import AbstractEstimator
+
+
+class RBP(AbstractEstimator):
+    r"""Recurrent backpropagation: the implicit gradient at the steady state.
+
+    At the steady state `F(r*, w, x) = 0`, the implicit function theorem gives
+    `dr*/dw = -J^-1 dF/dw` with `J = dF/dr`. RBP solves the adjoint equation
+
+    `v J = -dl/dr*`   (i.e. `J^T v = -(dl/dr*)^T`)
+
+    matrix-free (VJPs of F; the Jacobian is never formed unless `adjoint=DenseLU()`), and
+    returns `dl/dw = v dF/dw + dl/dw|_readout`. For `Layered` networks `v*` is backprop's
+    error terms (seed 000); for the rate form `x = f(Wx + b)` it is seed 001's
+    `(D^-1 - W^T) s = dR/dx`, `dW = s x^T`.
+
+    Cost: one relaxation plus one adjoint solve of K VJPs; memory O(n), independent of the
+    number of relaxation steps. Exact when the relaxation and the adjoint solve converge.
+
+    **Arguments:**
+
+    - `adjoint`: the adjoint solve, an `nd.adjoint` strategy: `Krylov()` (default; CG on
+      energy networks, GMRES otherwise), `AdjointODE()`, `Neumann(K)`, `DenseLU()`.
+    - `stability_check`: if True, estimate the eigenvalue of J with the largest real part
+      by power iteration on `I + dt J` (JVPs only) and report it in
+      `info["leading_eigenvalue"]`; an equilibrium with a non-negative one is flagged.
+    - `power_iterations`: iterations of that estimate.
+
+    !!! warning
+
+        At an unstable equilibrium (the relaxation cannot find it, but a Newton solve can)
+        the implicit gradient exists yet means little: `info["unstable"]` says so.
+    """
+
+    adjoint: AbstractAdjointSolve = Krylov()
+    stability_check: bool = eqx.field(static=True, default=False)
+    power_iterations: int = eqx.field(static=True, default=100)
+    objectives = (SteadyState,)
+
+    def value_and_grad(self, net, x, y, objective, options):
+        frozen = jax.lax.stop_gradient(net)
+        r, info = relax_loop(frozen, x, frozen.init_state(x), options)
+        r = jax.lax.stop_gradient(r)
+        params, static = eqx.partition(net, eqx.is_inexact_array)
+
+        def loss_of(p, r):
+            return objective.value(eqx.combine(p, static), r, y)
+
+        loss, (g_direct, g_r) = jax.value_and_grad(loss_of, argnums=(0, 1))(params, r)
+
+        def F_r(r):
+            return net(0.0, r, x)
+
+        _, vjp_r = jax.vjp(F_r, r)
+
+        def matvec(v):
+            return vjp_r(v)[0]
+
+        def jacobian():
+            return jax.jacfwd(F_r)(r)
+
+        symmetric = isinstance(net, AbstractEnergyNetwork)
+        v, ainfo = self.adjoint.solve(matvec, g_r, jacobian, symmetric)
+        _, vjp_w = jax.vjp(lambda p: eqx.combine(p, static)(0.0, r, x), params)
+        (g_dyn,) = vjp_w(v)
+        grads = jtu.tree_map(lambda a, b: a + b, g_direct, g_dyn)
+
+        # An adjoint that blows up, or makes no progress at all, signals an unstable equilibrium.
+        unstable = ~jnp.isfinite(ainfo["adjoint_residual"]) | (
+            ~ainfo["adjoint_converged"] & (ainfo["adjoint_residual"] >= 1)
+        )
+        extra = {}
+        if self.stability_check:
+            lam = _leading_eigenvalue(F_r, r, options.dt0, self.power_iterations)
+            unstable = unstable | (lam >= 0)
+            extra["leading_eigenvalue"] = lam
+        forward_ok = info["converged"]
+        converged = forward_ok & ainfo["adjoint_converged"] & ~unstable
+        result = RESULTS.where(
+            ~forward_ok,
+            info["result"],
+            RESULTS.where(
+                unstable,
+                RESULTS.unstable_equilibrium,
+                RESULTS.where(converged, RESULTS.successful, RESULTS.adjoint_max_steps_reached),
+            ),
+        )
+        info = dict(
+            info,
+            **ainfo,
+            **extra,
+            forward_converged=forward_ok,
+            converged=converged,
+            unstable=unstable,
+            result=result,
+        )
+        return loss, grads, info
+
+
+def _leading_eigenvalue(F_r, r, h, iterations):
+    """The eigenvalue of J with the largest real part, by power iteration on `I + h J`
+    (whose dominant eigenvalue is `1 + h lambda` for small h), with JVPs only."""
+    _, jvp = jax.linearize(F_r, r)
+    u0 = jr.normal(jr.PRNGKey(0), r.shape, r.dtype)
+    u0 = u0 / jnp.linalg.norm(u0)
+
+    def body(u, _):
+        w = u + h * jvp(u)
+        return w / jnp.linalg.norm(w), None
+
+    u, _ = jax.lax.scan(body, u0, None, length=iterations)
+    mu = u @ (u + h * jvp(u))
+    return (mu - 1) / h
+

@@ -1,0 +1,133 @@
+"""RBP: seed formulas, the adjoint strategies, stability flags."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import neurodyn as nd
+
+from helpers import assert_tree_close, dense_ift_grad, directional, finite_difference_grad
+
+
+STRATEGIES = [
+    ("krylov", nd.adjoint.Krylov()),
+    ("gmres", nd.adjoint.Krylov(method="gmres")),
+    ("bicgstab", nd.adjoint.Krylov(method="bicgstab")),
+    ("adjoint-ode", nd.adjoint.AdjointODE()),
+    ("neumann", nd.adjoint.Neumann(K=200, alpha=0.5)),
+    ("dense", nd.adjoint.DenseLU()),
+]
+
+
+@pytest.mark.parametrize("name,adj", STRATEGIES, ids=[s[0] for s in STRATEGIES])
+@pytest.mark.parametrize("form", ["rate", "current"])
+def test_adjoint_strategies_agree_with_the_dense_reference(name, adj, form, getkey):
+    net = nd.networks.CTRNN(7, 3, 2, form=form, key=getkey())
+    x, y = jr.normal(getkey(), (3,)), jr.normal(getkey(), (2,))
+    _, grads, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=adj))
+    _, ref, _ = dense_ift_grad(net, x, y)
+    assert bool(info["converged"]) and bool(info["adjoint_converged"]) and not bool(info["unstable"])
+    assert_tree_close(grads, ref, rtol=1e-7, atol=1e-10, what=name)
+    assert float(info["adjoint_residual"]) < 1e-8
+
+
+def test_seed_001_rate_form_formula(getkey):
+    # x = f(Wx + b): D = diag f'(Wx + b), (D^-1 - W^T) s = dR/dx, dW = s x^T, with R = -l.
+    n = 6
+    net = nd.networks.CTRNN(n, 3, 2, nd.activations.tanh, "rate", key=getkey())
+    net = eqx.tree_at(lambda m: m.b, net, 0.3 * jr.normal(getkey(), (n,)))
+    x_in, y = jr.normal(getkey(), (3,)), jr.normal(getkey(), (2,))
+    _, grads, _ = nd.value_and_grad(net, x_in, y, objective=nd.SteadyState(), estimator=nd.RBP())
+    x, _ = nd.relax(net, x_in)
+    z = net.W @ x + net.U @ x_in + net.b
+    D = 1 - jnp.tanh(z) ** 2
+    dR_dx = -net.V.T @ (net.V @ x + net.c - y)
+    s = jnp.linalg.solve(jnp.diag(1 / D) - net.W.T, dR_dx)
+    np.testing.assert_allclose(grads.W, -jnp.outer(s, x), rtol=1e-7, atol=1e-11)
+    np.testing.assert_allclose(grads.b, -s, rtol=1e-7, atol=1e-11)
+
+
+def test_layered_adjoint_is_backprop(getkey):
+    # Seed 000: for the feedforward ODE, v* = -dl/dr* J^-1 is backprop's dl/dx_l, and the
+    # Neumann series with K = L terms is exact (I + J is nilpotent of order L).
+    net = nd.networks.Layered((3, 5, 4, 2), nd.activations.tanh, key=getkey())
+    x, y = jr.normal(getkey(), (3,)), jr.normal(getkey(), (2,))
+    r = net.forward(x)
+
+    def mlp_loss_of_layers(r):
+        return nd.losses.squared_error(net.readout(r), y)
+
+    # Backprop's error terms: the total derivative of l with respect to each layer's output.
+    def total(h1, h2, h3):
+        a2 = jnp.tanh(net.weights[1] @ h1 + net.biases[1]) + h2
+        a3 = net.weights[2] @ a2 + net.biases[2] + h3
+        return nd.losses.squared_error(a3, y)
+
+    h1 = r[:5]
+    deltas = jax.grad(total, argnums=(0, 1, 2))(h1, jnp.zeros(4), jnp.zeros(2))
+    backprop = jnp.concatenate(deltas)
+    g = jax.grad(mlp_loss_of_layers)(r)
+    _, vjp = jax.vjp(lambda r: net(0.0, r, x), r)
+
+    def matvec(v):
+        return vjp(v)[0]
+
+    for adj in (nd.adjoint.Krylov(), nd.adjoint.Neumann(K=3), nd.adjoint.DenseLU()):
+        v, info = adj.solve(matvec, g, lambda: jax.jacfwd(lambda r: net(0.0, r, x))(r), False)
+        np.testing.assert_allclose(v, backprop, rtol=1e-9, atol=1e-12)
+    v2, _ = nd.adjoint.Neumann(K=2).solve(matvec, g, None, False)
+    assert float(jnp.max(jnp.abs(v2 - backprop))) > 1e-3  # two sweeps do not reach layer 1
+    _, grads, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP())
+    mlp_grads = eqx.filter_grad(lambda n: nd.losses.squared_error(n.readout(n.forward(x)), y))(net)
+    assert_tree_close(grads, mlp_grads, rtol=1e-9, atol=1e-12)
+
+
+def test_unstable_equilibrium_is_flagged(getkey):
+    # With zero input and bias, r = 0 is an equilibrium; at gain 3 it is unstable
+    # (J = -I + W has eigenvalues with positive real part) yet the relaxation sits on it.
+    net = nd.networks.CTRNN(8, 2, 2, nd.activations.tanh, gain=3.0, key=getkey())
+    x, y = jnp.zeros(2), jnp.ones(2)
+    _, _, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(stability_check=True))
+    assert bool(info["forward_converged"])
+    assert float(info["leading_eigenvalue"]) > 0 and bool(info["unstable"]) and not bool(info["converged"])
+    assert info["result"] == nd.RESULTS.unstable_equilibrium
+    _, _, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=nd.adjoint.AdjointODE(max_steps=400)))
+    assert bool(info["unstable"]) and not bool(info["converged"])
+    stable = nd.networks.CTRNN(8, 2, 2, nd.activations.tanh, gain=0.5, key=getkey())
+    _, _, info = nd.value_and_grad(stable, x, y, objective=nd.SteadyState(), estimator=nd.RBP(stability_check=True))
+    assert float(info["leading_eigenvalue"]) < 0 and not bool(info["unstable"]) and bool(info["converged"])
+    J = jax.jacfwd(lambda r: stable(0.0, r, x))(jnp.zeros(8))
+    # A power-iteration estimate of the spectral abscissa: good to a tenth here, and its sign is right.
+    assert abs(float(info["leading_eigenvalue"]) - np.max(np.linalg.eigvals(J).real)) < 0.1
+
+
+def test_rbp_agrees_with_finite_differences(getkey):
+    net = nd.networks.Hopfield(3, 5, 2, key=getkey())
+    x, y = jr.uniform(getkey(), (3,)), jr.uniform(getkey(), (2,))
+    _, grads, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP())
+
+    def f(n):
+        return nd.value_and_grad(n, x, y, objective=nd.SteadyState(), estimator=nd.RBP())[0]
+
+    for d, fd in finite_difference_grad(f, net, eps=1e-6, key=getkey()):
+        np.testing.assert_allclose(directional(grads, d), fd, rtol=1e-6, atol=1e-10)
+
+
+def test_rbp_float32_defaults_converge(getkey):
+    net = nd.networks.CTRNN(64, 4, 3, key=getkey())
+    net32 = jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, net)
+    x, y = jr.normal(getkey(), (4,)), jr.normal(getkey(), (3,))
+    _, g32, info = nd.value_and_grad(net32, x.astype(jnp.float32), y.astype(jnp.float32), objective=nd.SteadyState(), estimator=nd.RBP())
+    assert bool(info["converged"]) and g32.W.dtype == jnp.float32
+    _, ref, _ = dense_ift_grad(net, x, y)
+    assert_tree_close(jax.tree.map(lambda a: a.astype(jnp.float64), g32), ref, rtol=2e-3, atol=1e-5)
+
+
+def test_bad_strategy_arguments():
+    with pytest.raises(ValueError, match="Neumann needs K >= 1"):
+        nd.adjoint.Neumann(K=0)
+    with pytest.raises(ValueError, match="Krylov method must be"):
+        nd.adjoint.Krylov(method="lsqr")
