@@ -6,7 +6,12 @@ BPTT) are interchangeable behind `nd.value_and_grad`.
 
 import importlib.metadata
 
-from . import activations as activations, adjoint as adjoint, losses as losses, networks as networks
+from . import (
+    activations as activations,
+    adjoint as adjoint,
+    losses as losses,
+    networks as networks,
+)
 from ._dynamics import relax as relax, rollout as rollout
 from ._objectives import (
     AbstractObjective as AbstractObjective,

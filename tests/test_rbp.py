@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 import neurodyn as nd
-
-from helpers import assert_tree_close, dense_ift_grad, directional, finite_difference_grad
+from helpers import (
+    assert_tree_close,
+    dense_ift_grad,
+    directional,
+    finite_difference_grad,
+)
 
 
 STRATEGIES = [
