@@ -21,7 +21,12 @@ from ._objectives import (
 from ._options import IntegrationOptions as IntegrationOptions
 from ._outcome import RESULTS as RESULTS
 from ._value_and_grad import value_and_grad as value_and_grad
-from .estimators import AbstractEstimator as AbstractEstimator, BPTT as BPTT, RBP as RBP
+from .estimators import (
+    AbstractEstimator as AbstractEstimator,
+    BPTT as BPTT,
+    EP as EP,
+    RBP as RBP,
+)
 
 
 __version__ = importlib.metadata.version("neurodyn")
