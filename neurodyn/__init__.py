@@ -9,8 +9,11 @@ import importlib.metadata
 from . import (
     activations as activations,
     adjoint as adjoint,
+    data as data,
     losses as losses,
     networks as networks,
+    online as online,
+    rtrl as rtrl,
 )
 from ._dynamics import relax as relax, rollout as rollout
 from ._objectives import (
@@ -26,6 +29,7 @@ from .estimators import (
     BPTT as BPTT,
     EP as EP,
     RBP as RBP,
+    RTRL as RTRL,
 )
 
 

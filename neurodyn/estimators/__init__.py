@@ -4,3 +4,4 @@ from ._base import AbstractEstimator as AbstractEstimator
 from ._bptt import BPTT as BPTT
 from ._ep import EP as EP
 from ._rbp import RBP as RBP
+from ._rtrl import RTRL as RTRL
