@@ -40,3 +40,11 @@ def planned_peak_bytes(fn, *args) -> int | None:
     if mem is None:
         return None
     return int(mem.temp_size_in_bytes + mem.output_size_in_bytes + mem.argument_size_in_bytes)
+
+
+def tree_cast(tree, dtype):
+    """Casts the floating-point leaves of `tree` (e.g. a network) to `dtype`."""
+    import equinox as eqx
+    import jax
+
+    return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)

@@ -50,26 +50,35 @@ def fidelity_vs_knob(
     *,
     metric: str = "rel_error",
     slopes: Mapping[str, float] | None = None,
+    logx: bool = True,
     title: str | None = None,
     knob_label: str | None = None,
 ):
-    """`metric` (default: relative error to the exact gradient) against one knob, log-log,
-    one line per estimator variant (`rows[i]["estimator"]`), with the theoretical slopes
-    (`{label: slope}`) drawn as dashed guides through the first point of the first line."""
+    """`metric` (default: relative error to the exact gradient) against one knob, one line
+    per estimator variant (`rows[i]["estimator"]`), log-scaled error axis (and knob axis
+    with `logx`). `slopes` maps an estimator name to its theoretical log-log slope, drawn
+    as a dashed guide through that line's smallest-knob point."""
     fig, ax = plt.subplots(figsize=(5.2, 3.9))
-    first = None
-    for name, rs in sorted(_group([r for r in rows if r.get(knob) is not None], "estimator").items()):
+    lines = {}
+    used = set()
+    for i, (name, rs) in enumerate(sorted(_group([r for r in rows if r.get(knob) is not None], "estimator").items())):
         rs = sorted(rs, key=lambda r: float(r[knob]))
         xs = np.array([float(r[knob]) for r in rs])
         ys = np.array([max(float(r[metric]), 1e-16) for r in rs])
-        ax.loglog(xs, ys, "o-", label=name, color=_color(name))
-        if first is None:
-            first = (xs, ys)
-    if first is not None and slopes:
-        xs, ys = first
-        for i, (label, slope) in enumerate(slopes.items()):
-            guide = ys[0] * (xs / xs[0]) ** slope
-            ax.loglog(xs, guide, "--", color="0.5" if i == 0 else "0.75", label=f"{label} (slope {slope:g})")
+        color = _color(name)
+        if color is None or color in used:
+            color = f"C{(i + 4) % 10}"
+        used.add(color)
+        ax.plot(xs, ys, "o-", label=name, color=color)
+        lines[name] = (xs, ys, color)
+    for name, slope_ in (slopes or {}).items():
+        if name not in lines:
+            continue
+        xs, ys, color = lines[name]
+        ax.plot(xs, ys[0] * (xs / xs[0]) ** slope_, "--", color=color, alpha=0.6, label=f"theory: slope {slope_:g}")
+    ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
     ax.set_xlabel(knob_label or knob)
     ax.set_ylabel({"rel_error": "relative error ||g - g*|| / ||g*||", "cosine": "cosine to exact gradient"}.get(metric, metric))
     ax.set_title(title or f"Gradient fidelity against {knob}")
@@ -105,7 +114,7 @@ def cost_vs_n(rows: Sequence[Mapping], *, title: str | None = None):
 def alignment(names: Sequence[str], M: np.ndarray, *, title: str | None = None):
     """The pairwise gradient-alignment matrix: cosine between every two estimators."""
     k = len(names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * k, 0.6 + 0.7 * k))
+    fig, ax = plt.subplots(figsize=(2.4 + 0.8 * k, 1.0 + 0.7 * k))
     im = ax.imshow(M, vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), names, fontsize=8)

@@ -19,7 +19,7 @@ def test_figures_render_and_save(tmp_path):
         for b, n in zip((1e-3, 1e-2, 1e-1), (16, 32, 64))
     ]
     files = []
-    files += ndp.save(ndp.fidelity_vs_knob(rows, "beta", slopes={"O(beta)": 1, "O(beta^2)": 2}), tmp_path / "beta")
+    files += ndp.save(ndp.fidelity_vs_knob(rows, "beta", slopes={"ep-one-sided": 1, "ep-centered": 2}), tmp_path / "beta")
     files += ndp.save(ndp.cost_vs_n(rows), tmp_path / "cost")
     files += ndp.save(ndp.alignment(["a", "b"], np.array([[1.0, 0.5], [0.5, 1.0]])), tmp_path / "align")
     curves = [dict(estimator=e, seed=s, epoch=k, train_loss=1.0 / (k + 1 + s), test_accuracy=0.5 + 0.1 * k)

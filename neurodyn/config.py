@@ -1,0 +1,236 @@
+"""Configs: YAML files loaded into frozen, typed dataclasses, with CLI overrides.
+
+An experiment declares its schema as a frozen dataclass (nested dataclasses for sections)
+and calls `cli`:
+
+```python
+@dataclasses.dataclass(frozen=True)
+class Config:
+    experiment: str = "train"
+    seed: int = 0
+    estimator: EstimatorConfig = EstimatorConfig()
+
+cfg, args = nd.config.cli(Config, argv, description=__doc__)
+# python -m experiments.train --config configs/x.yaml [--quick] [--out DIR] [--estimator.beta 0.05]
+```
+
+- `yaml.safe_load`; every key must be a field: an unknown key is a `ConfigError` naming the
+  key, the file and the closest valid key; `cli` prints that one line and exits with code 2.
+- A top-level `quick:` mapping holds overrides applied with `--quick` (deep-merged).
+- Overrides after the known flags go through tyro (`--section.field value`).
+- Strings name classes only here, through the registries (`NETWORKS`, `ESTIMATORS`, ...).
+"""
+
+import argparse
+import dataclasses
+import difflib
+import pathlib
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that does not match its schema."""
+
+
+def _field_types(schema) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _build(schema, data: Mapping, where: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = _field_types(schema)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown key '{where}{key}'{hint}")
+        kwargs[key] = _convert(fields[key], value, f"{where}{key}")
+    return schema(**kwargs)
+
+
+def _convert(tp, value, where):
+    origin = typing.get_origin(tp)
+    if _is_dataclass_type(tp):
+        return _build(tp, value or {}, where + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) == 1:
+            return _convert(args[0], value, where)
+        for a in args:  # first that accepts it
+            try:
+                return _convert(a, value, where)
+            except (ConfigError, TypeError, ValueError):
+                continue
+        raise ConfigError(f"'{where}': {value!r} does not match {tp}")
+    if origin in (tuple, list):
+        (inner, *rest) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{where}': expected a list, got {value!r}")
+        return tuple(_convert(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{where}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{where}': expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{where}': expected an integer, got {value!r}")
+        return value
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"'{where}': expected true or false, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"'{where}': expected a string, got {value!r}")
+    return value
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def load(path, schema, *, quick: bool = False, overrides: list[str] | tuple[str, ...] = ()):
+    """Loads `path` into `schema` (a frozen dataclass); `quick` applies the file's `quick:`
+    section; `overrides` are tyro-style `--a.b value` arguments."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    quick_section = data.pop("quick", None) or {}
+    if quick:
+        data = _merge(data, quick_section)
+    try:
+        _build(schema, quick_section, "quick.")  # the quick section is checked even when unused
+        cfg = _build(schema, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_overrides(cfg, overrides):
+    """`--section.field value` overrides on a config instance, through tyro."""
+    import tyro
+
+    try:
+        return tyro.cli(type(cfg), args=list(overrides), default=cfg, console_outputs=False)
+    except SystemExit:
+        raise ConfigError(f"bad override(s): {' '.join(overrides)}; run with --help for the fields") from None
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def cli(schema, argv=None, *, description: str | None = None, default_config: str | None = None):
+    """Parses `--config PATH [--quick] [--out DIR] [overrides...]` and returns `(cfg, args)`.
+
+    On a bad config prints one line naming the problem to stderr and exits with code 2."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=default_config, required=default_config is None)
+    parser.add_argument("--quick", action="store_true", help="the config's quick variant (CI, < 1 minute)")
+    parser.add_argument("--out", default=None, help="run directory (default: runs/<config name>[-quick])")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load(args.config, schema, quick=args.quick, overrides=rest)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.out is None:
+        name = pathlib.Path(args.config).stem + ("-quick" if args.quick else "")
+        args.out = str(pathlib.Path("runs") / name)
+    return cfg, args
+
+
+# ---------------------------------------------------------------------------------------
+# Registries: the only place where strings name classes.
+# ---------------------------------------------------------------------------------------
+
+
+def _nd():
+    import neurodyn
+
+    return neurodyn
+
+
+def activation(name: str):
+    nd = _nd()
+    table = {
+        "identity": nd.activations.identity,
+        "logistic": nd.activations.logistic,
+        "tanh": nd.activations.tanh,
+        "hard_logistic": nd.activations.hard_logistic,
+        "hard_tanh": nd.activations.hard_tanh,
+        "relu": nd.activations.relu,
+        "leaky_relu": nd.activations.leaky_relu,
+        "elu": nd.activations.elu,
+        "softplus": nd.activations.softplus,
+        "prelu": nd.activations.PReLU(),
+        "maxout": nd.activations.Maxout(2),
+    }
+    return _lookup(table, name, "activation")
+
+
+def _lookup(table, name, what):
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown {what} '{name}'{hint} (known: {', '.join(table)})")
+    return table[name]
+
+
+def network_class(name: str):
+    nd = _nd()
+    table = {k.lower(): getattr(nd.networks, k) for k in dir(nd.networks) if not k.startswith(("_", "Abstract"))}
+    return _lookup(table, name.lower(), "network")
+
+
+def estimator_class(name: str):
+    nd = _nd()
+    table = {k.lower(): getattr(nd, k) for k in ("BPTT", "RBP", "EP", "RTRL") if hasattr(nd, k)}
+    return _lookup(table, name.lower(), "estimator")
+
+
+def build_object(spec: Mapping):
+    """Builds an object from `{kind: Name, **kwargs}`, `kind` a (dotted) name in `neurodyn`
+    (`EP`, `adjoint.Neumann`, `rtrl.SnAp1`); nested specs with a `kind` are built too."""
+    nd = _nd()
+    spec = dict(spec)
+    if "kind" not in spec:
+        raise ConfigError(f"object spec {spec} needs a 'kind'")
+    kind = spec.pop("kind")
+    target = nd
+    for part in kind.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"unknown kind '{kind}' (no neurodyn.{kind})")
+        target = getattr(target, part)
+    kwargs = {k: build_object(v) if isinstance(v, Mapping) and "kind" in v else v for k, v in spec.items()}
+    try:
+        return target(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"cannot build {kind}({kwargs}): {e}") from None
