@@ -1,0 +1,47 @@
+"""Runs every config's quick variant through its experiment (CI does this).
+
+    python -m experiments.run_all_quick --out DIR
+
+Each `configs/*.yaml` names its experiment module in a top-level `experiment:` key; a config
+without one, or naming a module that does not exist, is a failure, not a skip.
+"""
+
+import argparse
+import importlib.util
+import pathlib
+import subprocess
+import sys
+import time
+
+import yaml
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", required=True)
+    p.add_argument("--configs", default="configs")
+    args = p.parse_args(argv)
+    failures = []
+    configs = sorted(pathlib.Path(args.configs).glob("*.yaml"))
+    for cfg in configs:
+        experiment = (yaml.safe_load(cfg.read_text()) or {}).get("experiment")
+        if not experiment or importlib.util.find_spec(f"experiments.{experiment}") is None:
+            failures.append(f"{cfg}: no experiment module 'experiments.{experiment}'")
+            print(f"FAIL {cfg}: no experiment module 'experiments.{experiment}'", flush=True)
+            continue
+        out = pathlib.Path(args.out) / cfg.stem
+        cmd = [sys.executable, "-m", f"experiments.{experiment}", "--config", str(cfg), "--quick", "--out", str(out)]
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmd).returncode
+        took = time.perf_counter() - t0
+        status = "ok" if rc == 0 else f"FAIL (exit {rc})"
+        print(f"{status} {cfg} in {took:.0f}s -> {out}", flush=True)
+        if rc != 0:
+            failures.append(f"{cfg}: exit {rc}")
+    print(f"{len(configs) - len(failures)} passed, {len(failures)} failed")
+    if failures:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
