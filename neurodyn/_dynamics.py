@@ -96,7 +96,9 @@ def relax_loop(
         cond, body, init, max_steps=opts.max_steps, kind=kind, checkpoints=checkpoints
     )
     residual = rms_norm(_vector_field(steps.astype(r.dtype) * dt, r, (net, x)))
-    finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual)
+    # The loop stops early on a non-finite step difference: that is divergence even when
+    # the state itself has not yet overflowed.
+    finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual) & jnp.isfinite(res)
     converged = finite & (res < tol(r))
     result = RESULTS.where(
         converged,

@@ -6,10 +6,15 @@ from ._custom_types import Array
 def rms_norm(x: Array) -> Array:
     """Root-mean-square norm, the norm of every convergence test in neurodyn.
 
-    Safe at zero (its gradient there is zero, not NaN)."""
-    sq = jnp.mean(jnp.square(x))
+    Scaled by the largest entry so that it does not overflow before the state does, and
+    safe at zero (its gradient there is zero, not NaN)."""
+    m = jnp.max(jnp.abs(x))
+    safe_m = jnp.where(m > 0, m, 1)
+    sq = jnp.mean(jnp.square(x / safe_m))
     safe = jnp.where(sq > 0, sq, 1)
-    return jnp.where(sq > 0, jnp.sqrt(safe), 0)
+    value = jnp.where(sq == 0, 0, safe_m * jnp.sqrt(safe))
+    # inf/NaN entries give inf: a diverged state never looks converged.
+    return jnp.where(jnp.all(jnp.isfinite(x)), value, jnp.inf)
 
 
 def default_floating_dtype():

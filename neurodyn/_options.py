@@ -47,13 +47,16 @@ def check_option_names(options: dict) -> None:
 def steady_state_options(
     dtype, *, solver=None, dt0=None, rtol=None, atol=None, max_steps=None
 ) -> IntegrationOptions:
-    """Defaults for relaxation to a steady state: Euler, `dt0 = 0.5`, tolerances by dtype.
+    """Defaults for relaxation to a steady state: Euler, `dt0 = 1`, tolerances by dtype.
 
-    The steady state is a zero of `F` whatever the solver, so the cheapest stable one wins."""
+    The steady state is a zero of `F` whatever the solver, so the cheapest stable one wins.
+    For `dr/dt = -r + ...` networks Euler with `dt0 = 1` is the fixed-point iteration
+    `r <- f(W r + U x + b)`, stable whenever the map contracts (the default gains); pass a
+    smaller `dt0` for stiffer networks (time constants below 1)."""
     drtol, datol = _tolerances(dtype)
     opts = IntegrationOptions(
         solver=diffrax.Euler() if solver is None else solver,
-        dt0=0.5 if dt0 is None else float(dt0),
+        dt0=1.0 if dt0 is None else float(dt0),
         rtol=drtol if rtol is None else rtol,
         atol=datol if atol is None else atol,
         max_steps=10_000 if max_steps is None else int(max_steps),

@@ -80,9 +80,9 @@ def test_layered_adjoint_is_backprop(getkey):
         return vjp(v)[0]
 
     for adj in (nd.adjoint.Krylov(), nd.adjoint.Neumann(K=3), nd.adjoint.DenseLU()):
-        v, info = adj.solve(matvec, g, lambda: jax.jacfwd(lambda r: net(0.0, r, x))(r), False)
+        v, info = adj.solve(matvec, g, lambda: jax.jacfwd(lambda r: net(0.0, r, x))(r), False, 1.0)
         np.testing.assert_allclose(v, backprop, rtol=1e-9, atol=1e-12)
-    v2, _ = nd.adjoint.Neumann(K=2).solve(matvec, g, None, False)
+    v2, _ = nd.adjoint.Neumann(K=2).solve(matvec, g, None, False, 1.0)
     assert float(jnp.max(jnp.abs(v2 - backprop))) > 1e-3  # two sweeps do not reach layer 1
     _, grads, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP())
     mlp_grads = eqx.filter_grad(lambda n: nd.losses.squared_error(n.readout(n.forward(x)), y))(net)

@@ -25,24 +25,25 @@ class AdjointODE(AbstractAdjointSolve):
 
     - `solver`: a diffrax solver (Euler by default; with `dt0 = 1` it is the Neumann series
       with a convergence test).
-    - `dt0`: the fixed step.
+    - `dt0`: the fixed step; `None` (default) takes the forward relaxation's `dt0`, with
+      which the adjoint dynamics are as stable as the forward ones (same eigenvalues).
     - `rtol`, `atol`: tolerances (`None`: by dtype).
     - `max_steps`: iteration budget.
     """
 
     solver: diffrax.AbstractSolver = diffrax.Euler()
-    dt0: float = eqx.field(static=True, default=0.5)
+    dt0: float | None = eqx.field(static=True, default=None)
     rtol: float | None = None
     atol: float | None = None
     max_steps: int = eqx.field(static=True, default=10_000)
 
-    def solve(self, matvec, g, jacobian, symmetric):
+    def solve(self, matvec, g, jacobian, symmetric, dt):
         del jacobian, symmetric
         rtol = default_rtol(g.dtype) if self.rtol is None else self.rtol
         atol = 0.0 if self.atol is None else self.atol
         term = diffrax.ODETerm(_adjoint_field)
         args = (matvec, g)
-        dt = self.dt0
+        dt = dt if self.dt0 is None else self.dt0
         scale = rms_norm(g)
         big = jnp.asarray(jnp.finfo(g.dtype).max, g.dtype)
 
@@ -56,6 +57,7 @@ class AdjointODE(AbstractAdjointSolve):
             v1, _, _, s1, _ = self.solver.step(term, t, t + dt, v, args, s, False)
             return v1, s1, step + 1, rms_norm(v1 - v) / dt
 
+        dt = jnp.asarray(dt, g.dtype)
         v0 = jnp.zeros_like(g)
         s0 = self.solver.init(term, 0.0, dt, v0, args)
         v, _, steps, _ = eqxi.while_loop(

@@ -13,6 +13,8 @@ class AbstractAdjointSolve(eqx.Module):
     """
 
     @abc.abstractmethod
-    def solve(self, matvec, g, jacobian, symmetric: bool):
+    def solve(self, matvec, g, jacobian, symmetric: bool, dt: float):
         """Returns `(v, info)` with `J^T v ~= -g`. `jacobian()` builds the dense J on demand;
-        `symmetric` says the network declares `J = J^T` (energy networks)."""
+        `symmetric` says the network declares `J = J^T` (energy networks); `dt` is the
+        forward relaxation's step, a step the adjoint dynamics are stable with too (J^T
+        has the eigenvalues of J)."""

@@ -15,8 +15,8 @@ class DenseLU(AbstractAdjointSolve):
         factorisation dominates everything else. Use `Krylov` for anything but tiny networks.
     """
 
-    def solve(self, matvec, g, jacobian, symmetric):
-        del symmetric
+    def solve(self, matvec, g, jacobian, symmetric, dt):
+        del dt, symmetric
         J = jacobian()
         v = jnp.linalg.solve(J.T, -g)
         res = relative_residual(matvec, v, g)

@@ -36,8 +36,8 @@ class Krylov(AbstractAdjointSolve):
         if self.method not in ("auto", "gmres", "bicgstab", "cg"):
             raise ValueError(f"Krylov method must be 'auto', 'gmres', 'bicgstab' or 'cg', got {self.method!r}.")
 
-    def solve(self, matvec, g, jacobian, symmetric):
-        del jacobian
+    def solve(self, matvec, g, jacobian, symmetric, dt):
+        del dt, jacobian
         rtol = default_rtol(g.dtype) if self.rtol is None else self.rtol
         # lineax scales tolerances elementwise; entries of g that are exactly zero (hidden
         # units the loss does not see) would otherwise demand an exact zero residual.

@@ -28,8 +28,8 @@ class Neumann(AbstractAdjointSolve):
         if self.K < 1:
             raise ValueError(f"Neumann needs K >= 1 terms, got K={self.K}.")
 
-    def solve(self, matvec, g, jacobian, symmetric):
-        del jacobian, symmetric
+    def solve(self, matvec, g, jacobian, symmetric, dt):
+        del dt, jacobian, symmetric
 
         def body(v, _):
             return v + self.alpha * (matvec(v) + g), None

@@ -7,7 +7,7 @@ import jax.tree_util as jtu
 from .._dynamics import relax_loop
 from .._objectives import SteadyState
 from .._outcome import RESULTS
-from ..adjoint import AbstractAdjointSolve, Krylov
+from ..adjoint import AbstractAdjointSolve, AdjointODE
 from ..networks import AbstractEnergyNetwork
 from ._base import AbstractEstimator
 
@@ -30,8 +30,11 @@ class RBP(AbstractEstimator):
 
     **Arguments:**
 
-    - `adjoint`: the adjoint solve, an `nd.adjoint` strategy: `Krylov()` (default; CG on
-      energy networks, GMRES otherwise), `AdjointODE()`, `Neumann(K)`, `DenseLU()`.
+    - `adjoint`: the adjoint solve, an `nd.adjoint` strategy: `AdjointODE()` (default: the
+      seed notes' adjoint dynamics with the forward relaxation's solver step, chosen by
+      measurement: on CPU at n = 256, B = 32 it took 1.6 ms against 19 ms for lineax GMRES
+      with restart 40 and 4 ms with restart 5, see the README), `Krylov()` (CG on energy
+      networks, GMRES otherwise; fewest iterations), `Neumann(K)`, `DenseLU()`.
     - `stability_check`: if True, estimate the eigenvalue of J with the largest real part
       by power iteration on `I + dt J` (JVPs only) and report it in
       `info["leading_eigenvalue"]`; an equilibrium with a non-negative one is flagged.
@@ -43,9 +46,9 @@ class RBP(AbstractEstimator):
         the implicit gradient exists yet means little: `info["unstable"]` says so.
     """
 
-    adjoint: AbstractAdjointSolve = Krylov()
+    adjoint: AbstractAdjointSolve = AdjointODE()
     stability_check: bool = eqx.field(static=True, default=False)
-    power_iterations: int = eqx.field(static=True, default=100)
+    power_iterations: int = eqx.field(static=True, default=200)
     objectives = (SteadyState,)
 
     def value_and_grad(self, net, x, y, objective, options):
@@ -71,7 +74,7 @@ class RBP(AbstractEstimator):
             return jax.jacfwd(F_r)(r)
 
         symmetric = isinstance(net, AbstractEnergyNetwork)
-        v, ainfo = self.adjoint.solve(matvec, g_r, jacobian, symmetric)
+        v, ainfo = self.adjoint.solve(matvec, g_r, jacobian, symmetric, options.dt0)
         _, vjp_w = jax.vjp(lambda p: eqx.combine(p, static)(0.0, r, x), params)
         (g_dyn,) = vjp_w(v)
         grads = jtu.tree_map(lambda a, b: a + b, g_direct, g_dyn)
@@ -82,7 +85,7 @@ class RBP(AbstractEstimator):
         )
         extra = {}
         if self.stability_check:
-            lam = _leading_eigenvalue(F_r, r, options.dt0, self.power_iterations)
+            lam = _leading_eigenvalue(F_r, r, 0.1, self.power_iterations)
             unstable = unstable | (lam >= 0)
             extra["leading_eigenvalue"] = lam
         forward_ok = info["converged"]
@@ -110,7 +113,8 @@ class RBP(AbstractEstimator):
 
 def _leading_eigenvalue(F_r, r, h, iterations):
     """The eigenvalue of J with the largest real part, by power iteration on `I + h J`
-    (whose dominant eigenvalue is `1 + h lambda` for small h), with JVPs only."""
+    (whose dominant eigenvalue is `1 + h lambda` for small h; h = 0.1 orders the
+    eigenvalues of these networks, |lambda| < ~5, by real part), with JVPs only."""
     _, jvp = jax.linearize(F_r, r)
     u0 = jr.normal(jr.PRNGKey(0), r.shape, r.dtype)
     u0 = u0 / jnp.linalg.norm(u0)
