@@ -201,7 +201,7 @@ def run_scaling(cfg: Config, run: RunDir):
 
 
 # Theoretical log-log slopes drawn on the fidelity figures, by knob and estimator variant.
-THEORY = {"beta": {"ep-one-sided": 1.0, "ep-centered": 2.0}, "adjoint_rtol": {"rbp": 1.0}}
+THEORY = {"beta": {"ep-one-sided": 1.0, "ep-centered": 2.0}, "adjoint_rtol": {"rbp-krylov": 1.0}}
 # Knobs whose error falls as a power law (log axis); the others (K, h) fall geometrically.
 LOG_KNOBS = {"beta", "adjoint_rtol"}
 

@@ -13,7 +13,9 @@ from . import (
     losses as losses,
     networks as networks,
     online as online,
+    preprocessing as preprocessing,
     rtrl as rtrl,
+    training as training,
 )
 from ._dynamics import relax as relax, rollout as rollout
 from ._objectives import (
