@@ -70,6 +70,8 @@ class Config:
     seeds: tuple[int, ...] = (0,)
     stopping: StoppingConfig = StoppingConfig()
     train_subset: int = 0
+    dt0: float | None = None
+    max_steps: int | None = None
 
 
 def load_data(d: Data, seed: int):
@@ -131,6 +133,7 @@ def main(argv=None):
                 key=jr.PRNGKey(1000 + seed), valid=valid, test=test, l2=cfg.l2,
                 stopping=nd.training.Stopping(**dataclasses.asdict(cfg.stopping)), run=sub,
                 log_extra=dict(estimator=name, seed=seed),
+                **{k: v for k, v in dict(dt0=cfg.dt0, max_steps=cfg.max_steps).items() if v is not None},
             )
             for row in history:
                 top.log(dict(row, part="training"))

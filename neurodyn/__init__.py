@@ -15,6 +15,7 @@ from . import (
     online as online,
     preprocessing as preprocessing,
     rtrl as rtrl,
+    sweeps as sweeps,
     training as training,
 )
 from ._dynamics import relax as relax, rollout as rollout

@@ -45,6 +45,7 @@ class Stopping:
 
 def accuracy(net, X, y, **options) -> float:
     """Classification accuracy of `argmax(readout(r*))` at the steady state."""
+
     @eqx.filter_jit
     def predict(net, X):
         r, _ = jax.vmap(lambda x: relax(net, x, **options))(X)
