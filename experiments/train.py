@@ -137,11 +137,15 @@ def main(argv=None):
             )
             for row in history:
                 top.log(dict(row, part="training"))
-            final = history[-1]
-            rows.append(dict(estimator=name, seed=seed, epochs=final["epoch"], train_loss=final["train_loss"],
-                             valid_accuracy=final.get("valid_accuracy"), test_accuracy=final.get("test_accuracy"),
-                             converged_rate=final["converged_rate"]))
-            print(f"{name} seed {seed}: test accuracy {final.get('test_accuracy'):.4f} after {final['epoch']} epochs", file=sys.stderr)
+            last = history[-1]
+            # Early stopping's model selection: the epoch where validation accuracy peaked.
+            best = max(history, key=lambda r: (r.get("valid_accuracy") or 0.0, -r["epoch"]))
+            final = dict(best, test_accuracy=best.get("test_accuracy"))
+            rows.append(dict(estimator=name, seed=seed, epochs=last["epoch"], best_epoch=best["epoch"],
+                             train_loss=last["train_loss"], valid_accuracy=best.get("valid_accuracy"),
+                             test_accuracy=best.get("test_accuracy"), last_test_accuracy=last.get("test_accuracy"),
+                             converged_rate=last["converged_rate"]))
+            print(f"{name} seed {seed}: test accuracy {final.get('test_accuracy'):.4f} at the best validation epoch {best['epoch']} of {last['epoch']}", file=sys.stderr)
     top.write_summary(rows)
     curves = [r for r in top.rows() if r.get("part") == "training"]
     ndp.save(ndp.training_curves(curves, metrics=("train_loss", "test_accuracy")), top.figures / "training")

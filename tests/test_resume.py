@@ -43,7 +43,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     a, b = _summary(reference), _summary(killed)
     assert [r["estimator"] for r in a] == [r["estimator"] for r in b]
     for ra, rb in zip(a, b):
-        assert ra["epochs"] == rb["epochs"] == "8"
+        assert ra["epochs"] == rb["epochs"] == "8" and ra["best_epoch"] == rb["best_epoch"]
         assert float(ra["train_loss"]) == pytest.approx(float(rb["train_loss"]), rel=1e-6)
         assert float(ra["test_accuracy"]) == pytest.approx(float(rb["test_accuracy"]), abs=1e-9)
 
