@@ -36,4 +36,7 @@ from .estimators import (
 )
 
 
-__version__ = importlib.metadata.version("neurodyn")
+try:
+    __version__ = importlib.metadata.version("neurodyn")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+    __version__ = "0+unknown"
