@@ -55,6 +55,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         new = mod.run(quick=args.quick, large=args.large)
         print(f"[{name}] {len(new)} rows in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(_markdown(new), flush=True)  # as each section ends: a later one may run out of time
         rows += new
     md = _markdown(rows)
     header = (
