@@ -86,7 +86,7 @@ def main(argv=None):
                     return nd.value_and_grad(net, x, y, objective=obj, estimator=est, **opts)[:2]
 
                 losses, grads = jax.vmap(one)(xs, ys, w)
-                grads = jax.tree.map(lambda g: jnp.mean(g, 0), grads)
+                grads = nd.batch_mean(grads)
                 with jax.numpy_dtype_promotion("standard"):
                     updates, opt_state = opt.update(grads, opt_state, params)
                 return optax.apply_updates(params, updates), opt_state, jnp.mean(losses) / jnp.mean(jnp.sum(w, -1))

@@ -66,7 +66,7 @@ def make_problem(cfg: Config, hidden: int):
             idx = jr.choice(k, Xtr.shape[0], (cfg.batch_size,), replace=False)
             net = eqx.combine(params, static)
             losses, grads, _ = jax.vmap(lambda x, t: nd.value_and_grad(net, x, t, objective=obj, estimator=est))(Xtr[idx], ytr[idx])
-            grads = jax.tree.map(lambda g: jnp.mean(g, 0), grads)
+            grads = nd.batch_mean(grads)
             return jax.tree.map(lambda p, g: p - lr * g, params, grads), jnp.mean(losses)
 
         params, losses = jax.lax.scan(step, params, jr.split(jr.fold_in(key, 1), cfg.steps))

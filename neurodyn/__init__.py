@@ -19,6 +19,7 @@ from . import (
     training as training,
 )
 from ._dynamics import relax as relax, rollout as rollout
+from ._misc import batch_mean as batch_mean
 from ._objectives import (
     AbstractObjective as AbstractObjective,
     SteadyState as SteadyState,

@@ -53,3 +53,21 @@ def tree_cast(tree, dtype):
     import jax
 
     return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+
+
+def batch_mean(tree):
+    """The mean over the leading (batch) axis of every array leaf, as a matrix-vector product.
+
+    Averaging vmapped per-example gradients with `jnp.mean(g, 0)` makes XLA's CPU backend
+    emit a slow reduction for (B, n, n) weight gradients (20 ms against 3 ms at B = 32,
+    n = 256); a product with the vector `1/B` runs as a GEMV."""
+    import jax
+    import jax.numpy as jnp
+
+    def mean(a):
+        if not hasattr(a, "shape") or a.ndim == 0:
+            return a
+        B = a.shape[0]
+        return (jnp.full((B,), 1.0 / B, a.dtype) @ a.reshape(B, -1)).reshape(a.shape[1:])
+
+    return jax.tree.map(mean, tree)

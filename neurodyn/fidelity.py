@@ -19,7 +19,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._dynamics import check_input, relax_loop, time_grid
-from ._misc import planned_peak_bytes, tree_dtype
+from ._misc import batch_mean, planned_peak_bytes, tree_dtype
 from ._objectives import AbstractObjective, SteadyState, Trajectory
 from ._options import steady_state_options
 from ._value_and_grad import value_and_grad
@@ -166,7 +166,7 @@ def batch_estimate(estimator, objective, **options):
             return value_and_grad(net, x, y, objective=objective, estimator=estimator, **options)
 
         losses, grads, info = jax.vmap(one)(xs, ys)
-        return jnp.mean(losses), jtu.tree_map(lambda g: jnp.mean(g, axis=0), grads), info
+        return jnp.mean(losses), batch_mean(grads), info
 
     return run
 

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from ._dynamics import relax
+from ._misc import batch_mean
 from ._value_and_grad import value_and_grad
 
 
@@ -103,7 +104,7 @@ def fit(
             return value_and_grad(net, x, t, objective=objective, estimator=estimator, **options)
 
         losses, grads, info = jax.vmap(one)(xb, yb)
-        grads = jtu.tree_map(lambda g: jnp.mean(g, 0), grads)
+        grads = batch_mean(grads)
         if l2:
             grads = jtu.tree_map(lambda g, p: g + l2 * p, grads, params)
         return jnp.mean(losses), grads, jnp.mean(info["converged"].astype(losses.dtype))

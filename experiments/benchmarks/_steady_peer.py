@@ -56,7 +56,7 @@ def ours_functions(estimator, objective=None, **options):
         losses, grads, info = jax.vmap(
             lambda x, y: nd.value_and_grad(net, x, y, objective=objective, estimator=estimator, **options)
         )(xs, ys)
-        return jnp.mean(losses), jax.tree.map(lambda g: jnp.mean(g, 0), grads), info
+        return jnp.mean(losses), nd.batch_mean(grads), info
 
     return relax, grad
 

@@ -79,7 +79,7 @@ def run(quick: bool = False, large: bool = False):
                 return nd.value_and_grad(net, x, y, objective=obj, estimator=nd.BPTT(), **opts)[:2]
 
             losses, grads = jax.vmap(one)(xs, ys)
-            return jnp.mean(losses), jax.tree.map(lambda g: jnp.mean(g, 0), grads)
+            return jnp.mean(losses), nd.batch_mean(grads)
 
         @eqx.filter_jit
         def peer_forward(net, xs, ys):

@@ -43,7 +43,8 @@ class EP(AbstractEstimator):
 
     - `beta`: the nudging strength (an array field: a sweep over beta compiles once).
     - `variant`: `"centered"` (default) or `"one-sided"`.
-    - `asymmetry_probes`: random probes for the asymmetry estimate (0 to skip it).
+    - `asymmetry_probes`: random probes for the asymmetry estimate on non-energy networks
+      (0 to skip it); energy networks report 0, their Jacobian being symmetric by construction.
 
     !!! warning
 
@@ -114,7 +115,9 @@ class EP(AbstractEstimator):
         grads = jtu.tree_map(lambda u, v: u + v, g_direct, g_dyn)
 
         extra = {}
-        if self.asymmetry_probes > 0:
+        if isinstance(net, AbstractEnergyNetwork):
+            extra["asymmetry"] = jnp.zeros((), r_free.dtype)  # symmetric by construction: no probes
+        elif self.asymmetry_probes > 0:
             extra["asymmetry"] = _asymmetry(lambda r: frozen(0.0, r, x), r_free, self.asymmetry_probes)
         forward_ok = info["converged"]
         converged = forward_ok & nudged_converged
