@@ -5,5 +5,9 @@ from ._base import (
     AbstractNetwork as AbstractNetwork,
 )
 from ._ctrnn import CTRNN as CTRNN
+from ._elman import Elman as Elman
 from ._hopfield import Hopfield as Hopfield
 from ._layered import Layered as Layered
+from ._narx import NARX as NARX
+from ._rmlp import RecurrentMLP as RecurrentMLP
+from ._second_order import SecondOrder as SecondOrder

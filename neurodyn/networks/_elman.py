@@ -1,0 +1,50 @@
+from collections.abc import Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .. import activations as _act
+from ._base import AbstractNetwork, normal_init
+
+
+class Elman(AbstractNetwork):
+    r"""The state-space model / simple recurrent network of Elman (seed 004):
+
+    `x_{n+1} = a(x_n, u_n) = f(W_a x_n + W_b u_n + b)`, `y_n = B x_n`,
+
+    written as the vector field `dx/dt = -x + a(x, u)`, so that Euler with `dt = 1` is exactly
+    the discrete network.
+
+    **Arguments:** `n` (state units), `n_in`, `n_out`, `activation` (default logistic, as in
+    the seed notes), `gain` (spectral radius of `W_a`), `key`.
+    """
+
+    W_a: Float[Array, "n n"]
+    W_b: Float[Array, "n n_in"]
+    b: Float[Array, " n"]
+    B: Float[Array, "n_out n"]
+    activation: Callable
+    n_state: int = eqx.field(static=True)
+    n_in: int = eqx.field(static=True)
+    n_out: int = eqx.field(static=True)
+
+    def __init__(self, n: int, n_in: int, n_out: int, activation: Callable = _act.logistic, *, gain: float = 0.5, key: PRNGKeyArray):
+        k1, k2, k3, k4 = jr.split(key, 4)
+        self.W_a = normal_init(k1, (n, n), gain / jnp.sqrt(n))
+        self.W_b = normal_init(k2, (n, n_in), 1.0 / jnp.sqrt(n_in))
+        self.b = jnp.zeros((n,))
+        self.B = normal_init(k3, (n_out, n), 1.0 / jnp.sqrt(n))
+        self.activation = _act.materialise(activation, n, k4)
+        self.n_state, self.n_in, self.n_out = n, n_in, n_out
+
+    def __call__(self, t, r, x):
+        del t
+        return -r + self.activation(self.W_a @ r + self.W_b @ x + self.b)
+
+    def init_state(self, x):
+        return jnp.zeros((self.n_state,), self.W_a.dtype)
+
+    def readout(self, r):
+        return self.B @ r
