@@ -53,16 +53,7 @@ def steady_state_options(
     For `dr/dt = -r + ...` networks Euler with `dt0 = 1` is the fixed-point iteration
     `r <- f(W r + U x + b)`, stable whenever the map contracts (the default gains); pass a
     smaller `dt0` for stiffer networks (time constants below 1)."""
-    drtol, datol = _tolerances(dtype)
-    opts = IntegrationOptions(
-        solver=diffrax.Euler() if solver is None else solver,
-        dt0=1.0 if dt0 is None else float(dt0),
-        rtol=drtol if rtol is None else rtol,
-        atol=datol if atol is None else atol,
-        max_steps=10_000 if max_steps is None else int(max_steps),
-    )
-    _validate(opts)
-    return opts
+    return _resolve(dtype, diffrax.Euler(), 1.0, 10_000, solver, dt0, rtol, atol, max_steps)
 
 
 def trajectory_options(
@@ -72,13 +63,17 @@ def trajectory_options(
 
     Trajectories are integrated with fixed steps (so BPTT and RTRL differentiate the same
     discretisation); `rtol`/`atol` only matter to steady states and are kept for symmetry."""
+    return _resolve(dtype, diffrax.Tsit5(), 0.1, 100_000, solver, dt0, rtol, atol, max_steps)
+
+
+def _resolve(dtype, default_solver, default_dt0, default_max_steps, solver, dt0, rtol, atol, max_steps):
     drtol, datol = _tolerances(dtype)
     opts = IntegrationOptions(
-        solver=diffrax.Tsit5() if solver is None else solver,
-        dt0=0.1 if dt0 is None else float(dt0),
+        solver=default_solver if solver is None else solver,
+        dt0=default_dt0 if dt0 is None else float(dt0),
         rtol=drtol if rtol is None else rtol,
         atol=datol if atol is None else atol,
-        max_steps=100_000 if max_steps is None else int(max_steps),
+        max_steps=default_max_steps if max_steps is None else int(max_steps),
     )
     _validate(opts)
     return opts
