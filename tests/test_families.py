@@ -62,3 +62,35 @@ def test_narx_recursion_with_delays(getkey):
         ys_hist = [y_next] + ys_hist[:-1]
         us_hist = [us[n]] + us_hist[:-1]
         np.testing.assert_allclose(net.readout(rs[n]), y_next, rtol=1e-12)
+
+
+def test_sparse_ctrnn_is_the_masked_dense_network_at_o_nnz_cost(getkey):
+    n = 30
+    sparse = nd.networks.CTRNN(n, 3, 2, density=0.1, key=getkey())
+    W = np.zeros((n, n))
+    W[np.asarray(sparse.W_index[0]), np.asarray(sparse.W_index[1])] = np.asarray(sparse.W)
+    dense = nd.networks.CTRNN(n, 3, 2, key=getkey())
+    import equinox as eqx
+
+    dense = eqx.tree_at(lambda m: (m.W, m.U, m.b, m.V, m.c), dense, (jnp.asarray(W), sparse.U, sparse.b, sparse.V, sparse.c))
+    r, x = jr.normal(getkey(), (n,)), jr.normal(getkey(), (3,))
+    np.testing.assert_allclose(sparse(0.0, r, x), dense(0.0, r, x), rtol=1e-12, atol=1e-14)
+    # O(nnz): no n x n array anywhere in the vector field, its VJP or its JVP.
+    params, static = eqx.partition(sparse, eqx.is_inexact_array)
+
+    def F(p, r):
+        return eqx.combine(p, static)(0.0, r, x)
+
+    for fn in (F, lambda p, r: jax.vjp(F, p, r)[1](r), lambda p, r: jax.jvp(F, (p, r), (p, r))[1]):
+        shapes = [v.aval.shape for eqn in jax.make_jaxpr(fn)(params, r).eqns for v in eqn.outvars]
+        assert (n, n) not in shapes
+
+
+def test_sparse_hopfield_is_symmetric_and_a_gradient_flow(getkey):
+    net = nd.networks.Hopfield(3, 12, 2, density=0.3, key=getkey())
+    x, r = jr.uniform(getkey(), (3,)), jr.uniform(getkey(), (14,))
+    np.testing.assert_allclose(net(0.0, r, x), -jax.grad(net.energy)(r, x), rtol=1e-12, atol=1e-14)
+    Ws = net.symmetric_weights
+    np.testing.assert_allclose(Ws, Ws.T)
+    np.testing.assert_allclose(np.diag(Ws), 0.0)
+    assert 0 < np.mean(np.asarray(Ws) != 0) < 0.6

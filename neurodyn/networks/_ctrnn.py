@@ -4,9 +4,10 @@ from typing import Literal
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .. import activations as _act
+from . import _sparse
 from ._base import AbstractNetwork, normal_init
 
 
@@ -30,10 +31,16 @@ class CTRNN(AbstractNetwork):
       equilibrium is unique and stable, which steady-state estimators need. Raise it on
       purpose to leave that regime (chaos sets in near `gain = 1` for `tanh`).
     - `tau`: the time constant.
+    - `density`: the fraction of recurrent connections present (random, fixed by `key`);
+      below 1, `W` is stored as its `nnz` values with integer indices and the vector field,
+      its VJP and JVP cost O(nnz) instead of O(n^2). The scale is raised to
+      `gain / sqrt(n density)` so the spectral radius stays about `gain`.
+    - `mask`: an explicit boolean `(n, n)` connectivity instead of `density`.
     - `key`: a `jax.random` key.
     """
 
-    W: Float[Array, "n n"]
+    W: Float[Array, "n n"] | Float[Array, " nnz"]
+    W_index: Int[Array, "2 nnz"] | None
     U: Float[Array, "n n_in"]
     b: Float[Array, " n"]
     V: Float[Array, "n_out n"]
@@ -55,14 +62,24 @@ class CTRNN(AbstractNetwork):
         *,
         gain: float = 0.5,
         tau: float = 1.0,
+        density: float = 1.0,
+        mask=None,
         key: PRNGKeyArray,
     ):
         if form not in ("rate", "current"):
             raise ValueError(f"CTRNN form must be 'rate' or 'current', got {form!r}.")
         if min(n, n_in, n_out) < 1:
             raise ValueError(f"CTRNN sizes must be positive, got n={n}, n_in={n_in}, n_out={n_out}.")
-        kw, ku, kv, ka = jr.split(key, 4)
-        self.W = normal_init(kw, (n, n), gain / jnp.sqrt(n))
+        kw, ku, kv, ka, km = jr.split(key, 5)
+        if mask is None and density >= 1:
+            self.W = normal_init(kw, (n, n), gain / jnp.sqrt(n))
+            self.W_index = None
+        else:
+            mask = _sparse.random_mask(km, n, density) if mask is None else mask
+            index = _sparse.indices(mask)
+            frac = max(index.shape[1], 1) / (n * n)
+            self.W = normal_init(kw, (index.shape[1],), gain / jnp.sqrt(n * frac))
+            self.W_index = index
         self.U = normal_init(ku, (n, n_in), 1.0 / jnp.sqrt(n_in))
         self.b = jnp.zeros((n,))
         self.V = normal_init(kv, (n_out, n), 1.0 / jnp.sqrt(n))
@@ -74,13 +91,19 @@ class CTRNN(AbstractNetwork):
         self.n_in = n_in
         self.n_out = n_out
 
+    def recurrent(self, v):
+        """`W v`: dense, or O(nnz) for sparse connectivity."""
+        if self.W_index is None:
+            return self.W @ v
+        return _sparse.matvec(self.W, self.W_index, v, self.n_state)
+
     def __call__(self, t, r, x):
         del t
         f = self.activation
         if self.form == "rate":
-            drdt = -r + f(self.W @ r + self.U @ x + self.b)
+            drdt = -r + f(self.recurrent(r) + self.U @ x + self.b)
         else:
-            drdt = -r + self.W @ f(r) + self.U @ x + self.b
+            drdt = -r + self.recurrent(f(r)) + self.U @ x + self.b
         return drdt / self.tau
 
     def init_state(self, x):

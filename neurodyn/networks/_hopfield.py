@@ -4,9 +4,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .. import activations as _act
+from . import _sparse
 from ._base import AbstractEnergyNetwork, normal_init
 
 
@@ -27,10 +28,13 @@ class Hopfield(AbstractEnergyNetwork):
     - `n_in`, `n_hidden`, `n_out`: sizes.
     - `activation`: `rho`; smooth choices (`logistic`, default) keep `J` well defined.
     - `gain`: scale of the symmetric weights, `N(0, gain^2/n)`.
+    - `density`, `mask`: sparse symmetric connectivity (the mask is symmetrised, its diagonal
+      dropped); the strict upper triangle's values are stored and every product is O(nnz).
     - `key`: a `jax.random` key.
     """
 
-    W: Float[Array, "n n"]
+    W: Float[Array, "n n"] | Float[Array, " nnz"]
+    W_index: Int[Array, "2 nnz"] | None
     U: Float[Array, "n n_in"]
     b: Float[Array, " n"]
     activation: Callable
@@ -47,6 +51,8 @@ class Hopfield(AbstractEnergyNetwork):
         activation: Callable = _act.logistic,
         *,
         gain: float = 0.5,
+        density: float = 1.0,
+        mask=None,
         key: PRNGKeyArray,
     ):
         if min(n_in, n_hidden, n_out) < 1:
@@ -54,8 +60,18 @@ class Hopfield(AbstractEnergyNetwork):
                 f"Hopfield sizes must be positive, got n_in={n_in}, n_hidden={n_hidden}, n_out={n_out}."
             )
         n = n_hidden + n_out
-        kw, ku, ka = jr.split(key, 3)
-        self.W = normal_init(kw, (n, n), gain / jnp.sqrt(n))
+        kw, ku, ka, km = jr.split(key, 4)
+        if mask is None and density >= 1:
+            self.W = normal_init(kw, (n, n), gain / jnp.sqrt(n))
+            self.W_index = None
+        else:
+            import numpy as np
+
+            mask = _sparse.random_mask(km, n, density, symmetric=True) if mask is None else np.asarray(mask, bool)
+            index = _sparse.indices(mask | mask.T, upper=True)
+            frac = max(2 * index.shape[1], 1) / (n * n)
+            self.W = normal_init(kw, (index.shape[1],), gain / jnp.sqrt(n * frac))
+            self.W_index = index
         self.U = normal_init(ku, (n, n_in), 1.0 / jnp.sqrt(n_in))
         self.b = jnp.zeros((n,))
         self.activation = _act.materialise(activation, n, ka)
@@ -66,22 +82,30 @@ class Hopfield(AbstractEnergyNetwork):
 
     @property
     def symmetric_weights(self) -> Float[Array, "n n"]:
-        """`W_s = (W + W^T)/2` with zero diagonal: the weights the dynamics use."""
+        """`W_s = (W + W^T)/2` with zero diagonal: the weights the dynamics use (dense)."""
+        if self.W_index is not None:
+            return _sparse.densify(self.W, self.W_index, self.n_state, symmetric=True)
         W = 0.5 * (self.W + self.W.T)
         return W * (1 - jnp.eye(self.n_state, dtype=W.dtype))
+
+    def coupling(self, v):
+        """`W_s v`, O(nnz) for sparse connectivity."""
+        if self.W_index is not None:
+            return _sparse.symmetric_matvec(self.W, self.W_index, v, self.n_state)
+        return self.symmetric_weights @ v
 
     def energy(self, r, x):
         rho = self.activation(r)
         return (
             0.5 * jnp.sum(r * r)
-            - 0.5 * rho @ (self.symmetric_weights @ rho)
+            - 0.5 * rho @ self.coupling(rho)
             - rho @ (self.U @ x + self.b)
         )
 
     def __call__(self, t, r, x):
         del t
         rho, drho = jax.jvp(self.activation, (r,), (jnp.ones_like(r),))
-        return -r + drho * (self.symmetric_weights @ rho + self.U @ x + self.b)
+        return -r + drho * (self.coupling(rho) + self.U @ x + self.b)
 
     def init_state(self, x):
         return jnp.zeros((self.n_state,), dtype=self.W.dtype)
