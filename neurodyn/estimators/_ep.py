@@ -143,12 +143,12 @@ class EP(AbstractEstimator):
         states = jax.lax.stop_gradient(states)
 
         if energy_net:
-            # Classic EP: sum_k weights_k dE/dw(r_k), one reverse pass. Vmapping E over the
-            # phases turns each weight gradient into one product contracting the phase axis
-            # (a GEMM with K = 2), not a sum of per-phase outer products.
+            # Classic EP: sum_k weights_k dE/dw(r_k), one reverse pass. An unrolled sum over
+            # the two phases, not a vmap: XLA CPU fuses the two outer products of a weight
+            # gradient into one loop, where the vmapped form (a K = 2 product) ran 5x slower.
             def dynamics_term(p):
                 m = eqx.combine(p, static)
-                return weights @ jax.vmap(lambda r: m.energy(r, x))(states)
+                return weights[0] * m.energy(states[0], x) + weights[1] * m.energy(states[1], x)
         else:
             # Seed formula, -delta^T dF/dw at r*, with delta ~ dr^beta/dbeta.
             delta = jax.lax.stop_gradient(weights @ states)
