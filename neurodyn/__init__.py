@@ -9,12 +9,14 @@ import importlib.metadata
 from . import (
     activations as activations,
     adjoint as adjoint,
+    config as config,
     data as data,
     losses as losses,
     networks as networks,
     online as online,
     preprocessing as preprocessing,
     rtrl as rtrl,
+    runs as runs,
     sweeps as sweeps,
     training as training,
 )

@@ -18,12 +18,42 @@ cfg, args = nd.config.cli(Config, argv, description=__doc__)
   key, the file and the closest valid key; `cli` prints that one line and exits with code 2.
 - A top-level `quick:` mapping holds overrides applied with `--quick` (deep-merged).
 - Overrides after the known flags go through tyro (`--section.field value`).
-- Strings name classes only here, through the registries (`NETWORKS`, `ESTIMATORS`, ...).
+- Strings name classes only here, through the registries: `network_class`, `estimator_class`,
+  `activation`, `optimizer`, `dataset`, and `build_object({kind: Name, ...})` for any neurodyn
+  object (`EP`, `adjoint.Neumann`, `rtrl.SnAp1`).
+- Errors found later (a bad `kind`, a misspelt estimator argument) are `ConfigError`s too;
+  wrap `main` in `entrypoint` so that they also end as one line and exit code 2.
+
+How an experiment module is written (`experiments/train.py` is the full example):
+
+```python
+@dataclasses.dataclass(frozen=True)
+class Config:                       # the schema: every YAML key is a field
+    experiment: str = "my_exp"      # run_all_quick runs `experiments.<experiment>`
+    estimator: dict = dataclasses.field(default_factory=lambda: {"kind": "RBP"})
+    steps: int = 100
+
+@nd.config.entrypoint
+def main(argv=None):
+    cfg, args = nd.config.cli(Config, argv, description=__doc__)
+    run = nd.runs.RunDir(args.out, cfg)            # config.yaml with provenance
+    est = nd.config.build_object(cfg.estimator)
+    ...                                            # run.log(row), run.save_checkpoint(...)
+    run.write_summary(rows); save figures under run.figures
+
+if __name__ == "__main__":
+    main()
+```
+
+The config file's first lines are comments: the command, the runtime, the expected result;
+its `quick:` section makes `--quick` finish in under a minute on 2 CPU cores.
 """
 
 import argparse
 import dataclasses
 import difflib
+import functools
+import inspect
 import pathlib
 import sys
 import types
@@ -150,8 +180,24 @@ def to_dict(cfg) -> dict:
 def cli(schema, argv=None, *, description: str | None = None, default_config: str | None = None):
     """Parses `--config PATH [--quick] [--out DIR] [overrides...]` and returns `(cfg, args)`.
 
-    On a bad config prints one line naming the problem to stderr and exits with code 2."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    **Arguments:**
+
+    - `schema`: the experiment's frozen dataclass.
+    - `argv`: the arguments (default `sys.argv[1:]`).
+    - `description`: the `--help` text (the module's docstring).
+    - `default_config`: the config used when `--config` is not given (else it is required).
+
+    **Returns:** `(cfg, args)`: the resolved config (the file, its `quick:` section with
+    `--quick`, then the overrides), and `args` with `config`, `quick` and `out` (default
+    `runs/<config name>[-quick]`).
+
+    On a bad config prints one line naming the problem (key and file) to stderr and exits
+    with code 2, without a traceback."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any field of the config can be overridden: --section.field value (e.g. --estimator.beta 0.05).",
+    )
     parser.add_argument("--config", default=default_config, required=default_config is None)
     parser.add_argument("--quick", action="store_true", help="the config's quick variant (CI, < 1 minute)")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<config name>[-quick])")
@@ -159,12 +205,31 @@ def cli(schema, argv=None, *, description: str | None = None, default_config: st
     try:
         cfg = load(args.config, schema, quick=args.quick, overrides=rest)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(e)
     if args.out is None:
         name = pathlib.Path(args.config).stem + ("-quick" if args.quick else "")
         args.out = str(pathlib.Path("runs") / name)
     return cfg, args
+
+
+def _fail(e: BaseException):
+    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def entrypoint(main):
+    """Decorates an experiment's `main`: a `ConfigError` raised anywhere inside it (a bad
+    `kind`, an unknown estimator argument, a missing data file) ends the process with one
+    line on stderr and exit code 2 instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except ConfigError as e:
+            _fail(e)
+
+    return wrapped
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,7 +243,16 @@ def _nd():
     return neurodyn
 
 
+def _lookup(table, name, what):
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown {what} '{name}'{hint} (known: {', '.join(table)})")
+    return table[name]
+
+
 def activation(name: str):
+    """An activation by name (`logistic`, `tanh`, `relu`, ... as in `nd.activations`)."""
     nd = _nd()
     table = {
         "identity": nd.activations.identity,
@@ -196,41 +270,98 @@ def activation(name: str):
     return _lookup(table, name, "activation")
 
 
-def _lookup(table, name, what):
-    if name not in table:
-        close = difflib.get_close_matches(name, list(table), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown {what} '{name}'{hint} (known: {', '.join(table)})")
-    return table[name]
-
-
 def network_class(name: str):
+    """A network class by name, case-insensitive: `ctrnn`, `hopfield`, `layered`, and every
+    other final class exported by `nd.networks` (new families appear here by themselves)."""
     nd = _nd()
-    table = {k.lower(): getattr(nd.networks, k) for k in dir(nd.networks) if not k.startswith(("_", "Abstract"))}
+    table = {
+        k.lower(): getattr(nd.networks, k)
+        for k in dir(nd.networks)
+        if not k.startswith(("_", "Abstract")) and isinstance(getattr(nd.networks, k), type)
+    }
     return _lookup(table, name.lower(), "network")
 
 
+ESTIMATORS = ("BPTT", "RBP", "EP", "RTRL")
+
+
 def estimator_class(name: str):
+    """An estimator class by name, case-insensitive: `bptt`, `rbp`, `ep`, `rtrl`. Looked up
+    on `neurodyn` when asked, so an estimator appears as soon as its module lands; one that
+    this installation lacks is a clear error."""
     nd = _nd()
-    table = {k.lower(): getattr(nd, k) for k in ("BPTT", "RBP", "EP", "RTRL") if hasattr(nd, k)}
-    return _lookup(table, name.lower(), "estimator")
+    known = {k.lower(): k for k in ESTIMATORS}
+    attr = _lookup(known, name.lower(), "estimator")
+    if not hasattr(nd, attr):
+        raise ConfigError(f"estimator '{name}' is not available in this neurodyn (no nd.{attr} yet)")
+    return getattr(nd, attr)
 
 
-def build_object(spec: Mapping):
+OPTIMIZERS = ("sgd", "adam")
+
+
+def optimizer(name: str, learning_rate, *, momentum: float = 0.9, nesterov: bool = False):
+    """An optax optimiser by name: `sgd` (with heavy-ball `momentum`, the seed notes'
+    `dw(n) = alpha dw(n-1) - eta g(n)`; `momentum: 0` is plain SGD) or `adam`.
+
+    `learning_rate` may be a traced array (a sweep axis): build the optimiser inside the
+    vmapped function. Weight decay is not an optimiser option: `nd.training.fit(l2=...)`
+    adds it to the gradient, so it acts the same with every optimiser."""
+    import optax
+
+    _lookup({k: k for k in OPTIMIZERS}, name, "optimizer")
+    if name == "sgd":
+        return optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+    return optax.adam(learning_rate)
+
+
+def dataset(name: str):
+    """A classification data set's loader by name: `digits`, `double_moon`, `mnist1d`,
+    `mnist`, `fashion_mnist` (the last two read local IDX files; see `nd.data`)."""
+    nd = _nd()
+    table = {
+        "digits": nd.data.digits,
+        "double_moon": nd.data.double_moon,
+        "mnist1d": nd.data.mnist1d,
+        "mnist": nd.data.idx_images,
+        "fashion_mnist": nd.data.idx_images,
+    }
+    return _lookup(table, name, "data set")
+
+
+def build_object(spec: Mapping, where: str = ""):
     """Builds an object from `{kind: Name, **kwargs}`, `kind` a (dotted) name in `neurodyn`
-    (`EP`, `adjoint.Neumann`, `rtrl.SnAp1`); nested specs with a `kind` are built too."""
+    (`EP`, `adjoint.Neumann`, `rtrl.SnAp1`); nested specs with a `kind` are built too.
+
+    An unknown `kind` or argument is a `ConfigError` naming it (prefixed by `where`, e.g.
+    `estimators.ep.`) and the closest valid name."""
     nd = _nd()
     spec = dict(spec)
     if "kind" not in spec:
-        raise ConfigError(f"object spec {spec} needs a 'kind'")
+        raise ConfigError(f"'{where.rstrip('.') or 'object'}' needs a 'kind' (e.g. kind: RBP), got {spec}")
     kind = spec.pop("kind")
     target = nd
-    for part in kind.split("."):
+    for part in str(kind).split("."):
         if not hasattr(target, part):
-            raise ConfigError(f"unknown kind '{kind}' (no neurodyn.{kind})")
+            names = [k for k in dir(target) if not k.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown kind '{kind}' at '{where}kind' (no neurodyn.{kind}){hint}")
         target = getattr(target, part)
-    kwargs = {k: build_object(v) if isinstance(v, Mapping) and "kind" in v else v for k, v in spec.items()}
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key in spec:
+        if params and not takes_any and key not in params:
+            close = difflib.get_close_matches(key, list(params), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; {kind} takes {', '.join(params)}"
+            raise ConfigError(f"unknown key '{where}{key}' for {kind}{hint}")
+    kwargs = {
+        k: build_object(v, f"{where}{k}.") if isinstance(v, Mapping) and "kind" in v else v for k, v in spec.items()
+    }
     try:
         return target(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"cannot build {kind}({kwargs}): {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"cannot build '{where.rstrip('.') or kind}' = {kind}({kwargs}): {e}") from None

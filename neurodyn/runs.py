@@ -11,6 +11,22 @@
 Re-running the same command into the same directory resumes: `RunDir.checkpoint()` returns
 the last saved state, and `RunDir.done(key)` says whether a sweep point already finished.
 Only process 0 writes (`jax.process_index() == 0`).
+
+```python
+run = RunDir(args.out, cfg)                       # writes config.yaml (+ provenance)
+state, meta = run.checkpoint(like=initial_state)  # (None, None) on a fresh run
+...
+run.log(dict(epoch=3, train_loss=0.1))            # one tidy row
+run.save_checkpoint(state, dict(step=3))          # atomic; meta is written last
+if not run.done("chunk-0"): ...; run.mark_done("chunk-0")
+run.write_summary(rows)                           # summary.csv
+fig.savefig(run.figures / "x.png")
+```
+
+Why it is safe to kill at any moment: every file except `metrics.jsonl` is written to a
+temporary file and moved into place with `os.replace`; `metrics.jsonl` is appended one whole
+line per write (a torn last line is skipped on reading), and `nd.training.fit` rewrites it
+from the checkpoint's history when it resumes.
 """
 
 import csv
@@ -88,8 +104,25 @@ class RunDir:
         return self.path / "figures"
 
     def write_config(self, config) -> None:
-        cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-        doc = dict(config=_plain(cfg), provenance=provenance())
+        """Writes `config.yaml`: the resolved config and its provenance. Re-running into a
+        directory that holds a run of a different config is an error (resuming it would mix
+        two experiments): it names the keys that differ."""
+        cfg = _plain(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
+        existing = self.path / "config.yaml"
+        if existing.exists():
+            try:
+                old = (yaml.safe_load(existing.read_text()) or {}).get("config")
+            except yaml.YAMLError:
+                old = None
+            if old is not None and old != cfg:
+                from .config import ConfigError
+
+                keys = _differing_keys(old, cfg)
+                raise ConfigError(
+                    f"{self.path} holds a run of a different config (differs in {', '.join(keys)}): "
+                    "resume with the same config and overrides, or choose another --out"
+                )
+        doc = dict(config=cfg, provenance=provenance())
         if self.writer:
             atomic_write(self.path / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
 
@@ -115,6 +148,12 @@ class RunDir:
             except json.JSONDecodeError:
                 continue
         return out
+
+    def replace_rows(self, rows: Iterable[Mapping]) -> None:
+        """Rewrites `metrics.jsonl` atomically with `rows` (on resume, the checkpoint's
+        history is the truth: rows logged after it by a killed run are dropped)."""
+        if self.writer:
+            atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(_plain(dict(r))) + "\n" for r in rows))
 
     def write_summary(self, rows: Iterable[Mapping], columns: list[str] | None = None) -> None:
         rows = [_plain(dict(r)) for r in rows]
@@ -156,6 +195,15 @@ class RunDir:
     def mark_done(self, key: str) -> None:
         if self.writer:
             atomic_write(self.path / "checkpoints" / f"done-{key}", "")
+
+
+def _differing_keys(a, b, where=""):
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differing_keys(a.get(k), b.get(k), f"{where}{k}.")
+        return out
+    return [] if a == b else [where.rstrip(".")]
 
 
 def _plain(obj):
