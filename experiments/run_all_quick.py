@@ -3,7 +3,9 @@
     python -m experiments.run_all_quick --out DIR
 
 Each `configs/*.yaml` names its experiment module in a top-level `experiment:` key; a config
-without one, or naming a module that does not exist, is a failure, not a skip.
+without one, or naming a module that does not exist yet, is reported as a failure, never
+skipped. Each experiment runs in its own process (`python -m experiments.<name> --config
+FILE --quick --out DIR/<config name>`); the exit code is 1 if any failed.
 """
 
 import argparse
@@ -24,10 +26,17 @@ def main(argv=None):
     failures = []
     configs = sorted(pathlib.Path(args.configs).glob("*.yaml"))
     for cfg in configs:
-        experiment = (yaml.safe_load(cfg.read_text()) or {}).get("experiment")
-        if not experiment or importlib.util.find_spec(f"experiments.{experiment}") is None:
-            failures.append(f"{cfg}: no experiment module 'experiments.{experiment}'")
-            print(f"FAIL {cfg}: no experiment module 'experiments.{experiment}'", flush=True)
+        try:
+            experiment = (yaml.safe_load(cfg.read_text()) or {}).get("experiment")
+        except yaml.YAMLError as e:
+            experiment, problem = None, f"not valid YAML ({str(e).splitlines()[0]})"
+        else:
+            problem = "no 'experiment:' key naming its module" if not experiment else None
+        if experiment and importlib.util.find_spec(f"experiments.{experiment}") is None:
+            problem = f"its experiment module 'experiments.{experiment}' does not exist (yet)"
+        if problem:
+            failures.append(f"{cfg}: {problem}")
+            print(f"FAIL {cfg}: {problem}", flush=True)
             continue
         out = pathlib.Path(args.out) / cfg.stem
         cmd = [sys.executable, "-m", f"experiments.{experiment}", "--config", str(cfg), "--quick", "--out", str(out)]
@@ -39,6 +48,8 @@ def main(argv=None):
         if rc != 0:
             failures.append(f"{cfg}: exit {rc}")
     print(f"{len(configs) - len(failures)} passed, {len(failures)} failed")
+    for f in failures:
+        print(f"  failed: {f}")
     if failures:
         raise SystemExit(1)
 

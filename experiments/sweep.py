@@ -2,32 +2,46 @@
 
     python -m experiments.sweep --config configs/sweep_double_moon.yaml [--quick] [--out DIR]
 
-Each point trains a `Layered` network on the double moon with SGD for `steps` steps and
-reports its final training loss and test accuracy. The `sweep:` axes (seed, learning_rate,
-...) are stacked and run together in chunks of `chunk` points; a chunk's results are saved
-as soon as it finishes, so a killed run re-run with the same command recomputes no finished
-chunk. The `grid:` axes (hidden sizes) are static: one compile each.
+Each point trains a `Layered` network (ReLU hidden units) on the double moon for `steps`
+mini-batch steps and reports its final training loss and test accuracy. The `sweep:` axes
+are numeric and run together, as one `jit(vmap)` sharded over every local device:
+
+- `seed`: the initialisation and mini-batch keys;
+- `learning_rate`: the optimiser's learning rate (SGD with momentum or Adam);
+- `estimator: {field: values}`: array fields of the estimators (EP's `beta`, an adjoint's
+  `adjoint.rtol`), set with `nd.sweeps.with_values`.
+
+The `grid:` axes are static (hidden sizes, and the `estimators:` mapping): one compile each.
+Points run in chunks of `chunk`; a chunk's results are saved as soon as it finishes, so a
+killed run re-run with the same command recomputes no finished chunk.
+
+On a cluster, set `distributed: true` (or `--distributed True`) and start one process per
+node with `srun`: `jax.distributed.initialize()` reads SLURM's environment, the sweep axis
+is sharded over every device of every host, and process 0 writes the run directory.
 """
 
 import dataclasses
 import json
 import sys
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 
 import neurodyn as nd
 from neurodyn import config as ndc
-from neurodyn.runs import RunDir
+from neurodyn.runs import atomic_write, RunDir
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepAxes:
     seed: tuple[int, ...] = (0, 1, 2, 3)
     learning_rate: tuple[float, ...] = (0.01, 0.03)
+    estimator: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,77 +50,111 @@ class Grid:
 
 
 @dataclasses.dataclass(frozen=True)
+class Optimizer:
+    name: str = "sgd"
+    momentum: float = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     experiment: str = "sweep"
     n_data: int = 512
     steps: int = 200
     batch_size: int = 32
-    estimator: dict = dataclasses.field(default_factory=lambda: {"kind": "RBP"})
+    estimators: dict[str, Any] = dataclasses.field(default_factory=lambda: {"rbp": {"kind": "RBP"}})
+    optimizer: Optimizer = Optimizer()
     sweep: SweepAxes = SweepAxes()
     grid: Grid = Grid()
     chunk: int = 64
+    distributed: bool = False
 
 
-def make_problem(cfg: Config, hidden: int):
+def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=()):
+    """`train_point(point) -> {final_loss, test_accuracy}`: one training run as a pure
+    function of the swept numbers, ready for `nd.sweeps.run`."""
     X, y = nd.data.double_moon(jr.PRNGKey(0), cfg.n_data, distance=-1.0)
-    X = (X - X.mean(0)) / X.std(0)
     (tr, _, te) = nd.data.split(np.asarray(X), np.asarray(y), valid_fraction=0.0)
-    est = ndc.build_object(cfg.estimator)
+    pre = nd.preprocessing.Preprocessor.fit(tr[0], "standardize")  # training split only
     obj = nd.SteadyState(nd.losses.softmax_cross_entropy)
-    Xtr, ytr = jnp.asarray(tr[0]), jnp.asarray(tr[1])
-    Xte, yte = jnp.asarray(te[0]), jnp.asarray(te[1])
+    Xtr, ytr = pre(jnp.asarray(tr[0])), jnp.asarray(tr[1])
+    Xte, yte = pre(jnp.asarray(te[0])), jnp.asarray(te[1])
 
     def train_point(point):
         key = jr.PRNGKey(point["seed"])
+        est = nd.sweeps.with_values(estimator, {name: point[f"estimator.{name}"] for name in estimator_axes})
         net = nd.networks.Layered((2, hidden, 2), nd.activations.relu, key=key)
         params, static = eqx.partition(net, eqx.is_inexact_array)
-        lr = point["learning_rate"].astype(Xtr.dtype)
+        opt = ndc.optimizer(cfg.optimizer.name, point["learning_rate"], momentum=cfg.optimizer.momentum)
+        with jax.numpy_dtype_promotion("standard"):
+            opt_state = opt.init(params)
 
-        def step(params, k):
+        def step(carry, k):
+            params, opt_state = carry
             idx = jr.choice(k, Xtr.shape[0], (cfg.batch_size,), replace=False)
             net = eqx.combine(params, static)
-            losses, grads, _ = jax.vmap(lambda x, t: nd.value_and_grad(net, x, t, objective=obj, estimator=est))(Xtr[idx], ytr[idx])
-            grads = nd.batch_mean(grads)
-            return jax.tree.map(lambda p, g: p - lr * g, params, grads), jnp.mean(losses)
 
-        params, losses = jax.lax.scan(step, params, jr.split(jr.fold_in(key, 1), cfg.steps))
+            def one(x, t):
+                return nd.value_and_grad(net, x, t, objective=obj, estimator=est)
+
+            losses, grads, _ = jax.vmap(one)(Xtr[idx], ytr[idx])
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = opt.update(nd.batch_mean(grads), opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), jnp.mean(losses)
+
+        (params, _), losses = jax.lax.scan(step, (params, opt_state), jr.split(jr.fold_in(key, 1), cfg.steps))
         net = eqx.combine(params, static)
         r, _ = jax.vmap(lambda x: nd.relax(net, x))(Xte)
-        acc = jnp.mean(jnp.argmax(jax.vmap(net.readout)(r), -1) == yte)
+        pred = jnp.argmax(jax.vmap(net.readout)(r), -1)
+        acc = jnp.mean((pred == yte.astype(pred.dtype)).astype(losses.dtype))
         return dict(final_loss=jnp.mean(losses[-10:]), test_accuracy=acc)
 
     return train_point
 
 
+def sweep_points(cfg: Config) -> dict:
+    axes = dict(seed=cfg.sweep.seed, learning_rate=cfg.sweep.learning_rate)
+    axes.update({f"estimator.{k}": tuple(v) for k, v in cfg.sweep.estimator.items()})
+    return nd.sweeps.product(**axes)
+
+
+@ndc.entrypoint
 def main(argv=None):
     cfg, args = ndc.cli(Config, argv, description=__doc__)
+    if cfg.distributed:
+        jax.distributed.initialize()  # SLURM: coordinator, process count and index from the environment
     run = RunDir(args.out, cfg)
-    points = nd.sweeps.product(**dataclasses.asdict(cfg.sweep))
+    points = sweep_points(cfg)
     P = nd.sweeps.n_points(points)
+    estimator_axes = tuple(cfg.sweep.estimator)
+    estimators = {name: ndc.build_object(spec, f"estimators.{name}.") for name, spec in cfg.estimators.items()}
+    for name, est in estimators.items():
+        try:
+            nd.sweeps.with_values(est, {k: 0.0 for k in estimator_axes})
+        except ValueError as e:
+            raise ndc.ConfigError(f"sweep.estimator with estimators.{name}: {e}") from None
     rows = []
-    for hidden in cfg.grid.hidden:
-        fn = make_problem(cfg, hidden)
-        for start in range(0, P, cfg.chunk):
-            key = f"hidden{hidden}-points{start}-{min(start + cfg.chunk, P)}"
-            result_file = run.path / "checkpoints" / f"{key}.json"
-            if run.done(key):
-                chunk_rows = json.loads(result_file.read_text())
-                print(f"{key}: done already, not recomputed", file=sys.stderr)
-            else:
-                sub = {k: v[start : start + cfg.chunk] for k, v in points.items()}
-                out = nd.sweeps.run(fn, sub)
-                chunk_rows = [
-                    dict({k: float(v[i]) for k, v in sub.items()}, hidden=hidden,
-                         **{k: float(np.asarray(v)[i]) for k, v in out.items()})
-                    for i in range(len(next(iter(sub.values()))))
-                ]
-                from neurodyn.runs import atomic_write
-
-                atomic_write(result_file, json.dumps(chunk_rows))
-                run.mark_done(key)
-                for r in chunk_rows:
-                    run.log(r)
-            rows += chunk_rows
+    for name, est in estimators.items():
+        for hidden in cfg.grid.hidden:
+            fn = make_problem(cfg, hidden, est, estimator_axes)
+            for start in range(0, P, cfg.chunk):
+                key = f"{name}-hidden{hidden}-points{start}-{min(start + cfg.chunk, P)}"
+                result_file = run.path / "checkpoints" / f"{key}.json"
+                if run.done(key):
+                    chunk_rows = json.loads(result_file.read_text())
+                    print(f"{key}: done already, not recomputed", file=sys.stderr)
+                else:
+                    sub = {k: v[start : start + cfg.chunk] for k, v in points.items()}
+                    out = nd.sweeps.run(fn, sub)
+                    chunk_rows = [
+                        dict(estimator=name, hidden=hidden, **{k: np.asarray(v)[i].item() for k, v in sub.items()},
+                             **{k: float(np.asarray(v)[i]) for k, v in out.items()})
+                        for i in range(nd.sweeps.n_points(sub))
+                    ]
+                    if run.writer:
+                        atomic_write(result_file, json.dumps(chunk_rows))
+                    run.mark_done(key)  # after the results file: a done marker always has its results
+                rows += chunk_rows
+    run.replace_rows(rows)  # rebuilt from the chunks: never duplicated by a resumed run
     run.write_summary(rows)
     best = max(rows, key=lambda r: r["test_accuracy"])
     print(f"{len(rows)} sweep points on {len(jax.devices())} device(s); best: {best}")

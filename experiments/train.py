@@ -137,6 +137,7 @@ def main(argv=None):
     estimators = {name: ndc.build_object(spec, f"estimators.{name}.") for name, spec in cfg.estimators.items()}
     loss = getattr(nd.losses, cfg.loss)
     options = {k: v for k, v in dict(dt0=cfg.dt0, max_steps=cfg.max_steps).items() if v is not None}
+    optimizer = make_optimizer(cfg.optimizer)  # one object: fits of equal shapes share a compilation
     rows, curves = [], []
     for seed in cfg.seeds:
         train, valid, test = load_data(cfg.data, seed)
@@ -150,7 +151,7 @@ def main(argv=None):
             sub = RunDir(top.path / f"{name}-seed{seed}", cfg)
             net, history = nd.training.fit(
                 net, (train[0], targets), objective=nd.SteadyState(loss), estimator=est,
-                optimizer=make_optimizer(cfg.optimizer), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
                 key=jr.PRNGKey(1000 + seed), valid=valid, test=test, l2=cfg.l2,
                 stopping=nd.training.Stopping(**dataclasses.asdict(cfg.stopping)), run=sub,
                 log_extra=dict(estimator=name, seed=seed), **options,

@@ -1,5 +1,11 @@
-"""Input preprocessing of the seed notes, fitted on the training data only:
-mean removal, decorrelation (PCA or ZCA whitening) and variance equalisation."""
+"""Input preprocessing of the seed notes (003, "Data Preprocess"), fitted on the training data
+only: mean removal, decorrelation (PCA or ZCA whitening) and variance equalisation.
+
+```python
+pre = nd.preprocessing.Preprocessor.fit(X_train, "zca")   # statistics of the training split
+X_train, X_valid, X_test = pre(X_train), pre(X_valid), pre(X_test)
+```
+"""
 
 from typing import Literal
 
@@ -10,16 +16,32 @@ from jaxtyping import Array, Float
 
 
 class Preprocessor(eqx.Module):
-    """`x -> (x - mean) @ transform`: fit with `Preprocessor.fit(X_train, method)`, then apply
-    the same transform to validation and test data."""
+    """`x -> (x - mean) @ transform`, an affine map fitted on training data.
+
+    Fit it with `Preprocessor.fit(X_train, method)` and apply the same map to the validation
+    and test data, so that no statistic of held-out data leaks into training.
+    """
 
     mean: Float[Array, " d"]
     transform: Float[Array, "d k"]
 
     @staticmethod
     def fit(X, method: Literal["center", "standardize", "pca", "zca"] = "standardize", eps: float = 1e-5):
-        """`center`: mean removal; `standardize`: + variance equalisation; `pca`: decorrelate
-        and equalise variances in the principal axes; `zca`: the same, rotated back."""
+        """Fits the map on `X` `(N, d)`.
+
+        **Arguments:**
+
+        - `X`: the training inputs.
+        - `method`: `center`: mean removal; `standardize`: mean removal and variance
+          equalisation per input; `pca`: decorrelation and variance equalisation in the
+          principal axes (`C^{-1/2}` as `Lambda^{-1/2} V^T`, the rotated coordinates); `zca`:
+          the same, rotated back to the input axes (`V Lambda^{-1/2} V^T`, the whitening
+          closest to the original inputs).
+        - `eps`: added to the variances (constant inputs, such as the digits' border pixels,
+          are left at zero rather than divided by zero).
+
+        **Returns:** a `Preprocessor`.
+        """
         X = np.asarray(X, np.float64)
         mean = X.mean(0)
         Xc = X - mean
@@ -31,13 +53,16 @@ class Preprocessor(eqx.Module):
         elif method in ("pca", "zca"):
             cov = Xc.T @ Xc / len(X)
             vals, vecs = np.linalg.eigh(cov)
-            T = vecs / np.sqrt(vals + eps)
+            T = vecs / np.sqrt(np.maximum(vals, 0.0) + eps)[None]
             if method == "zca":
                 T = T @ vecs.T
         else:
             raise ValueError(f"unknown preprocessing '{method}': use center, standardize, pca or zca")
-        return Preprocessor(jnp.asarray(mean, jnp.float32), jnp.asarray(T, jnp.float32))
+        dtype = jnp.zeros(()).dtype  # float64 when x64 is on, else float32
+        return Preprocessor(jnp.asarray(mean, dtype), jnp.asarray(T, dtype))
 
     def __call__(self, X):
+        """Applies the map to `X` `(..., d)` (one example or a batch)."""
         X = jnp.asarray(X)
-        return (X - self.mean.astype(X.dtype)) @ self.transform.astype(X.dtype)
+        mean = self.mean.astype(X.dtype).reshape((1,) * (X.ndim - 1) + self.mean.shape)
+        return (X - mean) @ self.transform.astype(X.dtype)

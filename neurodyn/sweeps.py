@@ -1,15 +1,42 @@
-"""Sweeps as one computation: the numeric axes of a sweep (seeds, learning rates, beta,
-tolerances) are stacked and run by ONE jitted, vmapped function, sharded over all local
-devices; static axes (sizes, estimator classes) are a Python `grid` with one compile each.
+"""Sweeps as one computation: the numeric axes of a sweep (seeds, learning rates, EP's beta,
+tolerances) are stacked and run by ONE jitted, vmapped function, sharded over all devices;
+static axes (sizes, estimator classes) are a Python `grid` with one compile each.
 
 ```python
 points = nd.sweeps.product(seed=[0, 1, 2, 3], learning_rate=[1e-3, 1e-2])   # 8 points
-results = nd.sweeps.run(train_one, points)          # train_one(point) -> pytree of arrays
+
+def train_one(point):                     # one point: a dict of scalars (traced)
+    est = nd.sweeps.with_values(nd.EP(), {"beta": point["beta"]})   # array fields only
+    opt = nd.config.optimizer("sgd", point["learning_rate"])       # traced learning rate
+    ...
+    return dict(loss=..., accuracy=...)   # a pytree of arrays
+
+results = nd.sweeps.run(train_one, points)          # each leaf has a leading axis of 8
 ```
 
-Multi-host: call `jax.distributed.initialize()` first (under SLURM it reads the job's
-environment: `srun python -m experiments.sweep ...`); `jax.devices()` then spans every host,
-the sweep axis is sharded across all of them, and only process 0 writes (`nd.runs.RunDir`).
+Why this compiles once: the swept numbers are traced arrays, never Python constants, so
+`jit(vmap(fn))` sees one shape per grid cell. Estimator fields a sweep varies (EP's `beta`,
+an adjoint's `rtol`) are array fields of the estimator modules for this reason; `with_values`
+puts the traced values into them.
+
+Devices: the sweep axis is padded to a multiple of the device count (the padding repeats the
+last point and is dropped from the result) and sharded with
+`NamedSharding(Mesh(devices, ("sweep",)), PartitionSpec("sweep"))`: the points run in
+parallel on all local devices (GPUs, or CPU devices forced with
+`XLA_FLAGS=--xla_force_host_platform_device_count=N`).
+
+Multi-host (SLURM): start one process per node with `srun`, and call
+`jax.distributed.initialize()` before anything else touches JAX (under SLURM it reads the
+coordinator address, process count and index from the job's environment):
+
+```bash
+#SBATCH --nodes=4 --ntasks-per-node=1 --gpus-per-node=4
+srun python -m experiments.sweep --config configs/sweep_double_moon.yaml --distributed
+```
+
+`jax.devices()` then spans every host; every process builds the same points from the config,
+feeds its own shards (`jax.make_array_from_callback`), and the results are gathered to every
+process (`multihost_utils.process_allgather`); only process 0 writes (`nd.runs.RunDir`).
 """
 
 import itertools
@@ -23,41 +50,89 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def product(**axes) -> dict[str, np.ndarray]:
-    """The Cartesian product of named 1-D axes, as flat arrays (one entry per point)."""
+    """The Cartesian product of named 1-D axes, as flat arrays (one entry per point; the
+    last axis varies fastest)."""
     names = list(axes)
     combos = list(itertools.product(*[list(np.asarray(v).tolist()) for v in axes.values()]))
     return {k: np.asarray([c[i] for c in combos]) for i, k in enumerate(names)}
 
 
 def n_points(points) -> int:
+    """The number of points of a sweep (all axes must have the same length)."""
     sizes = {len(np.asarray(v)) for v in points.values()}
     if len(sizes) != 1:
         raise ValueError(f"sweep axes must all have the same length, got {sorted(sizes)}")
     return sizes.pop()
 
 
+def with_values(obj, values: dict):
+    """`obj` (an equinox module, e.g. an estimator) with the fields named by the (dotted)
+    keys of `values` replaced: `with_values(nd.EP(), {"beta": b})`,
+    `with_values(nd.RBP(), {"adjoint.rtol": tol})`.
+
+    The new values are cast to the old field's dtype when it is an array. Use it inside a
+    swept function so that the values are traced: a field marked static cannot hold a traced
+    value and raises a `ValueError` here.
+    """
+    for name, value in values.items():
+        parts = name.split(".")
+        target = obj
+        for part in parts:
+            if not hasattr(target, part):
+                raise ValueError(f"{type(obj).__name__} has no field '{name}' to sweep")
+            parent, target = target, getattr(target, part)
+        static = {f.name for f in getattr(type(parent), "__dataclass_fields__", {}).values() if f.metadata.get("static")}
+        if parts[-1] in static:
+            raise ValueError(
+                f"'{name}' is a static field of {type(parent).__name__}: a sweep can only vary array fields; "
+                "put it in the config's grid: section instead (one compile per value)"
+            )
+        value = jnp.asarray(value, dtype=target.dtype) if eqx.is_array(target) else jnp.asarray(value)
+
+        def where(m, parts=parts):
+            for part in parts:
+                m = getattr(m, part)
+            return m
+
+        obj = eqx.tree_at(where, obj, value, is_leaf=lambda x: x is None)
+    return obj
+
+
 def run(fn, points: dict, *, devices=None):
     """Runs `fn(point)` for every point as one `jit(vmap(fn))`, the sweep axis sharded over
-    `devices` (default: all of them), padded to a multiple of the device count.
+    `devices`.
 
-    `fn` takes a dict of scalars (one entry per axis) and returns a pytree of arrays; the
-    result has a leading axis of length `n_points(points)`."""
-    devices = jax.devices() if devices is None else devices
+    **Arguments:**
+
+    - `fn`: takes a dict of scalar arrays (one entry per axis) and returns a pytree of arrays.
+    - `points`: a dict of equal-length 1-D arrays (`product(...)`).
+    - `devices`: default `jax.devices()` (all devices of all processes).
+
+    **Returns:** the pytree of `fn`'s outputs, each leaf with a leading axis of length
+    `n_points(points)`.
+
+    The sweep axis is padded to a multiple of the device count by repeating the last point;
+    the padded results are dropped. `fn` is traced once per distinct `fn` and point dtypes.
+    """
+    devices = jax.devices() if devices is None else list(devices)
     P = n_points(points)
     D = len(devices)
     padded = math.ceil(P / D) * D
-    stacked = {k: jnp.asarray(np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[-1:], padded - P)])) for k, v in points.items()}
     mesh = Mesh(np.asarray(devices), ("sweep",))
     sharding = NamedSharding(mesh, PartitionSpec("sweep"))
-    stacked = jax.device_put(stacked, sharding)
-    out = _vmapped(fn)(stacked)
+    host = {k: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[-1:], padded - P)]) for k, v in points.items()}
+    # Every process holds all points; each supplies the shards of its own devices.
+    stacked = {
+        k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]) for k, v in host.items()
+    }
+    out = _call(fn, stacked)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        out = multihost_utils.process_allgather(out, tiled=True)
     return jax.tree.map(lambda a: a[:P], out)
 
 
 @eqx.filter_jit
 def _call(fn, stacked):
     return jax.vmap(fn)(stacked)
-
-
-def _vmapped(fn):
-    return lambda stacked: _call(fn, stacked)

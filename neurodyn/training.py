@@ -82,11 +82,42 @@ def _predict(net, X, options):
 def accuracy(net, X, y, **options) -> float:
     """Classification accuracy of `argmax(readout(r*))` at the steady state (`y` integer labels)."""
     pred, _ = _predict(net, jnp.asarray(X), options)
-    return float(jnp.mean(pred == jnp.asarray(y)))
+    return float(jnp.mean(pred == jnp.asarray(y).astype(pred.dtype)))
 
 
 def _tree_norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jtu.tree_leaves(tree)))
+
+
+def _batch_grad(params, static, xb, yb, objective, estimator, l2, options):
+    net = eqx.combine(params, static)
+
+    def one(x, t):
+        return value_and_grad(net, x, t, objective=objective, estimator=estimator, **options)
+
+    losses, grads, info = jax.vmap(one)(xb, yb)
+    grads = batch_mean(grads)
+    if l2:
+        grads = jtu.tree_map(lambda g, p: g + l2 * p, grads, params)
+    return jnp.mean(losses), grads, jnp.mean(info["converged"].astype(losses.dtype))
+
+
+# Module level, with everything as arguments: fits with equal settings share one compilation
+# (equinox hashes the non-array arguments: the optimiser, objective, options).
+@eqx.filter_jit
+def _epoch(params, opt_state, key, X, Y, static, objective, estimator, optimizer, l2, n_batches, batch_size, options):
+    perm = jr.permutation(key, X.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
+
+    def step(carry, idx):
+        params, opt_state = carry
+        loss, grads, conv = _batch_grad(params, static, X[idx], Y[idx], objective, estimator, l2, options)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), (loss, _tree_norm(grads), conv)
+
+    (params, opt_state), (loss, gnorm, conv) = jax.lax.scan(step, (params, opt_state), perm)
+    return params, opt_state, jnp.mean(loss), jnp.mean(gnorm), jnp.mean(conv)
 
 
 def fit(
@@ -157,33 +188,6 @@ def fit(
             if meta.get("finished"):
                 return eqx.combine(params, static), history
 
-    def batch_grad(params, xb, yb):
-        net = eqx.combine(params, static)
-
-        def one(x, t):
-            return value_and_grad(net, x, t, objective=objective, estimator=estimator, **options)
-
-        losses, grads, info = jax.vmap(one)(xb, yb)
-        grads = batch_mean(grads)
-        if l2:
-            grads = jtu.tree_map(lambda g, p: g + l2 * p, grads, params)
-        return jnp.mean(losses), grads, jnp.mean(info["converged"].astype(losses.dtype))
-
-    @eqx.filter_jit
-    def epoch_fn(params, opt_state, key):
-        perm = jr.permutation(key, n)[: n_batches * batch_size].reshape(n_batches, batch_size)
-
-        def step(carry, idx):
-            params, opt_state = carry
-            loss, grads, conv = batch_grad(params, X[idx], Y[idx])
-            with jax.numpy_dtype_promotion("standard"):
-                updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state), (loss, _tree_norm(grads), conv)
-
-        (params, opt_state), (loss, gnorm, conv) = jax.lax.scan(step, (params, opt_state), perm)
-        return params, opt_state, jnp.mean(loss), jnp.mean(gnorm), jnp.mean(conv)
-
     bar = None
     if progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
@@ -191,7 +195,10 @@ def fit(
         bar = tqdm(total=epochs, initial=start, desc=type(estimator).__name__, leave=False, disable=None)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        params, opt_state, loss, gnorm, conv = epoch_fn(params, opt_state, jr.fold_in(key, epoch))
+        params, opt_state, loss, gnorm, conv = _epoch(
+            params, opt_state, jr.fold_in(key, epoch), X, Y, static, objective, estimator, optimizer, l2, n_batches,
+            batch_size, options,
+        )
         current = eqx.combine(params, static)
         row = dict(epoch=epoch + 1, train_loss=float(loss), grad_norm=float(gnorm), converged_rate=float(conv))
         if valid is not None:

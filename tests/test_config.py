@@ -89,3 +89,45 @@ def test_run_dir_atomic_files_and_checkpoints(tmp_path):
     run.save_checkpoint({"w": jnp.ones(3)}, {"step": 4})
     restored, meta = run.checkpoint(tree)
     assert meta["step"] == 4 and float(restored["w"].sum()) == 3.0
+
+
+def test_error_inside_main_is_one_line_too(tmp_path):
+    # A misspelt estimator argument is found when main builds the estimator, after the schema
+    # check: `nd.config.entrypoint` still turns it into one line and exit code 2.
+    f = tmp_path / "bad.yaml"
+    f.write_text("experiment: train\nestimators:\n  ep: {kind: EP, betta: 0.1}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config", str(f), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: unknown key 'estimators.ep.betta' for EP; did you mean 'beta'?"]
+
+
+def test_build_object_names_bad_arguments():
+    with pytest.raises(ndc.ConfigError, match="unknown key 'est.betta' for EP; did you mean 'beta'"):
+        ndc.build_object({"kind": "EP", "betta": 0.1}, "est.")
+    with pytest.raises(ndc.ConfigError, match="unknown kind 'RPB'.*did you mean 'RBP'"):
+        ndc.build_object({"kind": "RPB"})
+    with pytest.raises(ndc.ConfigError, match="needs a 'kind'"):
+        ndc.build_object({"beta": 0.1})
+
+
+def test_a_run_dir_refuses_a_different_config(tmp_path):
+    RunDir(tmp_path, Schema(seed=1))
+    RunDir(tmp_path, Schema(seed=1))  # the same config: resume
+    with pytest.raises(ndc.ConfigError, match=r"holds a run of a different config \(differs in estimator.beta, seed\)"):
+        RunDir(tmp_path, Schema(seed=2, estimator=Inner(beta=0.3)))
+
+
+def test_run_all_quick_reports_a_missing_experiment(tmp_path):
+    (tmp_path / "a.yaml").write_text("experiment: no_such_experiment\n")
+    (tmp_path / "b.yaml").write_text("seed: 1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run_all_quick", "--configs", str(tmp_path), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    assert "FAIL" in proc.stdout and "experiments.no_such_experiment" in proc.stdout
+    assert "b.yaml: no 'experiment:' key" in proc.stdout
+    assert "0 passed, 2 failed" in proc.stdout

@@ -70,3 +70,21 @@ def test_four_device_sweep_equals_one_device(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "OK (9,)" in proc.stdout
+
+
+def test_with_values_sets_array_fields_inside_a_sweep():
+    def fn(point):
+        est = nd.sweeps.with_values(nd.EP(), {"beta": point["beta"]})
+        net = nd.networks.CTRNN(4, 2, 1, key=jr.PRNGKey(0))
+        x = jnp.ones(2) * point["scale"]
+        loss, grads, _ = nd.value_and_grad(net, x, jnp.zeros(1), objective=nd.SteadyState(), estimator=est)
+        return dict(loss=loss, gW=jnp.sum(grads.W))
+
+    points = nd.sweeps.product(scale=[0.5, 2.0], beta=[0.01, 0.1])
+    a, b = nd.sweeps.run(fn, points), nd.sweeps.run(_point_fn, points)
+    np.testing.assert_allclose(a["gW"], b["gW"], rtol=1e-12)
+    assert nd.sweeps.with_values(nd.RBP(), {"adjoint.rtol": 1e-3}).adjoint.rtol == 1e-3
+    with pytest.raises(ValueError, match="'variant' is a static field of EP.*grid: section"):
+        nd.sweeps.with_values(nd.EP(), {"variant": 1.0})
+    with pytest.raises(ValueError, match="EP has no field 'bta'"):
+        nd.sweeps.with_values(nd.EP(), {"bta": 1.0})

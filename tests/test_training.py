@@ -1,0 +1,169 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+
+import neurodyn as nd
+from neurodyn.preprocessing import Preprocessor
+from neurodyn.runs import RunDir
+from neurodyn.training import stop_reason, Stopping
+
+
+OBJ = nd.SteadyState(nd.losses.softmax_cross_entropy)
+
+
+def _moons(n=64):
+    X, y = nd.data.double_moon(jr.PRNGKey(0), n, distance=-1.0)
+    X = Preprocessor.fit(X, "standardize")(X)
+    return jnp.asarray(X, jnp.float64), y
+
+
+def _net(key=0):
+    return nd.networks.Layered((2, 8, 2), nd.activations.relu, key=jr.PRNGKey(key))
+
+
+def _params(net):
+    return eqx.filter(net, eqx.is_inexact_array)
+
+
+def test_one_full_batch_step_is_mean_of_per_example_gradients_plus_l2():
+    X, y = _moons(16)
+    net, lr, l2 = _net(), 0.1, 0.01
+    out, history = nd.training.fit(
+        net, (X, y), objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(lr), epochs=1, batch_size=16,
+        key=jr.PRNGKey(1), l2=l2, progress=False,
+    )
+    losses, grads, _ = jax.vmap(lambda x, t: nd.value_and_grad(net, x, t, objective=OBJ, estimator=nd.BPTT()))(X, y)
+    expected = jax.tree.map(lambda p, g: p - lr * (jnp.mean(g, 0) + l2 * p), _params(net), grads)
+    assert eqx.tree_equal(_params(out), expected, rtol=1e-10, atol=1e-12)
+    assert history[0]["train_loss"] == pytest.approx(float(jnp.mean(losses)), rel=1e-12)
+    assert history[0]["converged_rate"] == 1.0 and history[0]["stopped"] == "epochs"
+
+
+def test_sgd_momentum_is_the_seed_notes_rule():
+    # w(n+1) = w(n) + alpha dw(n-1) - eta g(n)  (seed 003), with dw(n) = w(n+1) - w(n).
+    eta, alpha = 0.1, 0.9
+    opt = nd.config.optimizer("sgd", eta, momentum=alpha)
+    w = jnp.asarray([1.0, -2.0])
+    grads = [jnp.asarray([0.5, 1.0]), jnp.asarray([-1.0, 0.25]), jnp.asarray([0.3, 0.3])]
+    state, w_opt, w_seed, dw = opt.init(w), w, w, jnp.zeros(2)
+    for g in grads:
+        upd, state = opt.update(g, state, w_opt)
+        w_opt = optax.apply_updates(w_opt, upd)
+        dw = alpha * dw - eta * g
+        w_seed = w_seed + dw
+    np.testing.assert_allclose(w_opt, w_seed, rtol=1e-12)
+    with pytest.raises(nd.config.ConfigError, match="unknown optimizer 'adma'; did you mean 'adam'"):
+        nd.config.optimizer("adma", 0.1)
+
+
+def test_training_learns_and_logs_rows(tmp_path):
+    X, y = _moons(64)
+    run = RunDir(tmp_path / "run")
+    net, history = nd.training.fit(
+        _net(), (X, y), objective=OBJ, estimator=nd.RBP(), optimizer=optax.adam(0.05), epochs=6, batch_size=16,
+        key=jr.PRNGKey(2), valid=(X, y), run=run, progress=False, log_extra=dict(estimator="rbp"),
+    )
+    assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
+    assert run.rows() == history and all(r["estimator"] == "rbp" for r in history)
+    assert {"epoch", "train_loss", "grad_norm", "converged_rate", "valid_accuracy", "seconds"} <= set(history[0])
+
+
+def test_stop_reasons():
+    rows = [dict(train_loss=1.0, grad_norm=1.0, valid_accuracy=0.5), dict(train_loss=0.5, grad_norm=0.5, valid_accuracy=0.8)]
+    assert stop_reason(rows, Stopping(grad_norm=0.4, rel_loss_change=0.4, patience=1)) is None
+    assert stop_reason(rows, Stopping(grad_norm=0.6)) == "grad_norm"
+    assert stop_reason(rows, Stopping(rel_loss_change=0.6)) == "rel_loss_change"  # |0.5 - 1| / 1 = 0.5
+    peaked = rows + [dict(train_loss=0.4, grad_norm=0.4, valid_accuracy=0.8), dict(train_loss=0.3, grad_norm=0.3, valid_accuracy=0.7)]
+    assert stop_reason(peaked, Stopping(patience=3)) is None
+    assert stop_reason(peaked, Stopping(patience=2)) == "patience"  # the peak (first 0.8) is 2 epochs back
+
+
+def test_grad_norm_threshold_stops_and_a_finished_run_is_not_retrained(tmp_path):
+    X, y = _moons(32)
+    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(0.1), epochs=5, batch_size=16,
+              key=jr.PRNGKey(3), stopping=Stopping(grad_norm=1e3), progress=False)
+    net, history = nd.training.fit(_net(), (X, y), run=RunDir(tmp_path), **kw)
+    assert len(history) == 1 and history[0]["stopped"] == "grad_norm"
+    again, history2 = nd.training.fit(_net(), (X, y), run=RunDir(tmp_path), **kw)
+    assert history2 == history and eqx.tree_equal(_params(again), _params(net))
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DyingRun:
+    """A RunDir that dies right after its `after`-th checkpoint, as a SIGKILL would."""
+
+    def __init__(self, path, after):
+        self.inner, self.after = RunDir(path), after
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def save_checkpoint(self, tree, meta):
+        self.inner.save_checkpoint(tree, meta)
+        if meta["step"] == self.after:
+            raise _Killed
+
+
+def test_interrupted_fit_resumes_to_the_uninterrupted_result(tmp_path):
+    X, y = _moons(32)
+    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(0.05, momentum=0.9), epochs=4,
+              batch_size=8, key=jr.PRNGKey(4), valid=(X, y), progress=False)
+    ref, ref_history = nd.training.fit(_net(), (X, y), **kw)
+    with pytest.raises(_Killed):
+        nd.training.fit(_net(), (X, y), run=_DyingRun(tmp_path, after=2), **kw)
+    run = RunDir(tmp_path)
+    assert [r["epoch"] for r in run.rows()] == [1]  # killed between checkpoint 2 and its log line
+    out, history = nd.training.fit(_net(), (X, y), run=run, **kw)
+    assert eqx.tree_equal(_params(out), _params(ref), rtol=0, atol=0)  # bit for bit
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in ref_history]
+    assert [r["epoch"] for r in run.rows()] == [1, 2, 3, 4]
+
+
+def test_batch_larger_than_data_raises():
+    X, y = _moons(8)
+    with pytest.raises(ValueError, match="batch_size=16 exceeds the 8 training examples"):
+        nd.training.fit(_net(), (X, y), objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(0.1), epochs=1,
+                        batch_size=16, key=jr.PRNGKey(0), progress=False)
+
+
+def test_transition_init_sets_the_std_of_induced_local_fields():
+    X = jr.normal(jr.PRNGKey(5), (200, 3)) * 4.0 + 1.0
+    net = nd.training.transition_init(nd.networks.Layered((3, 6, 5, 2), nd.activations.tanh, key=jr.PRNGKey(6)), X, scale=0.7)
+    below = X
+    for W, b, f in zip(net.weights, net.biases, net.activations):
+        z = below @ W.T + b[None]
+        assert float(jnp.std(z)) == pytest.approx(0.7, rel=1e-9)
+        below = f(z)
+    hop = nd.training.transition_init(nd.networks.Hopfield(3, 4, 2, key=jr.PRNGKey(7)), X)
+    assert float(jnp.std(X @ hop.U.T)) == pytest.approx(1.0, rel=1e-9)
+    with pytest.raises(ValueError, match="does not know the input weights"):
+        nd.training.transition_init(object(), X)
+
+
+@pytest.mark.parametrize("method", ["center", "standardize", "pca", "zca"])
+def test_preprocessing_fitted_on_training_data_only(method):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 3))
+    train = rng.standard_normal((500, 3)) @ A + 5.0
+    test = rng.standard_normal((100, 3)) @ A - 5.0
+    pre = Preprocessor.fit(train, method, eps=0.0)
+    Z = np.asarray(pre(jnp.asarray(train)), np.float64)
+    np.testing.assert_allclose(Z.mean(0), 0.0, atol=1e-4)
+    cov = np.cov(Z.T, bias=True)
+    if method == "standardize":
+        np.testing.assert_allclose(np.diag(cov), 1.0, rtol=1e-4)
+    if method in ("pca", "zca"):
+        np.testing.assert_allclose(cov, np.eye(3), atol=1e-4)
+    if method == "zca":  # ZCA is the symmetric whitening: the closest to the original axes
+        np.testing.assert_allclose(pre.transform, pre.transform.T, atol=1e-5)
+    # Test data is transformed with the training statistics, not its own.
+    assert np.all(np.asarray(pre(jnp.asarray(test))).mean(0) != pytest.approx(0.0, abs=0.1))
+    with pytest.raises(ValueError, match="unknown preprocessing 'whiten'"):
+        Preprocessor.fit(train, "whiten")
