@@ -35,7 +35,10 @@ class CTRNN(AbstractNetwork):
       below 1, `W` is stored as its `nnz` values with integer indices and the vector field,
       its VJP and JVP cost O(nnz) instead of O(n^2). The scale is raised to
       `gain / sqrt(n density)` so the spectral radius stays about `gain`.
-    - `mask`: an explicit boolean `(n, n)` connectivity instead of `density`.
+    - `mask`: an explicit boolean `(n, n)` connectivity (`mask[i, j]`: unit `j` feeds unit `i`)
+      instead of `density`; concrete (NumPy), fixed for the network's life. The weights
+      are then the leaf `W` of shape `(nnz,)` at the integer indices `W_index` (rows, cols),
+      which are not parameters.
     - `key`: a `jax.random` key.
     """
 
@@ -70,13 +73,19 @@ class CTRNN(AbstractNetwork):
             raise ValueError(f"CTRNN form must be 'rate' or 'current', got {form!r}.")
         if min(n, n_in, n_out) < 1:
             raise ValueError(f"CTRNN sizes must be positive, got n={n}, n_in={n_in}, n_out={n_out}.")
-        kw, ku, kv, ka, km = jr.split(key, 5)
-        if mask is None and density >= 1:
+        # The dense split is the one before sparsity existed: the same key gives the same
+        # dense network; the mask's key is derived apart.
+        kw, ku, kv, ka = jr.split(key, 4)
+        _sparse.check_density(density, mask)
+        if mask is None and density == 1:
             self.W = normal_init(kw, (n, n), gain / jnp.sqrt(n))
             self.W_index = None
         else:
-            mask = _sparse.random_mask(km, n, density) if mask is None else mask
-            index = _sparse.indices(mask)
+            if mask is None:
+                mask = _sparse.random_mask(jr.fold_in(key, 1), n, density)
+            index = _sparse.indices(_sparse.as_mask(mask, n, who="CTRNN"))
+            # Entries N(0, gain^2 / (n p)) with p the fraction present: each row sums about
+            # n p of them, so the spectral radius stays about `gain`, as in the dense case.
             frac = max(index.shape[1], 1) / (n * n)
             self.W = normal_init(kw, (index.shape[1],), gain / jnp.sqrt(n * frac))
             self.W_index = index
@@ -90,6 +99,14 @@ class CTRNN(AbstractNetwork):
         self.n_state = n
         self.n_in = n_in
         self.n_out = n_out
+
+    @property
+    def recurrent_weights(self) -> Float[Array, "n n"]:
+        """The dense `(n, n)` recurrent matrix (for inspection and small-n references; the
+        dynamics never build it)."""
+        if self.W_index is None:
+            return self.W
+        return _sparse.densify(self.W, self.W_index, self.n_state)
 
     def recurrent(self, v):
         """`W v`: dense, or O(nnz) for sparse connectivity."""

@@ -14,11 +14,18 @@ class Elman(AbstractNetwork):
 
     `x_{n+1} = a(x_n, u_n) = f(W_a x_n + W_b u_n + b)`, `y_n = B x_n`,
 
-    written as the vector field `dx/dt = -x + a(x, u)`, so that Euler with `dt = 1` is exactly
-    the discrete network.
+    written as the vector field `dx/dt = -x + a(x, u)`, so that Euler with `dt = 1` (and
+    `ts = 1..T`) is exactly the discrete network, and its steady state is the fixed point
+    `x* = a(x*, u)`. Cost O(n^2 + n n_in) per evaluation. The readout `B x` has no bias, as
+    in the seed notes.
 
-    **Arguments:** `n` (state units), `n_in`, `n_out`, `activation` (default logistic, as in
-    the seed notes), `gain` (spectral radius of `W_a`), `key`.
+    **Arguments:**
+
+    - `n`, `n_in`, `n_out`: state units, inputs, outputs.
+    - `activation`: `f`, any `nd.activations` member (default `logistic`, as in the notes).
+    - `gain`: `W_a ~ N(0, gain^2 / n)`, spectral radius about `gain`; the default 0.5 with
+      `|f'| <= 1` makes `a` a contraction (unique, stable steady state).
+    - `key`: a `jax.random` key.
     """
 
     W_a: Float[Array, "n n"]
@@ -31,6 +38,8 @@ class Elman(AbstractNetwork):
     n_out: int = eqx.field(static=True)
 
     def __init__(self, n: int, n_in: int, n_out: int, activation: Callable = _act.logistic, *, gain: float = 0.5, key: PRNGKeyArray):
+        if min(n, n_in, n_out) < 1:
+            raise ValueError(f"Elman sizes must be positive, got n={n}, n_in={n_in}, n_out={n_out}.")
         k1, k2, k3, k4 = jr.split(key, 4)
         self.W_a = normal_init(k1, (n, n), gain / jnp.sqrt(n))
         self.W_b = normal_init(k2, (n, n_in), 1.0 / jnp.sqrt(n_in))

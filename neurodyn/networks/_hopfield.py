@@ -28,8 +28,13 @@ class Hopfield(AbstractEnergyNetwork):
     - `n_in`, `n_hidden`, `n_out`: sizes.
     - `activation`: `rho`; smooth choices (`logistic`, default) keep `J` well defined.
     - `gain`: scale of the symmetric weights, `N(0, gain^2/n)`.
-    - `density`, `mask`: sparse symmetric connectivity (the mask is symmetrised, its diagonal
-      dropped); the strict upper triangle's values are stored and every product is O(nnz).
+    - `density`: the fraction of connections present (a random symmetric pattern fixed by
+      `key`); below 1, the strict upper triangle's values are stored with integer indices
+      and the vector field, the energy, their VJPs and JVPs cost O(nnz) instead of O(n^2).
+      The scale is raised so that `W_s`'s spectral radius (about `sqrt(2) gain`, dense or
+      not) does not change with the density.
+    - `mask`: an explicit boolean `(n, n)` connectivity instead of `density`: it must be
+      symmetric with a zero diagonal (a `ValueError` says how to make it so).
     - `key`: a `jax.random` key.
     """
 
@@ -60,17 +65,22 @@ class Hopfield(AbstractEnergyNetwork):
                 f"Hopfield sizes must be positive, got n_in={n_in}, n_hidden={n_hidden}, n_out={n_out}."
             )
         n = n_hidden + n_out
-        kw, ku, ka, km = jr.split(key, 4)
-        if mask is None and density >= 1:
+        # The dense split is the one before sparsity existed: the same key gives the same
+        # dense network; the mask's key is derived apart.
+        kw, ku, ka = jr.split(key, 3)
+        _sparse.check_density(density, mask)
+        if mask is None and density == 1:
             self.W = normal_init(kw, (n, n), gain / jnp.sqrt(n))
             self.W_index = None
         else:
-            import numpy as np
-
-            mask = _sparse.random_mask(km, n, density, symmetric=True) if mask is None else np.asarray(mask, bool)
-            index = _sparse.indices(mask | mask.T, upper=True)
+            if mask is None:
+                mask = _sparse.random_mask(jr.fold_in(key, 1), n, density, symmetric=True)
+            index = _sparse.indices(_sparse.as_mask(mask, n, symmetric=True, who="Hopfield"), upper=True)
+            # Dense: W_s = (W + W^T)/2 has off-diagonal entries of variance gain^2 / (2n),
+            # so its spectral radius is about sqrt(2) gain (semicircle law). Entries of
+            # variance gain^2 / (2 n p), p the fraction present, keep that radius.
             frac = max(2 * index.shape[1], 1) / (n * n)
-            self.W = normal_init(kw, (index.shape[1],), gain / jnp.sqrt(n * frac))
+            self.W = normal_init(kw, (index.shape[1],), gain / jnp.sqrt(2 * n * frac))
             self.W_index = index
         self.U = normal_init(ku, (n, n_in), 1.0 / jnp.sqrt(n_in))
         self.b = jnp.zeros((n,))

@@ -16,10 +16,21 @@ class NARX(AbstractNetwork):
 
     The delay lines are held in the state `r = (y_n, ..., y_{n-q+1}, u_{n-1}, ..., u_{n-q+1})`
     and the vector field is `dr/dt = -r + S(r, u)` with `S` the shifted, updated delay lines,
-    so that Euler with `dt = 1` is exactly the recursion. The readout is `y_n`.
+    so that Euler with `dt = 1` (and `ts = 1..T`, `x[k] = u_k`) is exactly the recursion, the
+    readout at `t_k` being `y_{k+1}`, the prediction made from `u_k` and the past. The state
+    has `q n_out + (q - 1) n_in` entries; the input line keeps `q - 1` past inputs because
+    the current one is `x` itself. Cost O(n_hidden q (n_in + n_out)) per evaluation. At a
+    steady state (constant input) `y* = F(y*, ..., y*; u, ..., u)`.
 
-    **Arguments:** `n_in`, `n_out`, `q` (delays, >= 1), `n_hidden`, `activation`, `gain`
-    (scale of the output feedback weights), `key`.
+    **Arguments:**
+
+    - `n_in`, `n_out`: input and output sizes.
+    - `q`: the number of delays of the output and of the input (at least 1).
+    - `n_hidden`: hidden units of the MLP `F` (`F(z) = W_o f(W_h z + b_h) + b_o`).
+    - `activation`: `f`, any `nd.activations` member (default `tanh`).
+    - `gain`: `W_o ~ N(0, gain^2 / n_hidden)`: the scale of the output feedback. The default
+      0.5 keeps the map from the delayed outputs to the new one contracting.
+    - `key`: a `jax.random` key.
     """
 
     W_h: Float[Array, "h d"]
@@ -35,6 +46,8 @@ class NARX(AbstractNetwork):
     def __init__(self, n_in: int, n_out: int, q: int = 2, n_hidden: int = 8, activation: Callable = _act.tanh, *, gain: float = 0.5, key: PRNGKeyArray):
         if q < 1:
             raise ValueError(f"NARX needs q >= 1 delays, got q={q}.")
+        if min(n_in, n_out, n_hidden) < 1:
+            raise ValueError(f"NARX sizes must be positive, got n_in={n_in}, n_out={n_out}, n_hidden={n_hidden}.")
         d = q * (n_out + n_in)
         k1, k2, k3 = jr.split(key, 3)
         self.W_h = normal_init(k1, (n_hidden, d), 1.0 / jnp.sqrt(d))

@@ -14,10 +14,18 @@ class SecondOrder(AbstractNetwork):
 
     `v_k = b_k + sum_ij w_kij x_i u_j`, `x_{k,n+1} = logistic(v_k)`,
 
-    as the vector field `dx/dt = -x + f(v(x, u))` (Euler with `dt = 1` is the seed's map);
-    linear readout `V x + c`. Cost O(n^2 n_in) per evaluation.
+    as the vector field `dx/dt = -x + f(v(x, u))` (Euler with `dt = 1` is the seed's map;
+    the steady state is `x* = f(v(x*, u))`); linear readout `V x + c`. The input gates the
+    recurrence: the effective recurrent matrix is `W(u)_ki = sum_j w_kij u_j`. Cost
+    O(n^2 n_in) per evaluation, and as many parameters.
 
-    **Arguments:** `n`, `n_in`, `n_out`, `activation` (default logistic), `gain`, `key`.
+    **Arguments:**
+
+    - `n`, `n_in`, `n_out`: state units, inputs, outputs.
+    - `activation`: `f`, any `nd.activations` member (default `logistic`, as in the notes).
+    - `gain`: `w_kij ~ N(0, gain^2 / (n n_in))`, so that for inputs of unit size `W(u)` has a
+      spectral radius about `gain`; the default 0.5 keeps the map contracting.
+    - `key`: a `jax.random` key.
     """
 
     w: Float[Array, "n n n_in"]
@@ -30,6 +38,8 @@ class SecondOrder(AbstractNetwork):
     n_out: int = eqx.field(static=True)
 
     def __init__(self, n: int, n_in: int, n_out: int, activation: Callable = _act.logistic, *, gain: float = 0.5, key: PRNGKeyArray):
+        if min(n, n_in, n_out) < 1:
+            raise ValueError(f"SecondOrder sizes must be positive, got n={n}, n_in={n_in}, n_out={n_out}.")
         k1, k2, k3 = jr.split(key, 3)
         self.w = normal_init(k1, (n, n, n_in), gain / jnp.sqrt(n * n_in))
         self.b = jnp.zeros((n,))
