@@ -40,6 +40,14 @@ class CTRNN(AbstractNetwork):
       are then the leaf `W` of shape `(nnz,)` at the integer indices `W_index` (rows, cols),
       which are not parameters.
     - `key`: a `jax.random` key.
+
+    !!! warning
+
+        A sparse product is a gather and a scatter-add, several times the cost per
+        connection of a dense matrix product (BLAS on CPU). It pays off only at low
+        density: on CPU, n = 1024, the gradient at density 0.01 costs 0.2-0.3x the dense
+        one and at 0.1 about 1.2-2.3x (`experiments/benchmarks/sparse.py`). Above a few
+        percent, prefer a dense `W` (with a fixed mask applied in your loss, if need be).
     """
 
     W: Float[Array, "n n"] | Float[Array, " nnz"]

@@ -36,6 +36,12 @@ class Hopfield(AbstractEnergyNetwork):
     - `mask`: an explicit boolean `(n, n)` connectivity instead of `density`: it must be
       symmetric with a zero diagonal (a `ValueError` says how to make it so).
     - `key`: a `jax.random` key.
+
+    !!! warning
+
+        Sparse connectivity pays off only at low density (a few percent): a sparse product
+        is a gather and a scatter-add, several times the cost per connection of a dense
+        product; see `CTRNN` and `experiments/benchmarks/sparse.py`.
     """
 
     W: Float[Array, "n n"] | Float[Array, " nnz"]
