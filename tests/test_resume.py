@@ -1,6 +1,7 @@
 """Nothing is lost: kill a run for real (SIGKILL) and re-run the same command."""
 
 import csv
+import json
 import os
 import pathlib
 import signal
@@ -16,7 +17,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _cmd(out, *extra):
     return [sys.executable, "-m", "experiments.train", "--config", "configs/double_moon.yaml", "--quick",
-            "--out", str(out), "--epochs", "8", *extra]
+            "--out", str(out), "--epochs", "8", "--data.n", "2000", *extra]
+
+
+def _step(meta):
+    try:
+        return json.loads(meta.read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def _summary(out):
@@ -34,11 +42,12 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
     proc = subprocess.Popen(_cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meta = killed / "bptt-seed0" / "checkpoints" / "last.json"
     deadline = time.time() + 300
-    while time.time() < deadline and not (meta.exists() and '"step": 3' in meta.read_text()):
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None and _step(meta) < 2:
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert meta.exists() and not (killed / "summary.csv").exists(), "the run must be killed mid-way"
+    # Killed after bptt's 2nd epoch: bptt resumes from a checkpoint, rbp starts afresh.
+    assert _step(meta) >= 2 and not (killed / "summary.csv").exists(), "the run must be killed mid-way"
     subprocess.run(_cmd(killed), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     a, b = _summary(reference), _summary(killed)
     assert [r["estimator"] for r in a] == [r["estimator"] for r in b]
@@ -56,3 +65,34 @@ def test_finished_sweep_points_are_not_recomputed(tmp_path):
     second = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600)
     assert "not recomputed" in second.stderr and "not recomputed" not in first.stderr
     assert first.stdout.splitlines()[-1] == second.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_and_keeps_finished_points(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def cmd(out):
+        # One point per chunk, long enough per chunk to kill the run between chunks.
+        return [sys.executable, "-m", "experiments.sweep", "--config", "configs/sweep_double_moon.yaml", "--quick",
+                "--out", str(out), "--chunk", "1", "--steps", "1500"]
+
+    reference = tmp_path / "reference"
+    subprocess.run(cmd(reference), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "checkpoints" / "done-rbp-hidden16-points0-1"
+    deadline = time.time() + 300
+    while time.time() < deadline and not first.exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(p.name for p in (killed / "checkpoints").glob("done-*"))
+    assert first.exists() and len(finished) < 4 and not (killed / "summary.csv").exists(), "killed mid-way"
+    saved = {name: (killed / "checkpoints" / name).stat().st_mtime_ns for name in finished}
+    rerun = subprocess.run(cmd(killed), cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600)
+    assert rerun.stderr.count("not recomputed") == len(finished)
+    assert all((killed / "checkpoints" / n).stat().st_mtime_ns == t for n, t in saved.items())  # untouched
+    a, b = _summary(reference), _summary(killed)
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b):
+        assert ra == rb
