@@ -1,7 +1,7 @@
 """Online learning with RTRL: the parameters change during the trajectory.
 
 Real-time recurrent learning (seed 004's 实时递归学习): the state `r` and its sensitivities
-`P = (dr/dw)^T` run forward with the data stream; at every input the instantaneous gradient
+`p = dr/dw` run forward with the data stream; at every input the instantaneous gradient
 `g_k = alpha_k (dl_k/dr) p_k + dl_k/dw|_readout` is accumulated and, every `update_every`
 inputs, an optax step updates `w`. The sensitivities carry over the update (the usual
 online-RTRL approximation: they were computed with the old weights), so no backward pass
@@ -14,17 +14,18 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optax
-from jax.flatten_util import ravel_pytree
 
 from . import losses as _losses
 from ._dynamics import check_input
 from ._misc import tree_dtype
 from .estimators._rtrl import (
-    Exact,
+    contract,
     integrate_interval_joint,
-    make_joint_step,
+    joint_step,
     sensitivity_mask,
+    zero_sensitivities,
 )
+from .rtrl import AbstractSensitivity, Exact
 
 
 def fit_online(
@@ -36,72 +37,99 @@ def fit_online(
     loss=_losses.squared_error,
     weights=None,
     update_every: int = 1,
-    sensitivity=Exact(),
+    sensitivity: AbstractSensitivity = Exact(),
     solver: diffrax.AbstractSolver = diffrax.Euler(),
     dt0: float = 1.0,
     steps_per_input: int = 1,
 ):
-    """Trains `net` online on one stream with RTRL.
+    r"""Trains `net` online on one stream with RTRL: the parameters change while it runs.
+
+    At input `k` the joint state `(r, p)` advances one interval (`steps_per_input` solver
+    steps of `dt0` with `xs[k]` held), the instantaneous gradient
+    `g_k = alpha_k (dl_k/dr) p_k + alpha_k dl_k/dw|_readout` is added to an accumulator,
+    and every `update_every` inputs the accumulated gradient goes through `optimizer` and
+    updates `w`. The state and the sensitivities carry over the update (real-time
+    recurrent learning, Williams & Zipser 1989): no history is stored and nothing runs
+    backwards, so memory is O(nm) whatever the stream length.
+
+    With one update at the end of the stream (`update_every = T`) the update is exactly
+    one optimiser step with the trajectory gradient of `nd.RTRL()` (= `nd.BPTT()`).
 
     **Arguments:**
 
-    - `net`: the network; `xs` `(T, n_in)` inputs, one per unit of time; `ys` `(T, n_out)`.
-    - `optimizer`: an optax optimiser (e.g. `optax.adam(1e-2)`).
-    - `loss`: per-time loss; `weights` `(T,)` per-time weights (default ones).
+    - `net`: the network to train.
+    - `xs`: inputs `(T, n_in)`, one per interval; `ys`: targets `(T, n_out)`.
+    - `optimizer`: an optax optimiser (e.g. `optax.adam(3e-3)`).
+    - `loss`: the per-time loss `(prediction, target) -> scalar`; `weights`: `alpha_k`,
+      `(T,)` (default ones; zero where nothing is asked).
     - `update_every`: apply the accumulated gradient every this many inputs.
-    - `sensitivity`: `nd.rtrl.Exact()`, `SnAp1()` or `Diagonal()`.
+    - `sensitivity`: `nd.rtrl.Exact()` (default), `nd.rtrl.SnAp1()` or `nd.rtrl.Diagonal()`.
     - `solver`, `dt0`, `steps_per_input`: each input is held for `steps_per_input` steps of
-      `dt0` (Euler, `dt0 = 1`, one step: the discrete-time network).
+      `dt0` (the default Euler, `dt0 = 1`, one step: the discrete-time network).
 
     **Returns:**
 
-    `(net, losses)`: the trained network and the per-time losses incurred online, `(T,)`
-    (each measured before the update that it triggers).
+    `(net, losses)`: the trained network and the weighted per-time losses incurred online,
+    `(T,)`, each measured before the update it triggers (the online learning curve).
 
-    Jit it with `eqx.filter_jit`; it is a `lax.scan` over the stream, vmappable over seeds.
+    A `lax.scan` over the stream: jit it with `eqx.filter_jit`, vmap it over seeds with
+    `eqx.filter_vmap` (networks, streams).
+
+    !!! warning
+
+        Each step costs exact RTRL's O(n^2 m) (O(n^4) for a CTRNN): online learning with the
+        exact sensitivities is for small networks. The sensitivities after an update were
+        computed with the old weights, so a learning rate too large for that lag diverges.
     """
+    if not isinstance(sensitivity, AbstractSensitivity):
+        raise ValueError(
+            f"sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1() or nd.rtrl.Diagonal(), got {sensitivity!r}."
+        )
+    if int(update_every) < 1 or int(steps_per_input) < 1:
+        raise ValueError(
+            f"update_every and steps_per_input must be positive integers, got {update_every} and {steps_per_input}."
+        )
     xs = check_input(net, xs, sequence=True, what="xs")
     dtype = tree_dtype(net)
     ys = jnp.asarray(ys, dtype)
     T = xs.shape[0]
+    if ys.shape != (T, net.n_out):
+        raise ValueError(f"ys has shape {ys.shape}; expected (T, n_out) = {(T, net.n_out)}.")
     weights = jnp.ones((T,), dtype) if weights is None else jnp.asarray(weights, dtype)
+    if weights.shape != (T,):
+        raise ValueError(f"weights has shape {weights.shape}; expected (T,) = ({T},).")
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    w0, unravel = ravel_pytree(params)
     n = net.n_state
-    mask = sensitivity_mask(sensitivity, static, w0, unravel, n, dtype, xs[0])
-    with jax.numpy_dtype_promotion("standard"):
+    mask = sensitivity_mask(sensitivity, params, static, n, net.n_in, dtype)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes its int32 count with floats
         opt_state = optimizer.init(params)
-    dt = jnp.asarray(dt0 / 1.0, dtype)
+    dt = jnp.asarray(dt0, dtype)
+
+    def term(params, r, y, alpha):
+        return alpha * loss(eqx.combine(params, static).readout(r), y)
 
     def body(carry, inp):
-        params, opt_state, r, P, acc, k = carry
+        params, opt_state, state, acc, k = carry
         x, y, alpha = inp
-        w, _ = ravel_pytree(params)
-        step = make_joint_step(solver, static, w, unravel, sensitivity, mask)
+        _, step = joint_step(solver, params, static, sensitivity, mask)
         t0 = k.astype(dtype) * dt * steps_per_input
-        r, P = integrate_interval_joint(step, (r, P), x, t0, dt, steps_per_input)
-
-        def loss_of(p, r):
-            return alpha * loss(eqx.combine(p, static).readout(r), y)
-
-        loss_k, (g_direct, g_r) = jax.value_and_grad(loss_of, argnums=(0, 1))(params, r)
-        g = jtu.tree_map(jnp.add, g_direct, unravel(P @ g_r))
-        acc = jtu.tree_map(jnp.add, acc, g)
-        do_update = (k + 1) % update_every == 0
+        state = integrate_interval_joint(step, state, x, t0, dt, steps_per_input)
+        r, p = state
+        loss_k, (g_direct, g_r) = jax.value_and_grad(term, argnums=(0, 1))(params, r, y, alpha)
+        acc = jtu.tree_map(lambda a, b, c: a + b + c, acc, g_direct, contract(p, g_r))
 
         def update(args):
             params, opt_state, acc = args
-            # optax mixes its int32 step count with floats; allow that under strict promotion.
             with jax.numpy_dtype_promotion("standard"):
                 updates, opt_state = optimizer.update(acc, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, jtu.tree_map(jnp.zeros_like, acc)
 
+        do_update = (k + 1) % update_every == 0
         params, opt_state, acc = jax.lax.cond(do_update, update, lambda a: a, (params, opt_state, acc))
-        return (params, opt_state, r, P, acc, k + 1), loss_k
+        return (params, opt_state, state, acc, k + 1), loss_k
 
-    r0 = net.init_state(xs[0])
-    P0 = jnp.zeros((w0.shape[0], n), dtype)
+    state0 = (net.init_state(xs[0]), zero_sensitivities(params, n))
     acc0 = jtu.tree_map(jnp.zeros_like, params)
-    carry = (params, opt_state, r0, P0, acc0, jnp.asarray(0))
+    carry = (params, opt_state, state0, acc0, jnp.asarray(0))
     (params, *_), losses = jax.lax.scan(body, carry, (xs, ys, weights))
     return eqx.combine(params, static), losses
