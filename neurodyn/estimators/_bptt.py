@@ -184,7 +184,14 @@ def _two_phase_trajectory(net, x, y, objective, options, grid, r0):
 
     _, steps_vjp = eqx.filter_vjp(all_steps, net)
     (g_dynamics,) = steps_vjp(adjoints.reshape((T * n_sub,) + r0.shape))
-    grads = jax.tree.map(
-        lambda a, b: a + b, g_readout, g_dynamics, is_leaf=lambda z: z is None
-    )
+    grads = jax.tree.map(_add_maybe_none, g_readout, g_dynamics, is_leaf=lambda z: z is None)
     return loss, grads, info
+
+
+def _add_maybe_none(a, b):
+    # Gradients of non-differentiable leaves (integer indices, static parts) are None.
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
