@@ -15,7 +15,7 @@ The `grid:` axes are static (hidden sizes, and the `estimators:` mapping): one c
 Points run in chunks of `chunk`; a chunk's results are saved as soon as it finishes, so a
 killed run re-run with the same command recomputes no finished chunk.
 
-On a cluster, set `distributed: true` (or `--distributed True`) and start one process per
+On a cluster, set `distributed: true` (or pass `--distributed`) and start one process per
 node with `srun`: `jax.distributed.initialize()` reads SLURM's environment, the sweep axis
 is sharded over every device of every host, and process 0 writes the run directory.
 """

@@ -163,10 +163,30 @@ def load(path, schema, *, quick: bool = False, overrides: list[str] | tuple[str,
     return cfg
 
 
+def _override_paths(schema, prefix=""):
+    out = []
+    for name, tp in _field_types(schema).items():
+        if _is_dataclass_type(tp):
+            out += _override_paths(tp, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
 def apply_overrides(cfg, overrides):
-    """`--section.field value` overrides on a config instance, through tyro."""
+    """`--section.field value` overrides on a config instance, through tyro. A flag that
+    names no field is a `ConfigError` naming the closest field."""
     import tyro
 
+    valid = _override_paths(type(cfg))
+    for token in overrides:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            name = name[3:] if name.startswith("no_") and name[3:] in valid else name  # --no-flag for booleans
+            if name not in valid:
+                close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+                hint = f"; did you mean '--{close[0]}'?" if close else ""
+                raise ConfigError(f"unknown override '{token}'{hint}")
     try:
         return tyro.cli(type(cfg), args=list(overrides), default=cfg, console_outputs=False)
     except SystemExit:
@@ -194,13 +214,23 @@ def cli(schema, argv=None, *, description: str | None = None, default_config: st
     On a bad config prints one line naming the problem (key and file) to stderr and exits
     with code 2, without a traceback."""
     parser = argparse.ArgumentParser(
+        add_help=False,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any field of the config can be overridden: --section.field value (e.g. --estimator.beta 0.05).",
     )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and the config's fields")
     parser.add_argument("--config", default=default_config, required=default_config is None)
     parser.add_argument("--quick", action="store_true", help="the config's quick variant (CI, < 1 minute)")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<config name>[-quick])")
+    if argv is None:
+        argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        import tyro
+
+        parser.print_help()
+        print("\nconfig fields (each is also an override flag):\n")
+        tyro.cli(schema, args=["--help"])  # prints the fields and exits
     args, rest = parser.parse_known_args(argv)
     try:
         cfg = load(args.config, schema, quick=args.quick, overrides=rest)

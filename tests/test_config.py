@@ -131,3 +131,11 @@ def test_run_all_quick_reports_a_missing_experiment(tmp_path):
     assert "FAIL" in proc.stdout and "experiments.no_such_experiment" in proc.stdout
     assert "b.yaml: no 'experiment:' key" in proc.stdout
     assert "0 passed, 2 failed" in proc.stdout
+
+
+def test_unknown_override_names_the_closest_field(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 1\n")
+    with pytest.raises(ndc.ConfigError, match=r"unknown override '--estimator.betta'; did you mean '--estimator.beta'"):
+        ndc.load(f, Schema, overrides=["--estimator.betta", "0.1"])
+    assert ndc.load(f, Schema, overrides=["--estimator.beta=0.3", "--sizes", "7", "8"]) == Schema(1, (7, 8), Inner(0.3))
