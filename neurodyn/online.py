@@ -36,6 +36,7 @@ def fit_online(
     optimizer: optax.GradientTransformation,
     loss=_losses.squared_error,
     weights=None,
+    resets=None,
     update_every: int = 1,
     sensitivity: AbstractSensitivity = Exact(),
     solver: diffrax.AbstractSolver = diffrax.Euler(),
@@ -62,6 +63,9 @@ def fit_online(
     - `optimizer`: an optax optimiser (e.g. `optax.adam(3e-3)`).
     - `loss`: the per-time loss `(prediction, target) -> scalar`; `weights`: `alpha_k`,
       `(T,)` (default ones; zero where nothing is asked).
+    - `resets`: optional booleans `(T,)`: where true, the state and the sensitivities restart
+      from `net.init_state` and `p = 0` before input `k` (episode boundaries of a stream of
+      independent sequences; the parameters and optimiser state carry on).
     - `update_every`: apply the accumulated gradient every this many inputs.
     - `sensitivity`: `nd.rtrl.Exact()` (default), `nd.rtrl.SnAp1()` or `nd.rtrl.Diagonal()`.
     - `solver`, `dt0`, `steps_per_input`: each input is held for `steps_per_input` steps of
@@ -98,6 +102,9 @@ def fit_online(
     weights = jnp.ones((T,), dtype) if weights is None else jnp.asarray(weights, dtype)
     if weights.shape != (T,):
         raise ValueError(f"weights has shape {weights.shape}; expected (T,) = ({T},).")
+    resets = jnp.zeros((T,), bool) if resets is None else jnp.asarray(resets, bool)
+    if resets.shape != (T,):
+        raise ValueError(f"resets has shape {resets.shape}; expected (T,) = ({T},).")
     params, static = eqx.partition(net, eqx.is_inexact_array)
     n = net.n_state
     mask = sensitivity_mask(sensitivity, params, static, n, net.n_in, dtype)
@@ -110,7 +117,9 @@ def fit_online(
 
     def body(carry, inp):
         params, opt_state, state, acc, k = carry
-        x, y, alpha = inp
+        x, y, alpha, reset = inp
+        fresh = (eqx.combine(params, static).init_state(x), zero_sensitivities(params, n))
+        state = jtu.tree_map(lambda a, b: jnp.where(reset, a, b), fresh, state)
         _, step = joint_step(solver, params, static, sensitivity, mask)
         t0 = k.astype(dtype) * dt * steps_per_input
         state = integrate_interval_joint(step, state, x, t0, dt, steps_per_input)
@@ -131,5 +140,5 @@ def fit_online(
     state0 = (net.init_state(xs[0]), zero_sensitivities(params, n))
     acc0 = jtu.tree_map(jnp.zeros_like, params)
     carry = (params, opt_state, state0, acc0, jnp.asarray(0))
-    (params, *_), losses = jax.lax.scan(body, carry, (xs, ys, weights))
+    (params, *_), losses = jax.lax.scan(body, carry, (xs, ys, weights, resets))
     return eqx.combine(params, static), losses
