@@ -15,6 +15,7 @@ from . import (
     networks as networks,
     online as online,
     preprocessing as preprocessing,
+    relaxation as relaxation,
     rtrl as rtrl,
     runs as runs,
     sweeps as sweeps,

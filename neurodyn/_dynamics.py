@@ -54,6 +54,12 @@ def solver_init(solver, net, r, x, t0, dt):
 # ----------------------------------------------------------------------------------------
 
 
+def _default_relaxation():
+    from .relaxation import FixedStep
+
+    return FixedStep()
+
+
 def relax_loop(
     net: AbstractNetwork,
     x: Float[Array, " n_in"],
@@ -64,42 +70,37 @@ def relax_loop(
     checkpoints: int | None = None,
     forcing=None,
 ):
-    """Integrates until `rms(F(r)) < atol + rtol rms(r)` or `max_steps`.
+    """Relaxes until `rms(F(r)) < atol + rtol rms(r)` or `max_steps`, with the strategy
+    `opts.relaxation` (`None`: the default, `FixedStep` when differentiated through).
 
     `forcing`, if given, is a function `r -> extra drift` added to `F` (EP's nudging).
     `kind` is the equinox while-loop kind: `"lax"` (no reverse mode, fastest) or
     `"checkpointed"` (reverse mode, for BPTT through the relaxation).
     """
-    solver, dt = opts.solver, opts.dt0
+    from .relaxation import FixedStep
+
+    dt = opts.dt0
     if forcing is not None:
         net = _Nudged(net, forcing)
-    state0 = solver_init(solver, net, r0, x, 0.0, dt)
-    # A finite start value: an infinite or NaN residual then always means divergence.
-    big = jnp.asarray(jnp.finfo(r0.dtype).max, dtype=r0.dtype)
-
-    def tol(r):
-        return opts.atol + opts.rtol * rms_norm(r)
-
-    def cond(carry):
-        r, _, step, res = carry
-        return (step < opts.max_steps) & ~(res < tol(r)) & jnp.isfinite(res)
-
-    def body(carry):
-        r, s, step, _ = carry
-        t = step.astype(r.dtype) * dt
-        r1, s1 = solver_step(solver, net, r, x, t, dt, s, False)
-        res = rms_norm(r1 - r) / dt
-        return r1, s1, step + 1, res
-
-    init = (r0, state0, jnp.asarray(0), big)
-    r, _, steps, res = eqxi.while_loop(
-        cond, body, init, max_steps=opts.max_steps, kind=kind, checkpoints=checkpoints
+    relaxation = opts.relaxation
+    if relaxation is None:
+        relaxation = _default_relaxation() if kind == "lax" else FixedStep()
+    elif kind != "lax" and not isinstance(relaxation, FixedStep):
+        raise ValueError(
+            f"relaxation={relaxation!r} cannot be differentiated through: BPTT "
+            "differentiates the fixed-step loop itself. Use relaxation=nd.relaxation."
+            "FixedStep() (the default) with nd.BPTT(), or nd.RBP()/nd.EP(), which only need "
+            "the steady state, with any relaxation."
+        )
+    r, steps, res = relaxation.relax(
+        _TERM, (net, x), r0, opts, kind=kind, checkpoints=checkpoints
     )
+    tol = opts.atol + opts.rtol * rms_norm(r)
     residual = rms_norm(_vector_field(steps.astype(r.dtype) * dt, r, (net, x)))
     # The loop stops early on a non-finite step difference: that is divergence even when
     # the state itself has not yet overflowed.
     finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual) & jnp.isfinite(res)
-    converged = finite & (res < tol(r))
+    converged = finite & (res < tol)
     result = RESULTS.where(
         converged,
         RESULTS.successful,
@@ -283,6 +284,8 @@ def relax(net: AbstractNetwork, x, *, r0=None, **options):
     - `r0`: the initial state (default `net.init_state(x)`); pass a previous `r*` to warm start.
     - `solver`, `dt0`, `rtol`, `atol`, `max_steps`: integration options. It stops when
       `rms(F(r)) < atol + rtol rms(r)`.
+    - `relaxation`: how the solver's steps are combined, an `nd.relaxation` strategy
+      (`FixedStep()` by default, or `Anderson()`).
 
     **Returns:**
 

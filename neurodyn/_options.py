@@ -1,6 +1,7 @@
 """Integration options shared by `relax`, `rollout` and `value_and_grad`.
 
-The keywords are `solver` (a diffrax solver), `dt0`, `rtol`, `atol` and `max_steps`. Unset
+The keywords are `solver` (a diffrax solver), `dt0`, `rtol`, `atol`, `max_steps` and, for
+steady states, `relaxation` (an `nd.relaxation` strategy). Unset
 ones take defaults that depend on the activity (steady state or trajectory) and on the
 floating dtype of the network, so that the same call works in float32 and in float64.
 """
@@ -12,7 +13,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 
-OPTION_NAMES = ("solver", "dt0", "rtol", "atol", "max_steps")
+OPTION_NAMES = ("solver", "dt0", "rtol", "atol", "max_steps", "relaxation")
 
 
 class IntegrationOptions(eqx.Module):
@@ -23,6 +24,9 @@ class IntegrationOptions(eqx.Module):
     rtol: float
     atol: float
     max_steps: int = eqx.field(static=True)
+    # None: the steady-state default (`relax_loop` picks `FixedStep` when it is
+    # differentiated through, as BPTT does).
+    relaxation: object = None
 
 
 def _tolerances(dtype) -> tuple[float, float]:
@@ -45,24 +49,42 @@ def check_option_names(options: dict) -> None:
 
 
 def steady_state_options(
-    dtype, *, solver=None, dt0=None, rtol=None, atol=None, max_steps=None
+    dtype, *, solver=None, dt0=None, rtol=None, atol=None, max_steps=None, relaxation=None
 ) -> IntegrationOptions:
     """Defaults for relaxation to a steady state: Euler, `dt0 = 1`, tolerances by dtype.
 
     The steady state is a zero of `F` whatever the solver, so the cheapest stable one wins.
     For `dr/dt = -r + ...` networks Euler with `dt0 = 1` is the fixed-point iteration
     `r <- f(W r + U x + b)`, stable whenever the map contracts (the default gains); pass a
-    smaller `dt0` for stiffer networks (time constants below 1)."""
-    return _resolve(dtype, diffrax.Euler(), 1.0, 10_000, solver, dt0, rtol, atol, max_steps)
+    smaller `dt0` for stiffer networks (time constants below 1).
+
+    `relaxation` (an `nd.relaxation` strategy, default `FixedStep()`) decides how those
+    solver steps are combined; see `nd.relaxation`."""
+    from .relaxation import AbstractRelaxation
+
+    if relaxation is not None and not isinstance(relaxation, AbstractRelaxation):
+        raise ValueError(
+            "`relaxation` must be an nd.relaxation strategy such as "
+            f"nd.relaxation.FixedStep() or nd.relaxation.Anderson(), got {relaxation!r}."
+        )
+    opts = _resolve(dtype, diffrax.Euler(), 1.0, 10_000, solver, dt0, rtol, atol, max_steps)
+    return IntegrationOptions(
+        opts.solver, opts.dt0, opts.rtol, opts.atol, opts.max_steps, relaxation
+    )
 
 
 def trajectory_options(
-    dtype, *, solver=None, dt0=None, rtol=None, atol=None, max_steps=None
+    dtype, *, solver=None, dt0=None, rtol=None, atol=None, max_steps=None, relaxation=None
 ) -> IntegrationOptions:
     """Defaults for a trajectory: Tsit5 with fixed steps of at most `dt0 = 0.1`.
 
     Trajectories are integrated with fixed steps (so BPTT and RTRL differentiate the same
     discretisation); `rtol`/`atol` only matter to steady states and are kept for symmetry."""
+    if relaxation is not None:
+        raise ValueError(
+            "`relaxation` chooses how a steady state is found and does not apply to a "
+            "trajectory (nd.rollout, nd.Trajectory). Drop `relaxation=`."
+        )
     return _resolve(dtype, diffrax.Tsit5(), 0.1, 100_000, solver, dt0, rtol, atol, max_steps)
 
 

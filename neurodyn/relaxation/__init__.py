@@ -1,0 +1,5 @@
+"""Forward relaxation strategies (pass one as the `relaxation=` integration option)."""
+
+from ._anderson import Anderson as Anderson
+from ._base import AbstractRelaxation as AbstractRelaxation
+from ._fixed_step import FixedStep as FixedStep
