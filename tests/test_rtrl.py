@@ -45,10 +45,10 @@ def _rollout_loss(net, xs, ys, **options):
 
 
 def _tsit5_params():
-    # Tsit5 over every family is slow (two compilations each); two families by default.
+    # Tsit5 over every family is slow (two compilations each); one family by default.
     out = []
     for name, net in NETWORKS:
-        marks = () if name in ("ctrnn-rate", "hopfield") else (pytest.mark.slow,)
+        marks = () if name == "ctrnn-rate" else (pytest.mark.slow,)
         out.append(pytest.param(name, net, TSIT5, id=f"{name}-tsit5", marks=marks))
     return out
 
@@ -67,7 +67,7 @@ def test_rtrl_equals_bptt_on_the_same_discretisation(name, net, solver_opts):
     assert rel_error(g_rtrl, g_bptt) < 1e-6, name
 
 
-@pytest.mark.parametrize("name", ["ctrnn-current", "hopfield", "layered"])
+@pytest.mark.parametrize("name", ["hopfield", pytest.param("layered", marks=pytest.mark.slow)])
 def test_rtrl_equals_reverse_mode_through_rollout(name):
     net = BY_NAME[name]
     xs, ys = _data(net, jr.PRNGKey(2))
@@ -89,7 +89,7 @@ def test_rtrl_with_defaults_is_within_1e_3_of_the_fine_reference(getkey):
     assert err < 1e-3
 
 
-@pytest.mark.parametrize("name", ["ctrnn-current", "hopfield", "layered"])
+@pytest.mark.parametrize("name", ["ctrnn-current", "hopfield", pytest.param("layered", marks=pytest.mark.slow)])
 def test_steady_state_rtrl_is_the_implicit_gradient(name, getkey):
     net = BY_NAME[name]
     x, y = jr.normal(getkey(), (net.n_in,)), jr.normal(getkey(), (net.n_out,))
