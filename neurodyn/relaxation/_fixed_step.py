@@ -48,7 +48,10 @@ class FixedStep(AbstractRelaxation):
             for j in range(k):
                 t = (step + j).astype(r.dtype) * dt
                 r_prev = r
-                r, s, _, _, _ = solver.step(term, t, t + dt, r, args, s, False)
+                # A fresh solver state each step keeps the carry's structure fixed for every
+                # diffrax solver (FSAL ones included) and the relaxation is autonomous anyway.
+                fresh = solver.init(term, t, t + dt, r, args)
+                r, _, _, _, _ = solver.step(term, t, t + dt, r, args, fresh, True)
             return r, s, step + k, rms_norm(r - r_prev) / dt
 
         init = (r0, state0, jnp.asarray(0), big)
