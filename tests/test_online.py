@@ -149,7 +149,7 @@ def test_bad_online_arguments_are_refused(getkey):
 
 
 def test_adding_problem():
-    xs, ys, w = jax.vmap(lambda k: nd.data.sequences.adding_problem(k, T=10))(jr.split(jr.PRNGKey(0), 64))
+    xs, ys, w = jax.jit(jax.vmap(lambda k: nd.data.sequences.adding_problem(k, T=10)))(jr.split(jr.PRNGKey(0), 64))
     assert xs.shape == (64, 10, 2) and ys.shape == (64, 10, 1) and w.shape == (64, 10)
     marks = xs[..., 1]
     assert bool(jnp.all(marks.sum(1) == 2)) and bool(jnp.all(marks[:, :5].sum(1) == 1))
@@ -167,7 +167,7 @@ def test_copy_task():
 
 
 def test_delayed_xor():
-    xs, ys, w = jax.vmap(lambda k: nd.data.sequences.delayed_xor(k, delay=3))(jr.split(jr.PRNGKey(2), 32))
+    xs, ys, w = jax.jit(jax.vmap(lambda k: nd.data.sequences.delayed_xor(k, delay=3)))(jr.split(jr.PRNGKey(2), 32))
     a, b = xs[:, 0, 0], xs[:, 4, 0]
     assert bool(jnp.all(jnp.abs(a) == 1)) and bool(jnp.all(jnp.abs(b) == 1))
     np.testing.assert_array_equal(ys[:, -1, 0], -a * b)
