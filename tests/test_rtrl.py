@@ -173,7 +173,7 @@ def test_approximations_are_biased_but_aligned(name, getkey):
     for approx in (nd.rtrl.SnAp1(), nd.rtrl.Diagonal()):
         _, g, _ = nd.value_and_grad(net, xs, ys, objective=obj, estimator=nd.RTRL(approx), **EULER1)
         cosines[type(approx).__name__] = c = cosine(g, exact)
-        print(f"{name}: cosine of {type(approx).__name__} to exact RTRL = {c:.4f}")
+        print(f"{name}: cosine of {type(approx).__name__} to exact RTRL = {c:.6f}")
         assert 0.5 < c < 1 - 1e-6
     if name == "hopfield":
         # A symmetric W_ij feeds units i and j: SnAp-1 keeps that 2 x 2 block of J, the
