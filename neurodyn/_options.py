@@ -58,7 +58,7 @@ def steady_state_options(
     `r <- f(W r + U x + b)`, stable whenever the map contracts (the default gains); pass a
     smaller `dt0` for stiffer networks (time constants below 1).
 
-    `relaxation` (an `nd.relaxation` strategy, default `FixedStep()`) decides how those
+    `relaxation` (an `nd.relaxation` strategy, default `FixedStep(check_every=2)`) decides how those
     solver steps are combined; see `nd.relaxation`."""
     from .relaxation import AbstractRelaxation
 

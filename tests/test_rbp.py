@@ -13,6 +13,7 @@ from helpers import (
     dense_ift_grad,
     directional,
     finite_difference_grad,
+    small_networks,
 )
 
 
@@ -138,3 +139,26 @@ def test_bad_strategy_arguments():
         nd.adjoint.Neumann(K=0)
     with pytest.raises(ValueError, match="Krylov method must be"):
         nd.adjoint.Krylov(method="lsqr")
+
+
+def test_conjugate_gradients_on_an_energy_network(getkey):
+    # Krylov() picks CG on AbstractEnergyNetwork (J symmetric): -J^T is positive definite at
+    # a stable equilibrium. CG must reach the dense reference in at most n iterations.
+    net = nd.networks.Hopfield(3, 5, 2, key=getkey())
+    x, y = jr.uniform(getkey(), (3,)), jr.uniform(getkey(), (2,))
+    _, g, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=nd.adjoint.Krylov()))
+    _, ref, _ = dense_ift_grad(net, x, y)
+    assert bool(info["adjoint_converged"]) and int(info["adjoint_steps"]) <= net.n_state
+    assert_tree_close(g, ref, rtol=1e-7, atol=1e-10, what="cg")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,net", small_networks(jr.PRNGKey(99)), ids=[n for n, _ in small_networks(jr.PRNGKey(99))])
+def test_every_network_every_strategy_against_dense_ift(name, net, getkey):
+    x, y = jr.uniform(getkey(), (net.n_in,)), jr.normal(getkey(), (net.n_out,))
+    _, ref, _ = dense_ift_grad(net, x, y)
+    for sname, adj in STRATEGIES:
+        # Neumann's Euler step 0.5 is stable for every family here (|1 + 0.5 lambda| < 1).
+        _, g, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=adj), dt0=0.5)
+        assert bool(info["converged"]), (sname, info["adjoint_residual"])
+        assert_tree_close(g, ref, rtol=1e-7, atol=1e-10, what=f"{name}/{sname}")

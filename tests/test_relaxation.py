@@ -53,14 +53,12 @@ def _check_strategies(net, getkey):
         np.testing.assert_allclose(r, ref, rtol=1e-8, atol=1e-9, err_msg=sname)
 
 
-def test_default_is_the_fixed_step_loop_unchanged(getkey):
-    # The default must stay the plain Euler loop BPTT differentiates: same state, same
-    # step count as a hand-written loop that stops at the first step difference < tol.
+def test_fixed_step_is_the_plain_loop_and_the_default_chunks_it(getkey):
+    # FixedStep() is the plain Euler loop BPTT differentiates: same state, same step count
+    # as a hand-written loop that stops at the first step difference below the tolerance.
     net = nd.networks.CTRNN(6, 3, 2, key=getkey())
     x = jr.normal(getkey(), (3,))
-    r_def, info = nd.relax(net, x)
     r_fs, info_fs = nd.relax(net, x, relaxation=nd.relaxation.FixedStep())
-    assert int(info["steps"]) == int(info_fs["steps"]) and jnp.array_equal(r_def, r_fs)
     r, k = net.init_state(x), 0
     while True:
         r1 = r + net(0.0, r, x)
@@ -69,11 +67,21 @@ def test_default_is_the_fixed_step_loop_unchanged(getkey):
         r = r1
         if done:
             break
-    assert k == int(info["steps"])
-    np.testing.assert_allclose(r_def, r, rtol=0, atol=1e-15)
-    # Chunked convergence checks overshoot by less than one chunk.
+    assert k == int(info_fs["steps"])
+    np.testing.assert_allclose(r_fs, r, rtol=0, atol=1e-15)
+    # The default tests every other step: at most one step more, the same tolerance met.
+    r_def, info = nd.relax(net, x)
+    assert int(info["steps"]) in (k, k + 1) and int(info["steps"]) % 2 == 0 and bool(info["converged"])
+    np.testing.assert_allclose(r_def, r, rtol=0, atol=1e-10)
+    # Chunks of 4 overshoot by less than one chunk, and never pass max_steps.
     _, info4 = nd.relax(net, x, relaxation=nd.relaxation.FixedStep(check_every=4))
     assert int(info4["steps"]) % 4 == 0 and k <= int(info4["steps"]) < k + 4
+    for m in (3, 5):
+        _, info_m = nd.relax(net, x, max_steps=m)
+        assert int(info_m["steps"]) == m and not bool(info_m["converged"])
+        r_m, _ = nd.relax(net, x, max_steps=m, relaxation=nd.relaxation.FixedStep())
+        r_m2, _ = nd.relax(net, x, max_steps=m)
+        np.testing.assert_allclose(r_m2, r_m, rtol=0, atol=1e-15)
 
 
 def test_anderson_saves_steps_when_the_iteration_is_slow(getkey):
@@ -173,3 +181,16 @@ def test_bptt_keeps_its_fixed_step_loop_and_errors_are_pinned(getkey):
     _, g1, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.BPTT(), relaxation=nd.relaxation.FixedStep())
     _, g0, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.BPTT())
     assert_tree_close(g1, g0, rtol=0, atol=0, what="bptt")
+
+
+def test_fixed_step_with_multistage_and_fsal_solvers(getkey):
+    # The solver state (Tsit5's FSAL derivative) is carried through the loop and the chunks.
+    net = nd.networks.CTRNN(5, 3, 2, key=getkey())
+    x = jr.normal(getkey(), (3,))
+    ref = _newton_fixed_point(net, x)
+    for solver in (diffrax.Heun(), diffrax.Tsit5()):
+        for rel in (nd.relaxation.FixedStep(), None):
+            opts = dict(solver=solver, dt0=0.2) if rel is None else dict(solver=solver, dt0=0.2, relaxation=rel)
+            r, info = nd.relax(net, x, **opts)
+            assert bool(info["converged"]), (solver, rel)
+            np.testing.assert_allclose(r, ref, rtol=1e-8, atol=1e-9)
