@@ -1,6 +1,7 @@
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
 
@@ -22,6 +23,10 @@ class Krylov(AbstractAdjointSolve):
       (1e-5 in float32, where GMRES stagnates below that, and 1e-10 in float64).
     - `max_steps`: iteration budget.
     - `restart`: GMRES restart length.
+
+    BiCGStab breaks down (NaN) when its Krylov space is exhausted at the solution, as on
+    `Layered` networks; the solve then falls back to GMRES (under `vmap` the fallback is a
+    `select`, so both solves run: prefer GMRES or CG there).
 
     Cost: K VJPs of F (K iterations), memory O(n * restart). No Jacobian is formed.
     """
@@ -58,11 +63,23 @@ class Krylov(AbstractAdjointSolve):
             else:
                 solver = lx.BiCGStab(rtol=rtol, atol=atol, max_steps=self.max_steps)
             rhs = -g
+        tol = 10 * rtol + (0.0 if self.atol is None else self.atol)
         sol = lx.linear_solve(op, rhs, solver, throw=False)
         v = sol.value
         res = relative_residual(matvec, v, g)
+        steps = jnp.asarray(sol.stats.get("num_steps", -1))
+        if method == "bicgstab":
+            # BiCGStab breaks down (a division by rho = 0, so NaN) when its Krylov space is
+            # exhausted, which a nilpotent I + J (Layered networks) reaches in a few steps.
+            # Then GMRES, which has no such breakdown, finishes the solve.
+            def gmres(_):
+                gm = lx.GMRES(rtol=rtol, atol=atol, max_steps=self.max_steps, restart=self.restart)
+                s2 = lx.linear_solve(op, rhs, gm, throw=False)
+                return s2.value, relative_residual(matvec, s2.value, g), steps + s2.stats["num_steps"]
+
+            broke = ~jnp.isfinite(res)
+            v, res, steps = jax.lax.cond(broke, gmres, lambda _: (v, res, steps), None)
         # Judge convergence by the true residual: lineax reports breakdown as failure when a
         # small Krylov space is exhausted at the exact solution.
-        converged = jnp.isfinite(res) & (res <= 10 * rtol + (0.0 if self.atol is None else self.atol))
-        steps = sol.stats.get("num_steps", jnp.asarray(-1))
+        converged = jnp.isfinite(res) & (res <= tol)
         return v, adjoint_info(converged, steps, res)
