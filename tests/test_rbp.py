@@ -21,6 +21,8 @@ STRATEGIES = [
     ("krylov", nd.adjoint.Krylov()),
     ("gmres", nd.adjoint.Krylov(method="gmres")),
     ("bicgstab", nd.adjoint.Krylov(method="bicgstab")),
+    ("jax-gmres", nd.adjoint.Krylov(method="gmres", implementation="jax")),
+    ("jax-bicgstab", nd.adjoint.Krylov(method="bicgstab", implementation="jax")),
     ("adjoint-ode", nd.adjoint.AdjointODE()),
     ("neumann", nd.adjoint.Neumann(K=200, alpha=0.5)),
     ("dense", nd.adjoint.DenseLU()),

@@ -20,6 +20,7 @@ STRATEGIES = [
     ("fixed", nd.relaxation.FixedStep()),
     ("fixed-chunked", nd.relaxation.FixedStep(check_every=3)),
     ("anderson", nd.relaxation.Anderson()),
+    ("newton-krylov", nd.relaxation.NewtonKrylov()),
 ]
 
 
@@ -194,3 +195,33 @@ def test_fixed_step_with_multistage_and_fsal_solvers(getkey):
             r, info = nd.relax(net, x, **opts)
             assert bool(info["converged"]), (solver, rel)
             np.testing.assert_allclose(r, ref, rtol=1e-8, atol=1e-9)
+
+
+def test_newton_krylov_needs_few_steps_where_the_iteration_is_slow(getkey):
+    # Gain 0.95: the fixed-step iteration contracts slowly; Newton converges quadratically
+    # (up to the inner GMRES tolerance) and its step count does not depend on the gain.
+    net = nd.networks.CTRNN(32, 3, 2, gain=0.95, key=getkey())
+    x = jr.normal(getkey(), (3,))
+    r_fs, i_fs = nd.relax(net, x)
+    r_nk, i_nk = nd.relax(net, x, relaxation=nd.relaxation.NewtonKrylov())
+    assert bool(i_fs["converged"]) and bool(i_nk["converged"])
+    assert int(i_nk["steps"]) <= 8 < 3 * 8 <= int(i_fs["steps"]), (i_nk["steps"], i_fs["steps"])
+    np.testing.assert_allclose(r_nk, r_fs, rtol=1e-8, atol=1e-9)
+    # Its reported residual is rms(F(r)) itself.
+    np.testing.assert_allclose(i_nk["residual"], nd._misc.rms_norm(net(0.0, r_nk, x)), rtol=1e-12)
+    # Warm started at the steady state it stops after one step; a budget of one step is data.
+    _, again = nd.relax(net, x, r0=r_nk, relaxation=nd.relaxation.NewtonKrylov())
+    assert int(again["steps"]) == 1 and bool(again["converged"])
+    _, short = nd.relax(net, x, relaxation=nd.relaxation.NewtonKrylov(), max_steps=1)
+    assert not bool(short["converged"]) and short["result"] == nd.RESULTS.max_steps_reached
+
+
+def test_rbp_with_newton_krylov_relaxation_is_exact(getkey):
+    net = nd.networks.CTRNN(6, 3, 2, form="rate", key=getkey())
+    x, y = jr.normal(getkey(), (3,)), jr.normal(getkey(), (2,))
+    _, g, info = nd.value_and_grad(
+        net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(), relaxation=nd.relaxation.NewtonKrylov()
+    )
+    _, ref, _ = dense_ift_grad(net, x, y)
+    assert bool(info["converged"])
+    assert_tree_close(g, ref, rtol=1e-7, atol=1e-10, what="rbp+newton-krylov")

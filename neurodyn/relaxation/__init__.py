@@ -3,3 +3,4 @@
 from ._anderson import Anderson as Anderson
 from ._base import AbstractRelaxation as AbstractRelaxation
 from ._fixed_step import FixedStep as FixedStep
+from ._newton_krylov import NewtonKrylov as NewtonKrylov

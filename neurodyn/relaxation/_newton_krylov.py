@@ -1,0 +1,79 @@
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+from jax.scipy.sparse.linalg import gmres
+
+from .._misc import rms_norm
+from ._base import AbstractRelaxation, tolerance
+
+
+class NewtonKrylov(AbstractRelaxation):
+    r"""Inexact Newton on `F(r) = 0` with matrix-free GMRES inner solves (JVPs of F
+    through one `jax.linearize` per Newton step).
+
+    The inner solver is `jax.scipy.sparse.linalg.gmres` (incremental Arnoldi), not
+    lineax's: measured on CPU under `vmap` (n = 256, B = 32, float32, one solve to 1e-5)
+    it took 12 ms against lineax GMRES's 195 ms, and lineax reports breakdown or
+    stagnation in float32 where the iterate is still a good Newton step (which stops
+    `optimistix.Newton` early: 2 steps, residual 1e-3, on the same problem).
+
+    Each Newton step solves `J dr = -F(r)` to the relative tolerance `inner_rtol` (an
+    inexact Newton method: near `r*` the residual falls by about `inner_rtol` per step).
+    It ignores `solver`/`dt0`: it finds the zero of `F` directly, so its cost does not
+    grow as the fixed-step iteration's contraction rate `rho(I + dt0 J)` nears 1 (gain
+    near the edge of stability, stiff or slow networks), where `FixedStep` needs
+    `~ log(tol) / log(rho)` steps.
+
+    **Arguments:**
+
+    - `inner_rtol`: relative tolerance of each GMRES solve.
+    - `restart`: GMRES restart length (static).
+    - `inner_restarts`: GMRES restart cycles per Newton step (static).
+
+    Cost per Newton step: K JVPs of F (K GMRES iterations), memory O(n * restart). The
+    reported `steps` are Newton steps. Newton converges from any start on contracting
+    networks; far from a stable equilibrium (or at gains with several equilibria) it
+    may find a different or unstable zero of F, which RBP's stability check flags.
+
+    !!! warning
+
+        Not differentiable through its iterations (BPTT always uses `FixedStep`). When
+        the plain iteration contracts fast (the defaults: ~13 steps to float32
+        tolerance) Newton-Krylov costs more; see the README's relaxation table.
+    """
+
+    inner_rtol: float = 1e-3
+    restart: int = eqx.field(static=True, default=20)
+    inner_restarts: int = eqx.field(static=True, default=5)
+
+    def relax(self, term, args, r0, opts, *, kind, checkpoints):
+        del checkpoints
+        dtype = r0.dtype
+        big = jnp.asarray(jnp.finfo(dtype).max, dtype=dtype)
+
+        def fn(r):
+            return term.vf(0.0, r, args)
+
+        def cond(carry):
+            r, _, step, res = carry
+            return (step < opts.max_steps) & ~(res < tolerance(opts, r)) & jnp.isfinite(res)
+
+        def body(carry):
+            r, f, step, _ = carry
+            _, jvp = jax.linearize(fn, r)
+            # Inexact Newton needs a decrease, not a converged inner solve, so the iterate is
+            # used whatever the inner solve reports.
+            d, _ = gmres(jvp, -f, tol=self.inner_rtol, atol=0.0, restart=self.restart,
+                         maxiter=self.inner_restarts, solve_method="incremental")
+            # A failed inner solve (non-finite) falls back to an explicit Euler step.
+            d = jnp.where(jnp.all(jnp.isfinite(d)), d, opts.dt0 * f)
+            r1 = r + d
+            f1 = fn(r1)
+            return r1, f1, step + 1, rms_norm(f1)
+
+        f0 = fn(r0)
+        r, _, steps, res = eqxi.while_loop(
+            cond, body, (r0, f0, jnp.asarray(0), big), max_steps=opts.max_steps, kind=kind
+        )
+        return r, steps, res
