@@ -1,5 +1,6 @@
-"""The diffrax peer for steady-state gradients: Tsit5 + PIDController(1e-5, 1e-6) +
-steady_state_event, differentiated with ImplicitAdjoint (ANCHORS.md's measured setting)."""
+"""The peers for steady-state gradients: diffrax Tsit5 + PIDController(1e-5, 1e-6) +
+steady_state_event, differentiated with ImplicitAdjoint (ANCHORS.md's measured setting),
+and optimistix `fixed_point` + `ImplicitAdjoint` on the same network."""
 
 import diffrax
 import equinox as eqx
@@ -67,3 +68,36 @@ def rel(a, b):
     fa = np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(eqx.filter(a, eqx.is_inexact_array))])
     fb = np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(eqx.filter(b, eqx.is_inexact_array))])
     return float(np.linalg.norm(fa - fb) / np.linalg.norm(fb))
+
+
+def optimistix_steady_loss(net, x, y, loss=nd.losses.squared_error, linear_solver=None):
+    """The optimistix peer: `fixed_point` of the Euler map `r -> r + F(r)` (for the rate form,
+    `r -> f(W r + U x + b)`, the iteration nd.relax runs) with `FixedPointIteration(1e-5,
+    1e-6)`, differentiated by `ImplicitAdjoint`. Its default linear solver (AutoLinearSolver)
+    materialises the Jacobian and LU-factorises it; pass `lineax.GMRES(...)` for the
+    matrix-free variant."""
+    import optimistix as optx
+
+    def step(r, args):
+        return r + net(0.0, r, x)
+
+    adjoint = optx.ImplicitAdjoint() if linear_solver is None else optx.ImplicitAdjoint(linear_solver=linear_solver)
+    sol = optx.fixed_point(
+        step, optx.FixedPointIteration(rtol=1e-5, atol=1e-6), net.init_state(x), max_steps=10_000,
+        adjoint=adjoint, throw=False,
+    )
+    return loss(net.readout(sol.value), y)
+
+
+def optimistix_peer_functions(objective_loss=nd.losses.squared_error, linear_solver=None):
+    @eqx.filter_jit
+    def forward(net, xs, ys):
+        return jnp.mean(
+            jax.vmap(lambda x, y: optimistix_steady_loss(net, x, y, objective_loss, linear_solver))(xs, ys)
+        )
+
+    @eqx.filter_jit
+    def grad(net, xs, ys):
+        return eqx.filter_value_and_grad(forward)(net, xs, ys)
+
+    return forward, grad

@@ -14,7 +14,7 @@ import numpy as np
 
 import neurodyn as nd
 
-from ._steady_peer import ours_functions, peer_functions, rel
+from ._steady_peer import optimistix_peer_functions, ours_functions, peer_functions, rel
 from ._timing import row, time_fn
 
 
@@ -77,4 +77,14 @@ def run(quick: bool = False, large: bool = False):
                 **extra,
             )
         )
+        # optimistix fixed_point on the Euler map + ImplicitAdjoint (matrix-free GMRES: a
+        # dense LU per example at this size is the peer's default, and slower still).
+        import lineax as lx
+
+        _, opeer = optimistix_peer_functions(linear_solver=lx.GMRES(rtol=1e-5, atol=1e-6, restart=40))
+        _, g_opt = opeer(net, xs, ys)
+        t_opt, _ = time_fn(opeer, net, xs, ys, repeats=3)
+        rows.append(row("ep", problem, "nd.EP value_and_grad", "optimistix fixed_point + ImplicitAdjoint (lineax GMRES)",
+                        t_ours, t_opt, "faster", ours_rel_err=extra["ours_rel_err"], peer_rel_err=rel(g_opt, g_ref),
+                        peer_cosine=_cosine(g_opt, g_ref)))
     return rows

@@ -17,13 +17,13 @@ import jax.random as jr
 import neurodyn as nd
 from neurodyn._misc import tree_cast
 
-from ._steady_peer import peer_functions, rel
+from ._steady_peer import optimistix_peer_functions, peer_functions, rel
 from ._timing import peak_bytes, row, time_fn
 
 
-def _problem(n, B, seed=0, dtype=jnp.float32):
+def _problem(n, B, seed=0, dtype=jnp.float32, gain=0.5):
     k1, k2, k3 = jr.split(jr.PRNGKey(seed), 3)
-    net = tree_cast(nd.networks.CTRNN(n, 16, 8, key=k1), dtype)
+    net = tree_cast(nd.networks.CTRNN(n, 16, 8, gain=gain, key=k1), dtype)
     return net, jr.normal(k2, (B, 16), dtype), jr.normal(k3, (B, 8), dtype)
 
 
@@ -79,14 +79,27 @@ def _head(n, B, large, repeats):
     rows.append(row("rbp", problem, "nd.RBP value_and_grad", "nd.relax alone", t_ours, t_relax, "<= 1.6x", **extra))
     rows.append(row("rbp", problem, "nd.RBP value_and_grad", "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
                     t_ours, t_peer, "<= 0.05x (20x faster)" if large else "<= 0.5x", **extra))
+    # optimistix: the same Euler fixed-point iteration, its default (dense LU) adjoint and GMRES.
+    import lineax as lx
+
+    peers = [("optimistix fixed_point + ImplicitAdjoint (dense LU)", None)]
+    peers += [("optimistix fixed_point + ImplicitAdjoint (lineax GMRES)", lx.GMRES(rtol=1e-5, atol=1e-6, restart=40))]
+    if large:
+        peers = peers[1:]  # a batched dense n x n LU per example: B n^2 floats, minutes to compile
+    for label, solver in peers:
+        _, opeer = optimistix_peer_functions(linear_solver=solver)
+        _, g_opt = opeer(net, xs, ys)
+        t_opt, _ = time_fn(opeer, net, xs, ys, repeats=3)
+        rows.append(row("rbp", problem, "nd.RBP value_and_grad", label, t_ours, t_opt, "faster",
+                        ours_rel_err=e_ours, peer_rel_err=rel(g_opt, g_ref)))
     return rows
 
 
-def _relaxations(n, B, dtype, repeats, quick=False):
+def _relaxations(n, B, dtype, repeats, quick=False, gain=0.5):
     """The forward relaxation strategies, timed against the default (the first row)."""
     rows = []
-    net, xs, _ = _problem(n, B, dtype=dtype)
-    name = jnp.dtype(dtype).name
+    net, xs, _ = _problem(n, B, dtype=dtype, gain=gain)
+    name = jnp.dtype(dtype).name + ("" if gain == 0.5 else f" gain={gain}")
     candidates = [
         ("FixedStep()", nd.relaxation.FixedStep()),
         ("FixedStep(check_every=2)", nd.relaxation.FixedStep(check_every=2)),
@@ -94,8 +107,10 @@ def _relaxations(n, B, dtype, repeats, quick=False):
         ("Anderson(m=5)", nd.relaxation.Anderson(m=5)),
     ]
     settings = [(label, rel, dt0) for dt0 in (1.0, 0.5) for label, rel in candidates]
+    # Newton ignores dt0: one row.
+    settings.insert(len(candidates), ("NewtonKrylov()", nd.relaxation.NewtonKrylov(), 1.0))
     if quick:
-        settings = [settings[0], settings[2]]
+        settings = [settings[0], settings[2], settings[len(candidates)]]
     t_base = None
     for label, relaxation, dt0 in settings:
         f = _relax_fn(relaxation=relaxation, dt0=dt0)
@@ -121,10 +136,12 @@ def _adjoints(n, B, dtype, repeats, quick=False):
         ("Krylov(gmres, restart=40)", nd.adjoint.Krylov(method="gmres")),
         ("Krylov(gmres, restart=5)", nd.adjoint.Krylov(method="gmres", restart=5)),
         ("Krylov(bicgstab)", nd.adjoint.Krylov(method="bicgstab")),
+        ("Krylov(bicgstab, jax)", nd.adjoint.Krylov(method="bicgstab", implementation="jax")),
+        ("Krylov(gmres, restart=10, jax)", nd.adjoint.Krylov(method="gmres", restart=10, implementation="jax")),
         ("DenseLU()", nd.adjoint.DenseLU()),
     ]
     if quick:
-        candidates = [candidates[0], candidates[3]]
+        candidates = [candidates[0], candidates[3], candidates[6]]
     if n > 256:
         # A batched dense LU and GMRES(40) at n = 1024, B = 256 compile for minutes.
         candidates = [c for c in candidates if c[0] not in ("DenseLU()", "Krylov(gmres, restart=40)")]
@@ -189,6 +206,9 @@ def _run(quick, large):
     head = (64, 8) if quick else ((1024, 256) if large else (256, 32))
     rows += _head(*head, large, repeats)
     rows += _relaxations(*head, jnp.float32, repeats, quick)
+    if not quick:
+        # Near the edge of stability the fixed-step iteration slows down: where Newton pays.
+        rows += _relaxations(*head, jnp.float32, repeats, gain=0.95)
     rows += _adjoints(*head, jnp.float32, repeats, quick)
     if not quick:
         with jax.enable_x64(True):
