@@ -109,9 +109,13 @@ class Krylov(AbstractAdjointSolve):
         res = relative_residual(matvec, v, g)
         if method == "bicgstab":
             # The same breakdown as lineax's BiCGStab (NaN on an exhausted Krylov space).
+            # Under vmap the cond is a select and GMRES runs for the whole batch: started from
+            # the BiCGStab solution where it is finite, it stops at once for those examples.
+            broke = ~jnp.isfinite(res)
+            x0 = jnp.where(broke, jnp.zeros_like(v), v)
             v, res = jax.lax.cond(
-                ~jnp.isfinite(res),
-                lambda _: (lambda u: (u, relative_residual(matvec, u, g)))(self._jax_gmres(matvec, g, rtol, atol)),
+                broke,
+                lambda _: (lambda u: (u, relative_residual(matvec, u, g)))(self._jax_gmres(matvec, g, rtol, atol, x0)),
                 lambda _: (v, res),
                 None,
             )
@@ -119,9 +123,9 @@ class Krylov(AbstractAdjointSolve):
         # jax.scipy does not report its iteration count.
         return v, adjoint_info(converged, jnp.asarray(-1), res)
 
-    def _jax_gmres(self, matvec, g, rtol, atol):
+    def _jax_gmres(self, matvec, g, rtol, atol, x0=None):
         restarts = max(1, -(-self.max_steps // self.restart))
         v, _ = jsla.gmres(
-            matvec, -g, tol=rtol, atol=atol, restart=self.restart, maxiter=restarts, solve_method="incremental"
+            matvec, -g, x0, tol=rtol, atol=atol, restart=self.restart, maxiter=restarts, solve_method="incremental"
         )
         return v
