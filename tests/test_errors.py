@@ -103,3 +103,14 @@ def test_differentiating_grads_is_refused(net):
 
     with pytest.raises(ValueError, match="Differentiating through the `grads`"):
         eqx.filter_grad(f)(net)
+
+
+def test_rtrl_refuses_a_relaxation_it_cannot_use(net):
+    x, y = jnp.ones(net.n_in), jnp.zeros(net.n_out)
+    with pytest.raises(ValueError, match="RTRL.*cannot use relaxation=.*nd.RBP"):
+        nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RTRL(), relaxation=nd.relaxation.Anderson())
+    # The fixed-step relaxation is what RTRL runs: accepted.
+    _, _, info = nd.value_and_grad(
+        net, x, y, objective=nd.SteadyState(), estimator=nd.RTRL(), relaxation=nd.relaxation.FixedStep()
+    )
+    assert bool(info["converged"])

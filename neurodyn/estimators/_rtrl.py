@@ -169,8 +169,18 @@ class RTRL(AbstractEstimator):
             )
 
     def value_and_grad(self, net, x, y, objective, options):
+        from ..relaxation import FixedStep
+
         params, static = eqx.partition(net, eqx.is_inexact_array)
         trajectory = isinstance(objective, Trajectory)
+        relaxation = getattr(options, "relaxation", None)
+        if not trajectory and relaxation is not None and not isinstance(relaxation, FixedStep):
+            raise ValueError(
+                f"nd.RTRL() cannot use relaxation={relaxation!r}: it integrates r and "
+                "p = dr/dw jointly with fixed solver steps until both converge. Leave "
+                "`relaxation` unset for RTRL, or use nd.RBP() (the same implicit gradient) "
+                "with any relaxation."
+            )
         r0 = net.init_state(x[0] if trajectory else x)
         n = r0.shape[0]
         mask = sensitivity_mask(self.sensitivity, params, static, n, net.n_in, r0.dtype)
