@@ -103,7 +103,7 @@ def relax_loop(
     # The loop stops early on a non-finite step difference: that is divergence even when
     # the state itself has not yet overflowed.
     finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual) & jnp.isfinite(res)
-    converged = finite & (res < tol)
+    converged = finite & (res <= tol)
     result = RESULTS.where(
         converged,
         RESULTS.successful,

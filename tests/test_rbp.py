@@ -164,3 +164,29 @@ def test_every_network_every_strategy_against_dense_ift(name, net, getkey):
         _, g, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=adj), dt0=0.5)
         assert bool(info["converged"]), (sname, info["adjoint_residual"])
         assert_tree_close(g, ref, rtol=1e-7, atol=1e-10, what=f"{name}/{sname}")
+
+
+def test_adjoint_ode_stops_at_once_when_the_loss_gradient_is_zero(getkey):
+    # A saturated loss (softmax cross-entropy at probability 1 in float32) gives dl/dr = 0
+    # exactly: v = 0 solves the adjoint, and the loop must stop, not run to max_steps (it
+    # did: res = tol = 0 failed a strict `<`, which made a 64-point sweep 300x slower).
+    net = nd.networks.CTRNN(6, 3, 2, key=getkey())
+    r, x = jr.normal(getkey(), (6,)), jr.normal(getkey(), (3,))
+    _, vjp = jax.vjp(lambda r: net(0.0, r, x), r)
+    v, info = nd.adjoint.AdjointODE().solve(lambda u: vjp(u)[0], jnp.zeros(6), None, False, 1.0)
+    assert int(info["adjoint_steps"]) <= 1 and bool(info["adjoint_converged"])
+    np.testing.assert_array_equal(v, 0.0)
+
+
+def test_adjoint_ode_tolerance_is_relative_to_the_adjoint_state_too(getkey):
+    # With |v| >> |g| the test rtol (rms(g) + rms(v)) is met where rtol rms(g) alone is not
+    # reachable in float32; the gradient still matches the float64 reference to ~rtol cond(J).
+    net = nd.networks.CTRNN(16, 3, 2, gain=0.95, key=getkey())
+    x, y = jr.normal(getkey(), (3,)), jr.normal(getkey(), (2,))
+    _, ref, _ = dense_ift_grad(net, x, y)
+    net32 = jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, net)
+    _, g, info = nd.value_and_grad(
+        net32, x.astype(jnp.float32), y.astype(jnp.float32), objective=nd.SteadyState(), estimator=nd.RBP()
+    )
+    assert bool(info["converged"]) and int(info["adjoint_steps"]) < 1000
+    assert_tree_close(jax.tree.map(lambda a: a.astype(jnp.float64), g), ref, rtol=1e-3, atol=1e-5, what="float32 rbp")

@@ -225,3 +225,14 @@ def test_rbp_with_newton_krylov_relaxation_is_exact(getkey):
     _, ref, _ = dense_ift_grad(net, x, y)
     assert bool(info["converged"])
     assert_tree_close(g, ref, rtol=1e-7, atol=1e-10, what="rbp+newton-krylov")
+
+
+@pytest.mark.parametrize("name,rel", STRATEGIES, ids=[s[0] for s in STRATEGIES])
+def test_a_zero_steady_state_with_zero_atol_stops(name, rel, getkey):
+    # r* = 0 (no input, no bias) and atol = 0: the residual reaches exactly 0 = tol, and the
+    # loop must stop there (a strict `<` ran it to max_steps).
+    net = nd.networks.CTRNN(6, 3, 2, key=getkey())
+    net = eqx.tree_at(lambda m: m.b, net, jnp.zeros(6))
+    r, info = nd.relax(net, jnp.zeros(3), atol=0.0, relaxation=rel)
+    assert bool(info["converged"]) and int(info["steps"]) <= 3, (name, info["steps"])
+    np.testing.assert_array_equal(r, 0.0)

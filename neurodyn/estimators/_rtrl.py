@@ -232,7 +232,7 @@ def _steady_state(params, static, x, y, objective, options, init, step, state0):
 
     def cond(c):
         state, _, k, res = c
-        return (k < options.max_steps) & ~(res < tol(state)) & jnp.isfinite(res)
+        return (k < options.max_steps) & ~(res <= tol(state)) & jnp.isfinite(res)
 
     def body(c):
         state, s, k, _ = c
@@ -253,7 +253,7 @@ def _steady_state(params, static, x, y, objective, options, init, step, state0):
     grads = _tree_add(g_direct, contract(p, g_r))
     residual = rms_norm(eqx.combine(params, static)(0.0, r, x))
     finite = jnp.isfinite(res) & jnp.isfinite(residual) & jnp.isfinite(tree_rms(p))
-    converged = finite & (res < tol(state))
+    converged = finite & (res <= tol(state))
     result = RESULTS.where(
         converged, RESULTS.successful, RESULTS.where(finite, RESULTS.max_steps_reached, RESULTS.nonfinite)
     )

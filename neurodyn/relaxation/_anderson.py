@@ -56,7 +56,7 @@ class Anderson(AbstractRelaxation):
 
         def cond(carry):
             _, _, _, step, res, g = carry
-            return (step < opts.max_steps) & ~(res < tolerance(opts, g)) & jnp.isfinite(res)
+            return (step < opts.max_steps) & ~(res <= tolerance(opts, g)) & jnp.isfinite(res)
 
         def body(carry):
             r, X, G, step, _, _ = carry

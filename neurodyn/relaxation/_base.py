@@ -16,7 +16,8 @@ class AbstractRelaxation(eqx.Module):
     def relax(self, term, args, r0, opts, *, kind, checkpoints):
         """Returns `(r, steps, res)`: the final state, the number of step-map evaluations
         and the stopping quantity `res ~ rms(F(r))` (the last step difference over `dt0`),
-        such that the caller declares convergence when `res < atol + rtol rms(r)`.
+        such that the caller declares convergence when `res <= atol + rtol rms(r)` (`<=`: with
+        `atol = 0` a steady state at `r = 0` must still stop).
 
         `kind`/`checkpoints` are the equinox while-loop kind (`"lax"`, or
         `"checkpointed"` when the caller differentiates through the loop)."""

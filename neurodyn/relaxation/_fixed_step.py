@@ -45,7 +45,7 @@ class FixedStep(AbstractRelaxation):
 
         def cond(carry):
             r, _, step, res = carry
-            return (step < opts.max_steps) & ~(res < tolerance(opts, r)) & jnp.isfinite(res)
+            return (step < opts.max_steps) & ~(res <= tolerance(opts, r)) & jnp.isfinite(res)
 
         def body(carry):
             r, s, step, _ = carry

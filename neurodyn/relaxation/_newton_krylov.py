@@ -57,7 +57,7 @@ class NewtonKrylov(AbstractRelaxation):
 
         def cond(carry):
             r, _, step, res = carry
-            return (step < opts.max_steps) & ~(res < tolerance(opts, r)) & jnp.isfinite(res)
+            return (step < opts.max_steps) & ~(res <= tolerance(opts, r)) & jnp.isfinite(res)
 
         def body(carry):
             r, f, step, _ = carry
