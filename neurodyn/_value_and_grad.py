@@ -21,13 +21,14 @@ def _estimate(params, static, x, y, objective, estimator, opts):
 @_estimate.def_fwd
 def _estimate_fwd(perturbed, params, static, x, y, objective, estimator, opts):
     del perturbed
-    out = _estimate.fn(params, static, x, y, objective, estimator, opts)
-    return out, out[1]
+    net = eqx.combine(params, static)
+    loss, grads, info, residuals = estimator.value_grad_and_residuals(net, x, y, objective, opts)
+    return (loss, grads, info), residuals
 
 
 @_estimate.def_bwd
-def _estimate_bwd(grads, g_out, perturbed, params, static, x, y, objective, estimator, opts):
-    del perturbed, params, static, x, y, objective, estimator, opts
+def _estimate_bwd(residuals, g_out, perturbed, params, static, x, y, objective, estimator, opts):
+    del perturbed
     g_loss, g_grads, _ = g_out
     if any(leaf is not None for leaf in jtu.tree_leaves(g_grads, is_leaf=lambda z: z is None)):
         raise ValueError(
@@ -36,8 +37,9 @@ def _estimate_bwd(grads, g_out, perturbed, params, static, x, y, objective, esti
             "instead (jax.grad of it gives the estimator's gradient)."
         )
     if g_loss is None:
-        return jtu.tree_map(jnp.zeros_like, grads)
-    return jtu.tree_map(lambda g: None if g is None else g_loss * g, grads)
+        return jtu.tree_map(jnp.zeros_like, params)
+    net = eqx.combine(params, static)
+    return estimator.grads_from_residuals(net, x, y, objective, opts, residuals, g_loss)
 
 
 @eqx.filter_jit

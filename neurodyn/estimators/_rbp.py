@@ -51,6 +51,26 @@ class RBP(AbstractEstimator):
     objectives = (SteadyState,)
 
     def value_and_grad(self, net, x, y, objective, options):
+        loss, grads, info, _ = self.value_grad_and_residuals(net, x, y, objective, options)
+        return loss, grads, info
+
+    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
+        del options
+        r, v = residuals
+        params, static = eqx.partition(net, eqx.is_inexact_array)
+
+        # dl/dw = v dF/dw + dl/dw|_readout in ONE reverse pass: per-example weight gradients
+        # are the largest arrays here (B n^2 under vmap), so they are written once.
+        def both(p):
+            m = eqx.combine(p, static)
+            return m(0.0, r, x), objective.value(m, r, y)
+
+        (_, loss), vjp_w = jax.vjp(both, params)
+        scale = jnp.asarray(scale, loss.dtype)
+        (grads,) = vjp_w((scale * v, scale * jnp.ones_like(loss)))
+        return grads
+
+    def value_grad_and_residuals(self, net, x, y, objective, options):
         frozen = jax.lax.stop_gradient(net)
         r, info = relax_loop(frozen, x, frozen.init_state(x), options)
         r = jax.lax.stop_gradient(r)
@@ -75,14 +95,8 @@ class RBP(AbstractEstimator):
         symmetric = isinstance(net, AbstractEnergyNetwork)
         v, ainfo = self.adjoint.solve(matvec, g_r, jacobian, symmetric, options.dt0)
 
-        # dl/dw = v dF/dw + dl/dw|_readout in ONE reverse pass: per-example weight gradients
-        # are the largest arrays here (B n^2 under vmap), so they are written once.
-        def both(p):
-            m = eqx.combine(p, static)
-            return m(0.0, r, x), objective.value(m, r, y)
-
-        _, vjp_w = jax.vjp(both, params)
-        (grads,) = vjp_w((v, jnp.ones_like(loss)))
+        v = jax.lax.stop_gradient(v)
+        grads = self.grads_from_residuals(net, x, y, objective, options, (r, v), jnp.ones((), loss.dtype))
 
         # An adjoint that blows up, or makes no progress at all, signals an unstable equilibrium.
         unstable = ~jnp.isfinite(ainfo["adjoint_residual"]) | (
@@ -113,7 +127,7 @@ class RBP(AbstractEstimator):
             unstable=unstable,
             result=result,
         )
-        return loss, grads, info
+        return loss, grads, info, (r, v)
 
 
 def _leading_eigenvalue(F_r, r, h, iterations):
