@@ -77,6 +77,18 @@ def run(quick: bool = False, large: bool = False):
                 **extra,
             )
         )
+        # The same gradient through jax.grad of the vmapped mean loss (the custom VJP).
+        @eqx.filter_jit
+        def through_grad(net, xs, ys):
+            def mean_loss(net):
+                per = jax.vmap(lambda x, y: nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=est)[0])(xs, ys)
+                return jnp.mean(per)
+
+            return eqx.filter_value_and_grad(mean_loss)(net)
+
+        t_grad, _ = time_fn(through_grad, net, xs, ys)
+        rows.append(row("ep", problem, "nd.EP, jax.grad of the vmapped mean loss", "nd.EP, batch mean of vmapped value_and_grad",
+                        t_grad, t_ours, "1x (same numbers)", rel_diff=rel(through_grad(net, xs, ys)[1], g_ours)))
         # optimistix fixed_point on the Euler map + ImplicitAdjoint (matrix-free GMRES: a
         # dense LU per example at this size is the peer's default, and slower still).
         import lineax as lx
