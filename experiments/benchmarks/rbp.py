@@ -84,7 +84,7 @@ def _head(n, B, large, repeats):
     @eqx.filter_jit
     def through_grad(net, xs, ys):
         def mean_loss(net):
-            per = jax.vmap(lambda x, y: nd.value_and_grad(net, x, y, objective=nd.SteadyState())[0])(xs, ys)
+            per = jax.vmap(lambda x, y: nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP())[0])(xs, ys)
             return jnp.mean(per)
 
         return eqx.filter_value_and_grad(mean_loss)(net)
