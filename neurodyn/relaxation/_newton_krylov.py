@@ -32,9 +32,12 @@ class NewtonKrylov(AbstractRelaxation):
     - `inner_restarts`: GMRES restart cycles per Newton step (static).
 
     Cost per Newton step: K JVPs of F (K GMRES iterations), memory O(n * restart). The
-    reported `steps` are Newton steps. Newton converges from any start on contracting
-    networks; far from a stable equilibrium (or at gains with several equilibria) it
-    may find a different or unstable zero of F, which RBP's stability check flags.
+    reported `steps` are Newton steps, the residual `rms(F(r))` itself. An inner solve
+    that returns a non-finite step is replaced by an Euler step of `dt0`. Newton has no
+    globalisation here: in the tests and benchmarks (contracting networks, from
+    `init_state`) it converged in 3-4 steps, but far from the equilibrium or at gains with
+    several equilibria it may find another (possibly unstable) zero of F, which RBP's
+    `stability_check` flags.
 
     !!! warning
 
