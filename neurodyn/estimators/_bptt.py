@@ -13,7 +13,7 @@ from .._dynamics import (
 )
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
-from ._base import AbstractEstimator
+from ._base import AbstractEstimator, scale_grads
 
 
 class BPTT(AbstractEstimator):
@@ -56,7 +56,14 @@ class BPTT(AbstractEstimator):
         if self.checkpoints is not None and self.checkpoints < 1:
             raise ValueError(f"BPTT checkpoints must be a positive integer or None, got {self.checkpoints}.")
 
-    def value_and_grad(self, net, x, y, objective, options):
+    def value_grad_and_residuals(self, net, x, y, objective, options):
+        loss, grads, info = self._loss_grads_info(net, x, y, objective, options)
+        return loss, grads, info, grads
+
+    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
+        return scale_grads(residuals, scale)
+
+    def _loss_grads_info(self, net, x, y, objective, options):
         if isinstance(objective, SteadyState):
             fn = self._steady_state
         elif self.truncation is None and self.checkpoints is None:

@@ -114,10 +114,6 @@ class EP(AbstractEstimator):
 
     objectives = (SteadyState,)
 
-    def value_and_grad(self, net, x, y, objective, options):
-        loss, grads, info, _ = self.value_grad_and_residuals(net, x, y, objective, options)
-        return loss, grads, info
-
     def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
         del options
         states, weights, r_free = residuals

@@ -50,10 +50,6 @@ class RBP(AbstractEstimator):
     power_iterations: int = eqx.field(static=True, default=200)
     objectives = (SteadyState,)
 
-    def value_and_grad(self, net, x, y, objective, options):
-        loss, grads, info, _ = self.value_grad_and_residuals(net, x, y, objective, options)
-        return loss, grads, info
-
     def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
         del options
         r, v = residuals

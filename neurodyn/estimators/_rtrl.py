@@ -13,7 +13,7 @@ from .._misc import rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
 from ..rtrl import AbstractSensitivity, Exact
-from ._base import AbstractEstimator
+from ._base import AbstractEstimator, scale_grads
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,7 +168,14 @@ class RTRL(AbstractEstimator):
                 f"nd.rtrl.Diagonal(), got {self.sensitivity!r}."
             )
 
-    def value_and_grad(self, net, x, y, objective, options):
+    def value_grad_and_residuals(self, net, x, y, objective, options):
+        loss, grads, info = self._loss_grads_info(net, x, y, objective, options)
+        return loss, grads, info, grads
+
+    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
+        return scale_grads(residuals, scale)
+
+    def _loss_grads_info(self, net, x, y, objective, options):
         from ..relaxation import FixedStep
 
         params, static = eqx.partition(net, eqx.is_inexact_array)
