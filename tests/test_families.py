@@ -312,6 +312,7 @@ def _check_activation(act, key):
             assert units == (3 if isinstance(net, nd.networks.NARX) else net.n_state), type(net).__name__
 
 
+@pytest.mark.slow
 def test_every_family_takes_the_learnable_activations(getkey):
     # The default suite takes the learnable activations (parameters sized per layer); the
     # slow suite all of them (op-by-op evaluation of 66 small networks is compile-bound).
