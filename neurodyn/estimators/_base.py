@@ -34,7 +34,8 @@ class AbstractEstimator(eqx.Module):
         JAX inserts for the shared parameters then fuses with that VJP's products, instead
         of reducing B materialised per-example gradients (on XLA's CPU backend a reduction
         over the leading axis of a (B, n, n) array, 7x slower than the whole RBP gradient).
-        The others (BPTT, RTRL) keep the gradient itself (`scale_grads`)."""
+        The others (BPTT, RTRL) keep the gradient itself
+        (`AbstractGradientResidualEstimator`)."""
 
     @abc.abstractmethod
     def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
@@ -56,7 +57,22 @@ class AbstractEstimator(eqx.Module):
             )
 
 
-def scale_grads(grads, scale):
-    """`scale * grads`: `grads_from_residuals` for estimators whose residuals are the
-    gradient itself."""
-    return jax.tree.map(lambda g: scale * g, grads)
+
+class AbstractGradientResidualEstimator(AbstractEstimator):
+    """An estimator whose custom-VJP residual is its gradient itself (BPTT, RTRL): the
+    backward pass scales the saved per-example gradient by the loss cotangent.
+
+    Subclasses implement `_loss_grads_info(net, x, y, objective, options)`, returning
+    `(loss, grads, info)`."""
+
+    @abc.abstractmethod
+    def _loss_grads_info(self, net, x, y, objective, options):
+        """`(loss, grads, info)` for one checked example."""
+
+    def value_grad_and_residuals(self, net, x, y, objective, options):
+        loss, grads, info = self._loss_grads_info(net, x, y, objective, options)
+        return loss, grads, info, grads
+
+    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
+        del net, x, y, objective, options
+        return jax.tree.map(lambda g: scale * g, residuals)

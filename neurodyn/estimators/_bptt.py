@@ -13,10 +13,10 @@ from .._dynamics import (
 )
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
-from ._base import AbstractEstimator, scale_grads
+from ._base import AbstractGradientResidualEstimator
 
 
-class BPTT(AbstractEstimator):
+class BPTT(AbstractGradientResidualEstimator):
     r"""Backpropagation through time: reverse-mode differentiation of the discretised solve.
 
     For a trajectory objective it differentiates the fixed-step rollout; for a steady-state
@@ -55,13 +55,6 @@ class BPTT(AbstractEstimator):
             raise ValueError(f"BPTT truncation must be a positive integer or None, got {self.truncation}.")
         if self.checkpoints is not None and self.checkpoints < 1:
             raise ValueError(f"BPTT checkpoints must be a positive integer or None, got {self.checkpoints}.")
-
-    def value_grad_and_residuals(self, net, x, y, objective, options):
-        loss, grads, info = self._loss_grads_info(net, x, y, objective, options)
-        return loss, grads, info, grads
-
-    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
-        return scale_grads(residuals, scale)
 
     def _loss_grads_info(self, net, x, y, objective, options):
         if isinstance(objective, SteadyState):

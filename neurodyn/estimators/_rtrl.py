@@ -13,7 +13,7 @@ from .._misc import rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
 from ..rtrl import AbstractSensitivity, Exact
-from ._base import AbstractEstimator, scale_grads
+from ._base import AbstractGradientResidualEstimator
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def _tree_add(a, b):
 # ---------------------------------------------------------------------------------------
 
 
-class RTRL(AbstractEstimator):
+class RTRL(AbstractGradientResidualEstimator):
     r"""Real-time recurrent learning: forward sensitivities `p_t = dr_t/dw` integrated with
     the state by the same diffrax solver and fixed-step grid as `nd.rollout` and
     `nd.BPTT()` (seed 000):
@@ -167,13 +167,6 @@ class RTRL(AbstractEstimator):
                 f"RTRL's sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1() or "
                 f"nd.rtrl.Diagonal(), got {self.sensitivity!r}."
             )
-
-    def value_grad_and_residuals(self, net, x, y, objective, options):
-        loss, grads, info = self._loss_grads_info(net, x, y, objective, options)
-        return loss, grads, info, grads
-
-    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
-        return scale_grads(residuals, scale)
 
     def _loss_grads_info(self, net, x, y, objective, options):
         from ..relaxation import FixedStep
