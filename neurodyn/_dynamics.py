@@ -250,6 +250,12 @@ def check_input(net: AbstractNetwork, x, *, sequence: bool, what: str = "x") -> 
             f"expected a neurodyn network (an `nd.networks.AbstractNetwork`), got {type(net).__name__}."
         )
     x = jnp.asarray(x)
+    if jnp.iscomplexobj(x):
+        raise ValueError(
+            f"{what} is complex ({x.dtype}); the networks are real and casting would silently "
+            "drop the imaginary part. Pass a real array (e.g. the real and imaginary parts "
+            "as separate inputs)."
+        )
     want = "(T, n_in)" if sequence else "(n_in,)"
     ok = x.ndim == (2 if sequence else 1) and x.shape[-1] == net.n_in
     if not ok:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from . import losses as _losses
@@ -30,9 +31,24 @@ class AbstractObjective(eqx.Module):
 
 def _check_target(net, y, loss, lead: tuple[int, ...], what: str) -> Array:
     y = jnp.asarray(y)
+    if jnp.iscomplexobj(y):
+        raise ValueError(
+            f"{what} is complex ({y.dtype}); neurodyn's losses take real targets and casting "
+            "would silently drop the imaginary part. Pass a real array (e.g. split the real "
+            "and imaginary parts into separate readout units)."
+        )
     if jnp.issubdtype(y.dtype, jnp.integer) and _losses.takes_class_index(loss):
         if y.shape != lead:
             raise ValueError(f"{what} holds class indices with shape {y.shape}; expected {lead}.")
+        if not isinstance(y, jax.core.Tracer):
+            # Concrete targets are checked here; traced ones give a NaN loss, flagged in info.
+            bad = np.asarray(y)[(np.asarray(y) < 0) | (np.asarray(y) >= net.n_out)]
+            if bad.size:
+                raise ValueError(
+                    f"{what} holds class index {int(bad.flat[0])}, outside [0, {net.n_out}): the "
+                    f"readout of {type(net).__name__} has n_out={net.n_out} classes (negative "
+                    "indices do not wrap around)."
+                )
         return y
     if jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(

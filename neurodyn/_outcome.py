@@ -1,6 +1,8 @@
 """Outcomes of the solves, reported in ``info["result"]`` (diffrax's RESULTS pattern)."""
 
 import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
 
 
 class RESULTS(eqx.Enumeration):
@@ -22,3 +24,39 @@ class RESULTS(eqx.Enumeration):
         "The equilibrium is not stable: the adjoint iteration diverged or the leading "
         "eigenvalue of J = dF/dr has a non-negative real part."
     )
+    nonfinite_gradient = (
+        "The loss or the gradient is not finite (inf or NaN) although the solves reported "
+        "success. Likely causes: NaN or inf in the parameters, the inputs or the targets, or "
+        "a class index outside [0, n_out) under jit (where the data cannot be checked)."
+    )
+    invalid_parameter = (
+        "An estimator parameter given as data (traced, e.g. in a sweep) is out of its valid "
+        "range, so the gradient is meaningless: EP needs a finite beta > 0."
+    )
+
+
+def _all_finite(tree):
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def flag_failure(info: dict, ok, result: RESULTS, *, override: bool = False) -> dict:
+    """`info` with `converged = False` and `result = result` where `ok` is False (per
+    example: works under `jit` and `vmap`, never raises). Unless `override`, an earlier
+    failure's result is kept: the first reason found is the one reported."""
+    ok = jnp.all(jnp.asarray(ok))
+    if override:
+        new_result = RESULTS.where(ok, info["result"], result)
+    else:
+        already_failed = info["result"] != RESULTS.successful
+        new_result = RESULTS.where(ok | already_failed, info["result"], result)
+    return dict(info, converged=info["converged"] & ok, result=new_result)
+
+
+def flag_nonfinite(loss, grads, info: dict) -> dict:
+    """`info` with `converged = False` and `result = RESULTS.nonfinite_gradient` where the
+    `loss` or any leaf of `grads` is not finite: a non-finite gradient is never a success.
+    An earlier failure's `result` (e.g. the relaxation's `nonfinite`) is kept. Per example;
+    `jit`/`vmap`-friendly. Call it on every `(loss, grads, info)` an estimator returns."""
+    ok = jnp.all(jnp.isfinite(loss)) & _all_finite(grads)
+    return flag_failure(info, ok, RESULTS.nonfinite_gradient)

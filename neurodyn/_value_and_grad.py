@@ -5,6 +5,7 @@ import jax.tree_util as jtu
 from ._misc import tree_dtype
 from ._objectives import AbstractObjective
 from ._options import check_option_names
+from ._outcome import flag_nonfinite
 from .estimators import AbstractEstimator, BPTT
 
 
@@ -45,7 +46,9 @@ def _estimate_bwd(residuals, g_out, perturbed, params, static, x, y, objective, 
 @eqx.filter_jit
 def _value_and_grad(net, x, y, objective, estimator, opts):
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    return _estimate(params, static, x, y, objective, estimator, opts)
+    loss, grads, info = _estimate(params, static, x, y, objective, estimator, opts)
+    # A non-finite loss or gradient is never a success, whatever the solves reported.
+    return loss, grads, flag_nonfinite(loss, grads, info)
 
 
 def value_and_grad(

@@ -26,11 +26,18 @@ def squared_error(p: Float[Array, " k"], y: Float[ArrayLike, " k"]) -> Float[Arr
 def softmax_cross_entropy(
     logits: Float[Array, " k"], y: Shaped[ArrayLike, " k"] | Shaped[ArrayLike, ""]
 ) -> Float[Array, ""]:
-    """`l = -sum_j y_j log softmax(p)_j`; `y` is a class index or a probability vector."""
+    """`l = -sum_j y_j log softmax(p)_j`; `y` is a class index or a probability vector.
+
+    A class index outside `[0, k)` (negative ones included: no wrapping) gives a NaN loss,
+    which `nd.value_and_grad` reports as `RESULTS.nonfinite_gradient` (concrete targets are
+    refused earlier, by the input check)."""
     y = jnp.asarray(y)
     logp = jax.nn.log_softmax(logits)
     if jnp.issubdtype(y.dtype, jnp.integer):
-        return -jnp.take(logp, y)
+        k = logp.shape[-1]
+        in_range = (y >= 0) & (y < k)
+        picked = -jnp.take(logp, jnp.clip(y, 0, k - 1))
+        return jnp.where(in_range, picked, jnp.asarray(jnp.nan, picked.dtype))
     return -jnp.sum(y.astype(logp.dtype) * logp)
 
 
