@@ -3,18 +3,23 @@
 Every function takes tidy rows (dicts, as in a run's `summary.csv` / `metrics.jsonl`) and
 returns a matplotlib `Figure`; `save(fig, path)` writes PNG and PDF. Each figure is readable
 on its own: title, axis labels with units, legend.
+
+Figures are `matplotlib.figure.Figure` objects (the object-oriented API, rendered by Agg
+when saved): importing this module leaves matplotlib's backend and pyplot's figure list
+alone. `save` writes each file atomically (a temporary file in the same directory, then
+`os.replace`): a killed run never leaves a truncated or empty figure.
 """
 
 import math
+import os
+import pathlib
+import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-import matplotlib
-
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 _STYLE = {"bptt": "C0", "rbp": "C1", "ep": "C2", "rtrl": "C3"}
@@ -27,13 +32,36 @@ def _color(name: str):
     return None
 
 
+def _subplots(*args, figsize, **kwargs):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
 def save(fig, path) -> list[str]:
-    """Writes `path.png` and `path.pdf`; returns the two file names."""
-    path = str(path)
-    out = [f"{path}.png", f"{path}.pdf"]
-    fig.savefig(out[0], dpi=150, bbox_inches="tight")
-    fig.savefig(out[1], bbox_inches="tight")
-    plt.close(fig)
+    """Writes `path.png` (150 dpi) and `path.pdf`, each atomically (temporary file in the same
+    directory, fsync, `os.replace`; permissions `0o666 & ~umask`); returns the two file names.
+    If `fig` came from pyplot it is closed."""
+    from .runs import _umask
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt, kwargs in (("png", dict(dpi=150)), ("pdf", {})):
+        final = path.with_name(f"{path.name}.{fmt}")
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.")
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                fig.savefig(f, format=fmt, bbox_inches="tight", **kwargs)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+            raise
+        out.append(str(final))
+    if "matplotlib.pyplot" in sys.modules:  # a pyplot figure stays in pyplot's list until closed
+        sys.modules["matplotlib.pyplot"].close(fig)
     return out
 
 
@@ -58,7 +86,7 @@ def fidelity_vs_knob(
     per estimator variant (`rows[i]["estimator"]`), log-scaled error axis (and knob axis
     with `logx`). `slopes` maps an estimator name to its theoretical log-log slope, drawn
     as a dashed guide through that line's smallest-knob point."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.9))
+    fig, ax = _subplots(figsize=(5.2, 3.9))
     lines = {}
     used = set()
     for i, (name, rs) in enumerate(sorted(_group([r for r in rows if r.get(knob) is not None], "estimator").items())):
@@ -89,7 +117,7 @@ def fidelity_vs_knob(
 
 def cost_vs_n(rows: Sequence[Mapping], *, title: str | None = None):
     """Wall time and peak memory against the network size `n`, per estimator (log-log)."""
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    fig, (ax_t, ax_m) = _subplots(1, 2, figsize=(9.5, 3.8))
     for name, rs in sorted(_group(rows, "estimator").items()):
         rs = sorted(rs, key=lambda r: int(r["n"]))
         n = [int(r["n"]) for r in rs]
@@ -114,7 +142,7 @@ def cost_vs_n(rows: Sequence[Mapping], *, title: str | None = None):
 def alignment(names: Sequence[str], M: np.ndarray, *, title: str | None = None):
     """The pairwise gradient-alignment matrix: cosine between every two estimators."""
     k = len(names)
-    fig, ax = plt.subplots(figsize=(2.4 + 0.8 * k, 1.0 + 0.7 * k))
+    fig, ax = _subplots(figsize=(2.4 + 0.8 * k, 1.0 + 0.7 * k))
     im = ax.imshow(M, vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), names, fontsize=8)
@@ -133,7 +161,7 @@ def training_curves(rows: Sequence[Mapping], *, metrics: Sequence[str] = ("train
 
     `rows` carry `estimator`, `seed`, `epoch` and the metrics."""
     metrics = [m for m in metrics if any(m in r for r in rows)]
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(4.8 * max(len(metrics), 1), 3.8), squeeze=False)
+    fig, axes = _subplots(1, max(len(metrics), 1), figsize=(4.8 * max(len(metrics), 1), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for name, rs in sorted(_group([r for r in rows if metric in r], "estimator").items()):
             by_epoch = defaultdict(list)

@@ -1,57 +1,119 @@
-"""Run directories: everything a run produces, written atomically, resumable.
+"""Run directories: everything a run produces, written atomically, checksummed, locked,
+resumable.
 
 ```
-<out>/config.yaml     the resolved config, with package versions, devices and git commit
+<out>/.lock           fcntl lock of the process that owns the directory (its PID inside)
+<out>/config.yaml     the resolved config, its sha256, package versions, devices, git commit
 <out>/metrics.jsonl   tidy rows, one JSON object per line (appended, flushed, fsynced)
 <out>/summary.csv     the headline table (rewritten atomically)
 <out>/figures/        PNG and PDF
-<out>/checkpoints/    eqx.tree_serialise_leaves files + JSON metadata (atomic replace)
+<out>/checkpoints/    <name>-<step>.eqx (eqx.tree_serialise_leaves) + <name>-<step>.json
+                      (metadata with the sha256 of both); <name>.json is the newest one's copy
+<out>/results/        <name>.result: named results (bytes or JSON) with their sha256
 ```
 
-Re-running the same command into the same directory resumes: `RunDir.checkpoint()` returns
-the last saved state, and `RunDir.done(key)` says whether a sweep point already finished.
-Only process 0 writes (`jax.process_index() == 0`).
-
 ```python
-run = RunDir(args.out, cfg)                       # writes config.yaml (+ provenance)
+run = RunDir(args.out, cfg)                       # locks <out>, checks/writes config.yaml
 state, meta = run.checkpoint(like=initial_state)  # (None, None) on a fresh run
 ...
 run.log(dict(epoch=3, train_loss=0.1))            # one tidy row
-run.save_checkpoint(state, dict(step=3))          # atomic; meta is written last
-if not run.done("chunk-0"): ...; run.mark_done("chunk-0")
+run.save_checkpoint(state, dict(step=3))          # atomic; metadata written last; keeps 3
+rows = run.load_result("chunk-0")                 # None when absent (or damaged: recompute)
+if rows is None:
+    rows = compute(); run.save_result("chunk-0", rows)
 run.write_summary(rows)                           # summary.csv
-fig.savefig(run.figures / "x.png")
+nd.plotting.save(fig, run.figures / "x")          # atomic PNG + PDF
 ```
 
-Why it is safe to kill at any moment: every file except `metrics.jsonl` is written to a
-temporary file and moved into place with `os.replace`; `metrics.jsonl` is appended one whole
-line per write (a torn last line is skipped on reading), and `nd.training.fit` rewrites it
-from the checkpoint's history when it resumes.
+Guarantees (only process 0, `jax.process_index() == 0`, writes or locks):
+
+- **Kill at any moment.** Every file except `metrics.jsonl` is written to a temporary file
+  in the same directory, fsynced, and moved into place with `os.replace`; `metrics.jsonl` is
+  appended one whole line per write (a torn last line is skipped on reading), and
+  `nd.training.fit` rewrites it from the checkpoint's history when it resumes. Final files
+  are readable by the group and others (`0o666 & ~umask`, usually 0644).
+- **Damage is detected.** Checkpoints and results carry their sha256, verified on load. A
+  damaged newest checkpoint falls back to the newest intact one (one line on stderr names
+  the damaged file and the one used; `keep` checkpoints are kept, 3 by default); if none is
+  intact, `DamagedFileError` names the file and the fix. A damaged result is reported and
+  treated as missing (recomputed), or raises with `on_damaged="raise"`.
+- **One process per directory.** `RunDir` takes an exclusive `fcntl.flock` on `<out>/.lock`
+  (the holder's PID is written inside) and holds it until `close()` or the process ends. A
+  second process gets `RunLockedError` naming the holder's PID. The same process may open
+  the same directory again (and nested directories: each has its own lock).
+- **Never stale.** `config.yaml` holds the complete resolved config and its sha256. The same
+  config resumes; a different one raises `StaleRunError` naming the keys that differ; a
+  directory with results but no (or a damaged) `config.yaml` is refused too. A directory
+  that holds no results yet (a start that failed, e.g. on a typo) is not blocked: a
+  different config replaces its `config.yaml` (unless this very process wrote it).
+  `nd.training.fit` additionally records a fingerprint of its settings in each checkpoint.
+
+All errors here are `RunDirError`s, a subclass of `nd.config.ConfigError`: an experiment
+wrapped in `nd.config.entrypoint` ends with their one line and exit code 2.
 """
 
 import csv
 import dataclasses
+import fcntl
+import hashlib
 import io
 import json
 import os
 import pathlib
 import platform
+import re
 import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Mapping
 
 import equinox as eqx
 import jax
 import yaml
 
+from .config import ConfigError  # config.py imports nothing from neurodyn: no import cycle
+
+
+class RunDirError(ConfigError):
+    """A run directory that cannot be used as asked (one line: the file and the fix)."""
+
+
+class RunLockedError(RunDirError):
+    """Another process holds the run directory's lock."""
+
+
+class StaleRunError(RunDirError):
+    """The directory holds a run of a different config or settings (or of an unknown one)."""
+
+
+class DamagedFileError(RunDirError):
+    """A checkpoint or result file failed its checksum and nothing intact replaces it."""
+
+
+def _umask() -> int:
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it (and restore at once)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write(path: pathlib.Path, data: bytes | str) -> None:
-    """Writes `data` to `path` through a temporary file and `os.replace`."""
+    """Writes `data` to `path` through a temporary file in the same directory, fsync and
+    `os.replace`: readers see the old file or the new one, never a part. The file gets the
+    permissions of an ordinary new file (`0o666 & ~umask`, usually 0644), not mkstemp's 0600."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()
@@ -60,6 +122,14 @@ def atomic_write(path: pathlib.Path, data: bytes | str) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def _json_digest(obj) -> str:
+    return sha256(json.dumps(obj, sort_keys=True))
 
 
 def provenance() -> dict:
@@ -87,44 +157,187 @@ def provenance() -> dict:
     )
 
 
-class RunDir:
-    """A run's directory. Writes happen on process 0 only."""
+# ---------------------------------------------------------------------------------------
+# Locks: one per directory and process, shared by every RunDir of that directory in the
+# process (re-opening a directory must not deadlock), released by the last `close()` or at exit.
+# ---------------------------------------------------------------------------------------
 
-    def __init__(self, path, config=None):
+_LOCKS: dict[str, list] = {}  # realpath -> [fd, open RunDirs, pid]
+_LOCKS_GUARD = threading.Lock()
+_CONFIGS_WRITTEN: set[str] = set()  # directories whose config.yaml this process wrote
+
+
+def _lock_holder(path: pathlib.Path) -> str:
+    for _ in range(20):  # the holder writes its PID right after locking
+        try:
+            pid = (path / ".lock").read_text().strip()
+        except OSError:
+            pid = ""
+        if pid:
+            return pid
+        time.sleep(0.01)
+    return "unknown"
+
+
+def _acquire(path: pathlib.Path) -> str:
+    key = os.path.realpath(path)
+    with _LOCKS_GUARD:
+        entry = _LOCKS.get(key)
+        if entry is not None and entry[2] == os.getpid():
+            entry[1] += 1
+            return key
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunLockedError(
+                f"{path} is in use by another process (PID {_lock_holder(path)}): wait for it to finish "
+                "(or stop it), or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _LOCKS[key] = [fd, 1, os.getpid()]
+        return key
+
+
+def _release(key: str) -> None:
+    with _LOCKS_GUARD:
+        entry = _LOCKS.get(key)
+        if entry is None or entry[2] != os.getpid():
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _LOCKS[key]
+            os.close(entry[0])  # releases the flock; the file stays (unlinking it would race)
+
+
+_CKPT = re.compile(r"(?P<name>.+)-(?P<step>\d+)\.(?P<ext>json|eqx)")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+,-]*")
+
+
+def _check_name(name: str, what: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r}: use letters, digits and _ . = + , - (no '/', not starting with '.')")
+    return name
+
+
+class RunDir:
+    """A run's directory (see the module docstring for the layout and the guarantees).
+
+    **Arguments:**
+
+    - `path`: the directory (created).
+    - `config`: the resolved config (a dataclass or mapping); when given, `config.yaml` is
+      checked against it (same config: resume; different: `StaleRunError`) and written.
+    - `keep`: how many checkpoints of each name to keep (older ones are deleted); `None`
+      keeps all.
+    - `lock`: take the directory's lock (default). `lock=False` is for read-only use (plots
+      of a finished run) and never for writing into a directory another process may use.
+
+    The lock is held until `close()` (or the `with` block ends) or the process exits.
+    """
+
+    def __init__(self, path, config=None, *, keep: int | None = 3, lock: bool = True):
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep={keep}: keep at least one checkpoint (or None for all)")
         self.path = pathlib.Path(path)
+        self.keep = keep
         self.writer = jax.process_index() == 0
+        self._lock_key = None
         if self.writer:
             (self.path / "figures").mkdir(parents=True, exist_ok=True)
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            if lock:
+                self._lock_key = _acquire(self.path)
         if config is not None:
             self.write_config(config)
+
+    def close(self) -> None:
+        """Releases this RunDir's hold on the directory's lock (the lock itself goes when every
+        RunDir of the directory in this process is closed)."""
+        if self._lock_key is not None:
+            _release(self._lock_key)
+            self._lock_key = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"RunDir({str(self.path)!r})"
 
     @property
     def figures(self) -> pathlib.Path:
         return self.path / "figures"
 
-    def write_config(self, config) -> None:
-        """Writes `config.yaml`: the resolved config and its provenance. Re-running into a
-        directory that holds a run of a different config is an error (resuming it would mix
-        two experiments): it names the keys that differ."""
-        cfg = _plain(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
-        existing = self.path / "config.yaml"
-        if existing.exists():
-            try:
-                old = (yaml.safe_load(existing.read_text()) or {}).get("config")
-            except yaml.YAMLError:
-                old = None
-            if old is not None and old != cfg:
-                from .config import ConfigError
+    @property
+    def checkpoints(self) -> pathlib.Path:
+        return self.path / "checkpoints"
 
+    # -- config --------------------------------------------------------------------------
+
+    def has_results(self) -> bool:
+        """Whether the directory (or a sub-run in it) holds anything a run produced: any file
+        other than `config.yaml`, `.lock` and temporary `.name.xxx` files."""
+        for _, _, files in os.walk(self.path):
+            if any(f not in ("config.yaml", ".lock") and not f.startswith(".") for f in files):
+                return True
+        return False
+
+    def write_config(self, config) -> None:
+        """Checks `config` against `config.yaml` and writes it (the resolved config, its
+        sha256 and the provenance).
+
+        - no `config.yaml`: written, unless the directory already holds results (whose
+          config is then unknown: `StaleRunError`);
+        - the same config: resume (the file, with the first start's provenance, is kept);
+        - a different config (or a damaged file): `StaleRunError` naming the keys that differ,
+          unless the directory holds no results yet and another process wrote it (a start
+          that failed before doing any work): then it is replaced, with a note on stderr.
+        """
+        cfg = _plain(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
+        digest = _json_digest(cfg)
+        file = self.path / "config.yaml"
+        key = os.path.realpath(self.path)
+        fix = "rerun with the same config and overrides to resume it, or choose another --out (or delete the directory) to start a new run"
+        if file.exists():
+            old, damaged = None, None
+            try:
+                doc = yaml.safe_load(file.read_text())
+                old = doc.get("config") if isinstance(doc, dict) else None
+                if not isinstance(old, dict):
+                    damaged = "no config in it"
+                elif doc.get("config_sha256") not in (None, _json_digest(old)):
+                    damaged = "its checksum does not match"
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                damaged = f"unreadable: {type(e).__name__}"
+            if damaged is None and old == cfg:
+                _CONFIGS_WRITTEN.add(key)
+                return
+            if key in _CONFIGS_WRITTEN or self.has_results():
+                if damaged is not None:
+                    raise StaleRunError(
+                        f"{file} is damaged ({damaged}), so which config produced the results in {self.path} is unknown: "
+                        "choose another --out (or delete the directory) to start a new run"
+                    )
                 keys = _differing_keys(old, cfg)
-                raise ConfigError(
-                    f"{self.path} holds a run of a different config (differs in {', '.join(keys)}): "
-                    "resume with the same config and overrides, or choose another --out"
-                )
-        doc = dict(config=cfg, provenance=provenance())
+                raise StaleRunError(f"{self.path} holds a run of a different config (differs in {', '.join(keys)}): {fix}")
+            if self.writer:
+                print(f"note: replacing {file}: the run it describes never started (no results in {self.path})", file=sys.stderr)
+        elif self.has_results():
+            raise StaleRunError(
+                f"{self.path} holds results but no config.yaml, so which config produced them is unknown: "
+                "choose another --out (or delete the directory) to start a new run"
+            )
         if self.writer:
-            atomic_write(self.path / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
+            doc = dict(config=cfg, config_sha256=digest, provenance=provenance())
+            atomic_write(file, yaml.safe_dump(doc, sort_keys=False))
+        _CONFIGS_WRITTEN.add(key)
+
+    # -- rows and tables -----------------------------------------------------------------
 
     def log(self, row: Mapping) -> None:
         """Appends one tidy row to `metrics.jsonl` (a whole line per write, fsynced)."""
@@ -142,11 +355,13 @@ class RunDir:
         if not p.exists():
             return []
         out = []
-        for line in p.read_text().splitlines():
+        for line in p.read_text(errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):
+                out.append(row)
         return out
 
     def replace_rows(self, rows: Iterable[Mapping]) -> None:
@@ -168,33 +383,182 @@ class RunDir:
         if self.writer:
             atomic_write(self.path / "summary.csv", buf.getvalue())
 
+    # -- checkpoints ---------------------------------------------------------------------
+
     def save_checkpoint(self, tree, meta: Mapping, name: str = "last") -> None:
-        """Saves `tree` (eqx.tree_serialise_leaves) and its JSON metadata, atomically: the
-        metadata is replaced last, so a checkpoint it names is always complete."""
+        """Saves `tree` (eqx.tree_serialise_leaves) as `<name>-<step>.eqx` and its JSON
+        metadata (`meta` plus the file name and the sha256 of the file and of the metadata)
+        as `<name>-<step>.json` and `<name>.json`, each atomically and the metadata last, so
+        a checkpoint that metadata names is complete. `step = meta["step"]` (default 0).
+        Then only the newest `keep` checkpoints of `name` are kept."""
         if not self.writer:
             return
+        _check_name(name, "checkpoint name")
         buf = io.BytesIO()
         eqx.tree_serialise_leaves(buf, tree)
-        step = meta.get("step", 0)
-        atomic_write(self.path / "checkpoints" / f"{name}-{step}.eqx", buf.getvalue())
-        atomic_write(self.path / "checkpoints" / f"{name}.json", json.dumps(dict(_plain(dict(meta)), file=f"{name}-{step}.eqx")))
+        data = buf.getvalue()
+        step = int(meta.get("step", 0))
+        file = f"{name}-{step}.eqx"
+        atomic_write(self.checkpoints / file, data)
+        body = dict(_plain(dict(meta)), file=file, sha256=sha256(data))
+        text = json.dumps(dict(body, meta_sha256=_json_digest(body)))
+        atomic_write(self.checkpoints / f"{name}-{step}.json", text)
+        atomic_write(self.checkpoints / f"{name}.json", text)
+        self._prune(name)
 
-    def checkpoint(self, like, name: str = "last"):
-        """`(tree, meta)` of the last complete checkpoint, or `(None, None)`."""
-        meta_path = self.path / "checkpoints" / f"{name}.json"
-        if not meta_path.exists():
-            return None, None
-        meta = json.loads(meta_path.read_text())
-        with open(self.path / "checkpoints" / meta["file"], "rb") as f:
-            tree = eqx.tree_deserialise_leaves(f, like)
-        return tree, meta
+    def _steps(self, name: str) -> dict[int, set[str]]:
+        steps: dict[int, set[str]] = {}
+        for p in self.checkpoints.glob(f"{glob_escape(name)}-*"):
+            m = _CKPT.fullmatch(p.name)
+            if m and m["name"] == name:
+                steps.setdefault(int(m["step"]), set()).add(m["ext"])
+        return steps
+
+    def _prune(self, name: str) -> None:
+        if self.keep is None:
+            return
+        steps = self._steps(name)
+        complete = sorted((s for s, exts in steps.items() if "json" in exts), reverse=True)
+        kept = complete[: self.keep]
+        if not kept:
+            return
+        for s, exts in steps.items():
+            if s in kept or ("json" not in exts and s > kept[-1]):
+                continue  # kept, or a newer checkpoint still being written
+            for ext in exts:
+                (self.checkpoints / f"{name}-{s}.{ext}").unlink(missing_ok=True)
+
+    def _read_checkpoint(self, meta_path: pathlib.Path):
+        """`(meta, data, None)` of an intact checkpoint, or `(None, None, (file, why))`."""
+        try:
+            meta = json.loads(meta_path.read_bytes())
+            if not isinstance(meta, dict) or not isinstance(meta.get("file"), str):
+                raise ValueError("not checkpoint metadata")
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return None, None, (meta_path, f"unreadable: {type(e).__name__}")
+        legacy = "meta_sha256" not in meta and "sha256" not in meta  # written before checksums
+        if not legacy:
+            body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+            if meta.get("meta_sha256") != _json_digest(body):
+                return None, None, (meta_path, "checksum mismatch")
+        data_path = self.checkpoints / meta["file"]
+        try:
+            data = data_path.read_bytes()
+        except OSError as e:
+            return None, None, (data_path, f"unreadable: {type(e).__name__}")
+        if not legacy and sha256(data) != meta.get("sha256"):
+            return None, None, (data_path, "checksum mismatch")
+        return meta, data, None
+
+    def checkpoint(self, like, name: str = "last", *, expect: Mapping | None = None):
+        """`(tree, meta)` of the newest intact checkpoint of `name`, or `(None, None)` when
+        there is none yet. `like` is a tree of the same structure (`eqx.tree_deserialise_leaves`).
+
+        Damaged files (failed checksum, truncated, unreadable) are skipped: one line on stderr
+        names them and the checkpoint used instead. `DamagedFileError` when checkpoints exist
+        but none is intact; `StaleRunError` when the intact one does not fit `like`, or when
+        `expect` (a mapping) differs from the same keys of its metadata (keys it lacks are
+        not compared)."""
+        candidates = []
+        if (self.checkpoints / f"{name}.json").exists():
+            candidates.append(self.checkpoints / f"{name}.json")
+        candidates += [self.checkpoints / f"{name}-{s}.json" for s, exts in sorted(self._steps(name).items(), reverse=True) if "json" in exts]
+        damaged = []
+        for meta_path in candidates:
+            meta, data, problem = self._read_checkpoint(meta_path)
+            if problem is not None:
+                if problem[0] not in [d[0] for d in damaged]:
+                    damaged.append(problem)
+                continue
+            if expect:
+                old = {k: meta[k] for k in expect if k in meta}
+                new = {k: _plain(v) for k, v in expect.items() if k in meta}
+                if old != new:
+                    raise StaleRunError(
+                        f"{self.path} holds a run with other settings (differs in {', '.join(_differing_keys(old, new))}): "
+                        "resuming it would report that run's numbers; choose another --out (or delete the directory) to start a new run"
+                    )
+            try:
+                tree = eqx.tree_deserialise_leaves(io.BytesIO(data), like)
+            except Exception as e:
+                raise StaleRunError(
+                    f"{self.checkpoints / meta['file']} does not fit the state being restored ({type(e).__name__}): it was saved "
+                    "by another network or optimiser; choose another --out (or delete the directory) to start a new run"
+                ) from None
+            if damaged and self.writer:
+                what = "; ".join(f"{f} ({why})" for f, why in damaged)
+                print(f"warning: damaged checkpoint file(s) {what}: resuming from {meta_path} (step {meta.get('step')})", file=sys.stderr)
+            return tree, meta
+        if damaged:
+            f, why = damaged[0]
+            raise DamagedFileError(
+                f"{f} is damaged ({why}) and no intact older checkpoint is left in {self.checkpoints}: "
+                f"delete {self.path} or choose another --out to start afresh"
+            )
+        return None, None
+
+    # -- named results and done markers -------------------------------------------------
+
+    def _result_path(self, name: str) -> pathlib.Path:
+        return self.path / "results" / f"{_check_name(name, 'result name')}.result"
+
+    def save_result(self, name: str, value) -> None:
+        """Saves a named result atomically with its sha256: `bytes`, or anything JSON holds
+        (dicts, lists, numbers, strings; NumPy/JAX arrays become lists). The file is
+        `results/<name>.result`: one JSON header line (`kind`, `size`, `sha256`), then the
+        payload."""
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            kind, payload = "bytes", bytes(value)
+        else:
+            kind, payload = "json", json.dumps(_plain(value)).encode()
+        header = json.dumps(dict(kind=kind, size=len(payload), sha256=sha256(payload))).encode()
+        if self.writer:
+            atomic_write(self._result_path(name), header + b"\n" + payload)
+
+    def load_result(self, name: str, *, on_damaged: str = "recompute"):
+        """The result saved under `name`, or `None` when there is none. A damaged one (failed
+        checksum, truncated): with `on_damaged="recompute"` (default) one line on stderr names
+        it and `None` is returned, so the caller computes and saves it again; with
+        `on_damaged="raise"`, `DamagedFileError`."""
+        if on_damaged not in ("recompute", "raise"):
+            raise ValueError(f"on_damaged must be 'recompute' or 'raise', got {on_damaged!r}")
+        p = self._result_path(name)
+        try:
+            raw = p.read_bytes()
+        except FileNotFoundError:
+            return None
+        header, sep, payload = raw.partition(b"\n")
+        why = None
+        try:
+            h = json.loads(header)
+            if not sep or not isinstance(h, dict) or len(payload) != h.get("size"):
+                why = "truncated"
+            elif sha256(payload) != h.get("sha256"):
+                why = "checksum mismatch"
+            elif h.get("kind") == "bytes":
+                return payload
+            else:
+                return json.loads(payload)
+        except ValueError:
+            why = "unreadable header"
+        if on_damaged == "raise":
+            raise DamagedFileError(f"{p} is damaged ({why}): delete it to recompute that part, or delete {self.path} / choose another --out")
+        if self.writer:
+            print(f"warning: {p} is damaged ({why}): recomputing it", file=sys.stderr)
+        return None
 
     def done(self, key: str) -> bool:
-        return (self.path / "checkpoints" / f"done-{key}").exists()
+        """Whether `mark_done(key)` was called for this directory (by any earlier process)."""
+        return (self.checkpoints / f"done-{_check_name(key, 'done key')}").exists()
 
     def mark_done(self, key: str) -> None:
+        """Marks `key` (a sweep point, a chunk) finished: call it after saving its results."""
         if self.writer:
-            atomic_write(self.path / "checkpoints" / f"done-{key}", "")
+            atomic_write(self.checkpoints / f"done-{_check_name(key, 'done key')}", "")
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def _differing_keys(a, b, where=""):
@@ -203,11 +567,11 @@ def _differing_keys(a, b, where=""):
         for k in sorted(set(a) | set(b), key=str):
             out += _differing_keys(a.get(k), b.get(k), f"{where}{k}.")
         return out
-    return [] if a == b else [where.rstrip(".")]
+    return [] if a == b else [where.rstrip(".") or "value"]
 
 
 def _plain(obj):
-    """JSON/YAML-safe: numpy and JAX scalars to Python, tuples to lists."""
+    """JSON/YAML-safe: numpy and JAX scalars to Python, arrays and tuples to lists."""
     import numpy as np
 
     if isinstance(obj, Mapping):
@@ -216,6 +580,6 @@ def _plain(obj):
         return [_plain(v) for v in obj]
     if isinstance(obj, (np.generic,)):
         return obj.item()
-    if hasattr(obj, "shape") and getattr(obj, "shape", None) == ():
-        return obj.item()
+    if hasattr(obj, "shape") and hasattr(obj, "tolist"):
+        return obj.tolist()
     return obj

@@ -13,17 +13,26 @@ net, history = nd.training.fit(
 
 One epoch is one jitted `lax.scan` over mini-batches: the batch gradient is the mean of
 `jax.vmap(nd.value_and_grad)` over the batch (`nd.value_and_grad` acts on one example), so
-every estimator trains through the same code. The progress bar (tqdm, process 0 only)
-advances once per jitted epoch.
+every estimator trains through the same code. Progress is one line per epoch on stderr
+(process 0 only; `progress=False` silences it).
 
 With a `RunDir`, after every epoch the parameters, the optimiser state and the history are
 checkpointed atomically; calling `fit` again with the same arguments continues from the last
 epoch and ends with the same result as an uninterrupted run (every epoch's shuffle derives
 from `fold_in(key, epoch)`, and the stopping rules read only the history). A run that stopped
-is marked finished and is not trained further when called again.
+is marked finished and is not trained further when called again. Checkpoints carry a
+fingerprint of the settings (`fit_settings`): resuming with other settings raises
+`nd.runs.StaleRunError` instead of returning the old run's numbers. A non-finite loss,
+gradient or parameter raises `NonFiniteError` (or stops, `on_nonfinite="stop"`) and is
+never checkpointed.
 """
 
 import dataclasses
+import functools
+import hashlib
+import math
+import re
+import sys
 import time
 
 import equinox as eqx
@@ -35,6 +44,7 @@ import numpy as np
 import optax
 
 from ._dynamics import relax
+from .config import ConfigError
 from ._misc import batch_mean
 from ._value_and_grad import value_and_grad
 
@@ -120,6 +130,135 @@ def _epoch(params, opt_state, key, X, Y, static, objective, estimator, optimizer
     return params, opt_state, jnp.mean(loss), jnp.mean(gnorm), jnp.mean(conv)
 
 
+class NonFiniteError(ConfigError):
+    """Training diverged: the loss, the gradient norm or the parameters stopped being finite.
+    A `ValueError` (and an `nd.config.ConfigError`: an experiment in `nd.config.entrypoint`
+    ends with its one line and exit code 2); the message names the epoch, what was not
+    finite and what to change."""
+
+
+def _digest(tree) -> str:
+    """sha256 (16 hex digits) of a pytree's array leaves: shapes, dtypes and exact bytes."""
+    h = hashlib.sha256()
+    for leaf in jtu.tree_leaves(tree):
+        if eqx.is_array(leaf) or isinstance(leaf, np.ndarray):
+            a = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{a.shape}{a.dtype}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _structure(obj, depth=0) -> str:
+    if depth > 20:
+        return "..."
+    if eqx.is_array(obj) or isinstance(obj, np.ndarray):
+        return f"{np.dtype(obj.dtype).name}{list(np.shape(obj))}"
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = ", ".join(f"{f.name}={_structure(getattr(obj, f.name, None), depth + 1)}" for f in dataclasses.fields(obj))
+        return f"{type(obj).__name__}({fields})"
+    if isinstance(obj, (list, tuple)):
+        return f"{type(obj).__name__}({', '.join(_structure(v, depth + 1) for v in obj)})"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{k!r}: {_structure(v, depth + 1)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, functools.partial):
+        return f"partial({_structure(obj.func, depth + 1)}, {_structure(obj.args, depth + 1)}, {_structure(obj.keywords, depth + 1)})"
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
+
+def _describe(obj) -> str:
+    """A module's structure (classes, every field, functions by name, arrays by dtype and
+    shape) plus the digest of its array values."""
+    arrays = [x for x in jtu.tree_leaves(obj) if eqx.is_array(x)]
+    text = _structure(obj)
+    return f"{text} #{_digest(arrays)}" if arrays else text
+
+
+def _optimizer_probe(optimizer, opt_state, params) -> str:
+    """What an optax transformation is, as far as can be told (they are closures): the
+    structure of its state and its first two updates on an all-ones gradient (learning rate,
+    momentum, decay), rounded to 6 digits so another device's last bits do not matter."""
+    structure = hashlib.sha256(str(jtu.tree_structure(opt_state)).encode()).hexdigest()[:16]
+    try:
+        with jax.numpy_dtype_promotion("standard"):
+            probe = jtu.tree_map(jnp.ones_like, params)
+            n = max(sum(int(np.size(p)) for p in jtu.tree_leaves(params)), 1)
+            state, steps = opt_state, []
+            for _ in range(2):
+                updates, state = optimizer.update(probe, state, params)
+                steps.append(sum(float(jnp.sum(u)) for u in jtu.tree_leaves(updates)) / n)
+        return f"state {structure}, updates on ones " + ", ".join(f"{v:.6g}" for v in steps)
+    except Exception as e:  # an update that needs extra arguments (value=...): the structure only
+        return f"state {structure} (no probe: {type(e).__name__})"
+
+
+def fit_settings(net, train, *, objective, estimator, optimizer, batch_size, key=None, l2=0.0, valid=None, test=None,
+                 **options) -> dict:
+    """The fingerprint `fit` records in every checkpoint and compares on resume: everything
+    that changes the numbers except `epochs` (raising it continues a run), `stopping` and
+    `log_extra`. Strings and numbers only (JSON): the estimator, objective and options
+    (`eqx.tree_pformat` + a digest of their arrays), the optimiser (optax transformations are
+    closures: the structure of its state and its first two updates on an all-ones gradient,
+    which tell the learning rate and momentum), batch size, l2, and digests of the data
+    (train, valid, test), of the initial parameters, of the network's structure and of `key`.
+
+    The digests are of exact bytes: resuming on another device type whose data or
+    initialisation differs in the last bits is refused too."""
+    params = eqx.filter(net, eqx.is_inexact_array)
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(params)
+    return dict(
+        estimator=_describe(estimator),
+        objective=_describe(objective),
+        optimizer=_optimizer_probe(optimizer, opt_state, params),
+        batch_size=int(batch_size),
+        l2=float(l2),
+        options=_describe(dict(sorted(options.items()))),
+        train=_digest(train),
+        valid=None if valid is None else _digest(valid),
+        test=None if test is None else _digest(test),
+        initial_params=_digest(params),
+        network=_describe(eqx.filter(net, eqx.is_array, inverse=True)),
+        key=None if key is None else _digest(_key_data(key)),
+    )
+
+
+def _key_data(key):
+    return jr.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
+@eqx.filter_jit
+def _all_finite(tree):
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _progress_line(tag, row, epochs, n_batches, times) -> str:
+    per_epoch = float(np.mean(times[1:] if len(times) > 1 else times))  # the first holds the compilation
+    parts = [f"[{tag}] epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.6g}"]
+    if row.get("valid_accuracy") is not None:
+        parts.append(f"valid acc {row['valid_accuracy']:.4f}")
+    parts.append(f"converged {100 * row['converged_rate']:.0f}%")
+    parts.append(f"{n_batches / times[-1]:.3g} steps/s ({times[-1]:.3g} s/epoch)")
+    if row.get("stopped"):
+        parts.append(f"stopped: {row['stopped']}")
+    else:
+        parts.append(f"ETA {_seconds(per_epoch * (epochs - row['epoch']))}")
+    return "  ".join(parts)
+
+
 def fit(
     net,
     train,
@@ -137,6 +276,7 @@ def fit(
     run=None,
     progress: bool = True,
     log_extra: dict | None = None,
+    on_nonfinite: str = "raise",
     **options,
 ):
     """Trains `net` on `train = (X, Y)` with mini-batch gradients from `estimator`.
@@ -155,8 +295,14 @@ def fit(
     - `l2`: weight decay, adds `l2 * w` to the gradient (the gradient of `nd.losses.l2_penalty`).
     - `stopping`: a `Stopping`.
     - `run`: an `nd.runs.RunDir`: rows go to `metrics.jsonl`, checkpoints every epoch, resume.
-    - `progress`: a tqdm bar over epochs (process 0 only).
+    - `progress`: one line per epoch on stderr (process 0 only, also when stderr is a file):
+      epoch/epochs, loss, valid accuracy, converged rate, steps/s, s/epoch and ETA; and the
+      run directory at the start and the end. `False`: quiet.
     - `log_extra`: columns added to every row (e.g. the estimator's name and the seed).
+    - `on_nonfinite`: when an epoch's loss, gradient norm or parameters are not finite:
+      `"raise"` (default) raises `NonFiniteError`; `"stop"` ends training, returns the last
+      finite parameters and adds a row with `stopped="nonfinite"`. Either way the
+      non-finite parameters are never checkpointed.
     - `**options`: integration options passed to every relaxation.
 
     **Returns:** `(net, history)`; `history` is a list of per-epoch rows: `epoch`,
@@ -164,12 +310,22 @@ def fit(
     estimator solves converged), `valid_accuracy`, `test_accuracy`, `seconds`, and
     `stopped` (the criterion that stopped training, on the last row).
 
+    **Resume.** With a `RunDir`, after every epoch the parameters, the optimiser state, the
+    history and `fit_settings(...)` (a fingerprint of everything but `epochs`, `stopping` and
+    `log_extra`) are checkpointed. Calling `fit` again continues from the newest intact
+    checkpoint (a damaged one falls back to an older one) and ends with the same result as an
+    uninterrupted run; more `epochs` continue a run; a finished run is returned as it is.
+    Other settings (estimator, optimiser or learning rate, batch size, l2, options, key, data,
+    initial network) raise `nd.runs.StaleRunError` instead of returning another run's numbers.
+
     !!! warning
 
         The returned network is the last epoch's. Early stopping's model selection (the
         epoch where the validation accuracy peaked) is read from `history`: checkpoint that
         epoch's parameters yourself if you need them.
     """
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
     X, Y = jnp.asarray(train[0]), jnp.asarray(train[1])
     n = X.shape[0]
     if batch_size > n:
@@ -178,35 +334,61 @@ def fit(
     params, static = eqx.partition(net, eqx.is_inexact_array)
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
+    talk = progress and jax.process_index() == 0
+    extra = log_extra or {}
+    tag = "/".join(str(extra[k]) for k in ("estimator", "seed") if k in extra) or type(estimator).__name__
     history, start = [], 0
     if run is not None:
-        restored, meta = run.checkpoint((params, opt_state))
+        settings = fit_settings(net, (X, Y), objective=objective, estimator=estimator, optimizer=optimizer,
+                                batch_size=batch_size, key=key, l2=l2, valid=valid, test=test, **options)
+        restored, meta = run.checkpoint((params, opt_state), expect=dict(settings=settings))
         if restored is not None:
             params, opt_state = restored
             history, start = meta["history"], meta["step"]
             run.replace_rows(history)  # rows a killed run logged after its last checkpoint go
             if meta.get("finished"):
+                if talk:
+                    _say(f"[{tag}] {run.path}: finished already ({history[-1].get('stopped')} at epoch "
+                         f"{history[-1]['epoch']}), not retrained")
                 return eqx.combine(params, static), history
+        if talk:
+            _say(f"[{tag}] run directory {run.path}: " + (f"resuming after epoch {start}/{epochs}" if start else "new run"))
 
-    bar = None
-    if progress and jax.process_index() == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, initial=start, desc=type(estimator).__name__, leave=False, disable=None)
+    times = []
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        params, opt_state, loss, gnorm, conv = _epoch(
+        new_params, new_opt_state, loss, gnorm, conv = _epoch(
             params, opt_state, jr.fold_in(key, epoch), X, Y, static, objective, estimator, optimizer, l2, n_batches,
             batch_size, options,
         )
-        current = eqx.combine(params, static)
         row = dict(epoch=epoch + 1, train_loss=float(loss), grad_norm=float(gnorm), converged_rate=float(conv))
+        bad = [what for what, ok in (("the training loss", math.isfinite(row["train_loss"])),
+                                     ("the gradient norm", math.isfinite(row["grad_norm"])),
+                                     ("the parameters", bool(_all_finite(new_params)))) if not ok]
+        if bad:
+            kept = f"; the last finite checkpoint (epoch {epoch}) is kept in {run.path}" if run is not None and epoch else ""
+            message = (f"epoch {epoch + 1}/{epochs}: {' and '.join(bad)} became non-finite (loss {row['train_loss']:.6g}, "
+                       f"gradient norm {row['grad_norm']:.6g}): training diverged; lower the learning rate, or dt0 if "
+                       f"the dynamics blew up{kept}")
+            if on_nonfinite == "raise":
+                raise NonFiniteError(message)
+            # "stop": keep the last finite parameters; the row says why training ended.
+            row.update(seconds=time.perf_counter() - t0, **extra, stopped="nonfinite")
+            history.append(row)
+            if run is not None:
+                run.save_checkpoint((params, opt_state), dict(step=epoch + 1, history=history, finished=True, settings=settings))
+                run.log(row)
+            if talk:
+                _say(f"[{tag}] {message}: stopped")
+            break
+        params, opt_state = new_params, new_opt_state
+        current = eqx.combine(params, static)
         if valid is not None:
             row["valid_accuracy"] = accuracy(current, *valid, **options)
         if test is not None:
             row["test_accuracy"] = accuracy(current, *test, **options)
         row["seconds"] = time.perf_counter() - t0
-        row.update(log_extra or {})
+        row.update(extra)
         history.append(row)
         reason = stop_reason(history, stopping)
         if reason is None and epoch + 1 == epochs:
@@ -216,15 +398,16 @@ def fit(
         if run is not None:
             # The checkpoint first: a kill before the log line loses nothing (resume rewrites
             # metrics.jsonl from the checkpoint's history).
-            run.save_checkpoint((params, opt_state), dict(step=epoch + 1, history=history, finished=reason is not None))
+            run.save_checkpoint((params, opt_state), dict(step=epoch + 1, history=history, finished=reason is not None,
+                                                          settings=settings))
             run.log(row)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=row.get("valid_accuracy", float("nan")))
+        times.append(row["seconds"])
+        if talk:
+            _say(_progress_line(tag, row, epochs, n_batches, times))
         if reason is not None:
             break
-    if bar is not None:
-        bar.close()
+    if talk and run is not None:
+        _say(f"[{tag}] done: {history[-1].get('stopped') if history else 'no epochs'}; run directory {run.path}")
     return eqx.combine(params, static), history
 
 
