@@ -13,6 +13,7 @@ sign_agreement, time_s, compile_s, peak_bytes, one column per knob), `metrics.js
 """
 
 import dataclasses
+import inspect
 import json
 import sys
 import time
@@ -35,69 +36,93 @@ from neurodyn._misc import tree_cast  # noqa: E402
 from neurodyn.runs import RunDir  # noqa: E402
 
 
-@dataclasses.dataclass(frozen=True)
-class NetworkSpec:
-    kind: str = "hopfield"
-    n_in: int = 8
-    n_hidden: int = 24
-    n_out: int = 4
-    n: int = 32
-    form: str = "rate"
-    activation: str = "logistic"
-    gain: float = 0.5
-    sizes: tuple[int, ...] = ()
+def _default_network():
+    return {"kind": "hopfield", "n_in": 8, "n_hidden": 24, "n_out": 4, "activation": "logistic", "gain": 0.5}
 
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-    variant: str
-    knob: str
-    values: tuple[Any, ...]
-    slope: float | None = None
-    log: bool = True
+    variant: str = ndc.field(help="the variant whose knob is swept")
+    knob: str = ndc.field(help="the argument swept (dotted into nested specs: adjoint.K)")
+    values: tuple[Any, ...] = ndc.field(help="the knob's values", nonempty=True)
+    slope: float | None = ndc.field(None, help="a theoretical log-log slope to draw")
+    log: bool = ndc.field(True, help="log axis for the knob")
 
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-    enabled: bool = True
-    network: NetworkSpec = NetworkSpec()
-    objective: str = "steady_state"
-    T: int = 8
-    dt: float = 1.0
-    batch: int = 16
-    variants: dict[str, Any] = dataclasses.field(default_factory=dict)
-    sweeps: tuple[Sweep, ...] = ()
+    enabled: bool = ndc.field(True, help="run this part")
+    network: dict[str, Any] = ndc.field(
+        default_factory=_default_network,
+        help="{kind: network class, n_in, n_out (the synthetic data's sizes), **constructor arguments}",
+    )
+    objective: str = ndc.field("steady_state", help="the objective", choices=("steady_state", "trajectory"))
+    T: int = ndc.field(8, help="trajectory: time points", ge=1)
+    dt: float = ndc.field(1.0, help="trajectory: time between points", gt=0)
+    batch: int = ndc.field(16, help="examples in the batch", ge=1)
+    variants: dict[str, Any] = ndc.field(
+        default_factory=dict, help="name -> {kind: estimator class, **arguments}", spec="estimators", names=True
+    )
+    sweeps: tuple[Sweep, ...] = ndc.field((), help="knob sweeps of the variants")
 
 
 @dataclasses.dataclass(frozen=True)
 class Scaling:
-    enabled: bool = True
-    sizes: tuple[int, ...] = (16, 32, 64)
-    batch: int = 8
-    dtype: str = "float32"
-    variants: tuple[str, ...] = ("bptt", "rbp", "ep-centered", "rtrl")
+    enabled: bool = ndc.field(True, help="run the cost-against-n part (on the steady part's network)")
+    sizes: tuple[int, ...] = ndc.field((16, 32, 64), help="network sizes n", ge=2, nonempty=True)
+    batch: int = ndc.field(8, help="examples in the batch", ge=1)
+    dtype: str = ndc.field("float32", help="the dtype timed", choices=("float32", "float64"))
+    variants: tuple[str, ...] = ndc.field(("bptt", "rbp", "ep-centered", "rtrl"), help="variants of the steady part timed")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    experiment: str = "compare_estimators"
-    seed: int = 0
-    steady: Part = Part()
-    trajectory: Part = Part(enabled=False)
-    scaling: Scaling = Scaling()
+    experiment: str = ndc.field("compare_estimators", help="the experiment module (experiments.<experiment>)")
+    seed: int = ndc.field(0, help="the PRNG seed (network and batch)", ge=0)
+    steady: Part = ndc.field(Part(), help="the steady-state part")
+    trajectory: Part = ndc.field(Part(enabled=False), help="the trajectory part")
+    scaling: Scaling = ndc.field(Scaling(), help="cost against the network size")
 
 
-def make_network(spec: NetworkSpec, key, n: int | None = None):
-    cls = ndc.network_class(spec.kind)
-    act = ndc.activation(spec.activation)
-    if cls is nd.networks.Hopfield:
-        n_hidden = spec.n_hidden if n is None else n - spec.n_out
-        return cls(spec.n_in, n_hidden, spec.n_out, act, gain=spec.gain, key=key)
-    if cls is nd.networks.CTRNN:
-        return cls(spec.n if n is None else n, spec.n_in, spec.n_out, act, spec.form, gain=spec.gain, key=key)
-    if cls is nd.networks.Layered:
-        return cls(spec.sizes, act, key=key)
-    raise ndc.ConfigError(f"compare_estimators does not know how to build network '{spec.kind}'")
+def _network_spec(spec: dict, where: str):
+    """`(n_in, n_out, constructor spec)` of a part's `network:` mapping."""
+    spec = dict(spec)
+    n_in, n_out = spec.pop("n_in", 8), spec.pop("n_out", 4)
+    for name, v in (("n_in", n_in), ("n_out", n_out)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ndc.ConfigError(f"'{where}{name}' = {v!r} is out of range: must be an integer >= 1")
+    return n_in, n_out, spec
+
+
+def make_network(spec: dict, key, n: int | None = None, where: str = "network."):
+    """Any network class of the registry (`ndc.build_network`); `n` sets its size for the
+    scaling part (`n`, or `n_hidden = n - n_out`)."""
+    n_in, n_out, spec = _network_spec(spec, where)
+    if n is not None:
+        params = inspect.signature(ndc.network_class(spec["kind"])).parameters
+        if "n" in params:
+            spec["n"] = n
+        elif "n_hidden" in params:
+            spec["n_hidden"] = n - n_out
+        else:
+            raise ndc.ConfigError(f"scaling: the network '{spec['kind']}' has no size argument n or n_hidden")
+    return ndc.build_network(spec, n_in=n_in, n_out=n_out, key=key, where=where)
+
+
+def check(cfg: Config):
+    """Every enabled part's network, sweeps and scaling variants, before any work."""
+    for name in ("steady", "trajectory"):
+        part = getattr(cfg, name)
+        if part.enabled or (name == "steady" and cfg.scaling.enabled):
+            _, _, spec = _network_spec(part.network, f"{name}.network.")
+            ndc.check_network(spec, f"{name}.network.")
+        for sw in part.sweeps:
+            if sw.variant not in part.variants:
+                raise ndc.ConfigError(f"{name}.sweeps: '{sw.variant}' is not a variant (variants: {', '.join(part.variants)})")
+    if cfg.scaling.enabled:
+        for v in cfg.scaling.variants:
+            if v not in cfg.steady.variants:
+                raise ndc.ConfigError(f"scaling.variants names '{v}', not a variant of the steady part")
 
 
 def _with_knob(spec: dict, knob: str, value):
@@ -144,7 +169,7 @@ def _row(part_name, name, m, stats, **knobs):
 def run_part(part_name: str, part: Part, seed: int, run: RunDir):
     key = jr.PRNGKey(seed)
     knet, kdata = jr.split(key)
-    net = make_network(part.network, knet)
+    net = make_network(part.network, knet, where=f"{part_name}.network.")
     objective, T = _objective(part)
     xs, ys = _batch(net, kdata, part.batch, T)
     t0 = time.perf_counter()
@@ -153,7 +178,7 @@ def run_part(part_name: str, part: Part, seed: int, run: RunDir):
     rows, grads = [], {}
 
     def evaluate(name, spec, **knobs):
-        est = ndc.build_object(spec)
+        est = ndc.build_object(spec, f"{part_name}.variants.{name}.", family="estimators")
         m = fid.measure(est, net, xs, ys, objective)
         stats = fid.compare(m["grads"], ref)
         row = _row(part_name, name, m, stats, **knobs)
@@ -183,14 +208,14 @@ def run_scaling(cfg: Config, run: RunDir):
     part = cfg.steady
     objective, T = _objective(part)
     for n in sc.sizes:
-        net = make_network(part.network, jr.PRNGKey(cfg.seed), n=n)
+        net = make_network(part.network, jr.PRNGKey(cfg.seed), n=n, where="steady.network.")
         net = tree_cast(net, dtype)
         xs, ys = _batch(net, jr.PRNGKey(cfg.seed + 1), sc.batch, T)
         xs, ys = xs.astype(dtype), ys.astype(dtype)
         for name in sc.variants:
             if name not in part.variants:
                 raise ndc.ConfigError(f"scaling.variants names '{name}', not a variant of the steady part")
-            est = ndc.build_object(part.variants[name])
+            est = ndc.build_object(part.variants[name], f"steady.variants.{name}.", family="estimators")
             m = fid.measure(est, net, xs, ys, objective)
             row = dict(part="scaling", estimator=name, n=n, time_s=m["time_s"], compile_s=m["compile_s"],
                        peak_bytes=m["peak_bytes"], converged_fraction=m["converged_fraction"], dtype=sc.dtype)
@@ -233,6 +258,7 @@ def plot(run_dir) -> list[str]:
     return files
 
 
+@ndc.entrypoint
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "plot":
@@ -243,6 +269,7 @@ def main(argv=None):
             print(f)
         return
     cfg, args = ndc.cli(Config, argv, description=__doc__)
+    check(cfg)
     run = RunDir(args.out, cfg)
     if (run.path / "metrics.jsonl").exists():
         (run.path / "metrics.jsonl").unlink()  # a comparison is recomputed whole: it is cheap

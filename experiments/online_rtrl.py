@@ -25,22 +25,27 @@ from neurodyn.runs import atomic_write, RunDir
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    experiment: str = "online_rtrl"
-    n_teacher: int = 8
-    n_student: int = 8
-    n_in: int = 2
-    teacher_gain: float = 0.9
-    stream_length: int = 3000
-    learning_rate: float = 3e-3
-    update_every: int = 1
-    sensitivities: tuple[str, ...] = ("Exact", "SnAp1", "Diagonal")
-    seeds: tuple[int, ...] = (0,)
-    window: int = 300
+    experiment: str = ndc.field("online_rtrl", help="the experiment module (experiments.<experiment>)")
+    n_teacher: int = ndc.field(8, help="units of the teacher RNN", ge=1)
+    n_student: int = ndc.field(8, help="units of the student CTRNN", ge=1)
+    n_in: int = ndc.field(2, help="input channels of the stream", ge=1)
+    teacher_gain: float = ndc.field(0.9, help="the teacher's recurrent gain", gt=0)
+    stream_length: int = ndc.field(3000, help="steps of the stream", ge=2)
+    learning_rate: float = ndc.field(3e-3, help="Adam's learning rate", gt=0)
+    update_every: int = ndc.field(1, help="update the weights every this many steps", ge=1)
+    sensitivities: tuple[str, ...] = ndc.field(
+        ("Exact", "SnAp1", "Diagonal"), help="RTRL sensitivity kinds (nd.rtrl); each is part of a file name",
+        names=True, nonempty=True,
+    )
+    seeds: tuple[int, ...] = ndc.field((0,), help="one stream per seed", ge=0, nonempty=True)
+    window: int = ndc.field(300, help="steps of the running loss reported first and last", ge=1)
 
 
 @ndc.entrypoint
 def main(argv=None):
     cfg, args = ndc.cli(Config, argv, description=__doc__)
+    for i, sens in enumerate(cfg.sensitivities):  # every kind checked before the run starts
+        ndc.resolve(sens, "sensitivities", f"sensitivities[{i}]")
     run = RunDir(args.out, cfg)
     rows, curves = [], []
     for seed in cfg.seeds:
@@ -57,7 +62,7 @@ def main(argv=None):
                 student = nd.networks.CTRNN(cfg.n_student, cfg.n_in, 1, gain=0.5, key=jr.PRNGKey(seed))
                 _, losses = eqx.filter_jit(nd.online.fit_online)(
                     student, xs, ys, optimizer=optax.adam(cfg.learning_rate), update_every=cfg.update_every,
-                    sensitivity=ndc.build_object({"kind": f"rtrl.{sens}"}, "sensitivities."),
+                    sensitivity=ndc.build_object({"kind": sens}, "sensitivities.", family="sensitivities"),
                 )
                 L = np.asarray(losses)
                 w = min(cfg.window, len(L) // 2)

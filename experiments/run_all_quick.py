@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-import yaml
+from neurodyn.config import ConfigError, read_yaml
 
 
 def main(argv=None):
@@ -27,11 +27,14 @@ def main(argv=None):
     configs = sorted(pathlib.Path(args.configs).glob("*.yaml"))
     for cfg in configs:
         try:
-            experiment = (yaml.safe_load(cfg.read_text()) or {}).get("experiment")
-        except yaml.YAMLError as e:
-            experiment, problem = None, f"not valid YAML ({str(e).splitlines()[0]})"
+            data = read_yaml(cfg)  # the experiments' loader: no aliases, UTF-8, not empty
+            experiment = data.get("experiment") if isinstance(data, dict) else None
+        except ConfigError as e:
+            experiment, problem = None, str(e).removeprefix(f"config {cfg}").lstrip(": ")
         else:
             problem = "no 'experiment:' key naming its module" if not experiment else None
+        if experiment is not None and (not isinstance(experiment, str) or not experiment.isidentifier()):
+            experiment, problem = None, f"'experiment: {experiment}' is not a module name"
         if experiment and importlib.util.find_spec(f"experiments.{experiment}") is None:
             problem = f"its experiment module 'experiments.{experiment}' does not exist (yet)"
         if problem:

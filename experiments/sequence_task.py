@@ -1,4 +1,4 @@
-"""Train a CTRNN on a sequence task with several trajectory estimators (full BPTT against
+"""Train a recurrent network (a CTRNN by default) on a sequence task with several trajectory estimators (full BPTT against
 truncated BPTT, RTRL), fresh sequences every step.
 
     python -m experiments.sequence_task --config configs/copy_task.yaml [--quick] [--out DIR]
@@ -29,25 +29,33 @@ from neurodyn.runs import RunDir
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    name: str = "copy"
-    length: int = 4
-    n_symbols: int = 4
-    delay: int = 4
-    T: int = 20
+    name: str = ndc.field("copy", help="the task", choices=("copy", "adding", "delayed_xor"))
+    length: int = ndc.field(4, help="copy: symbols to recall", ge=1)
+    n_symbols: int = ndc.field(4, help="copy: alphabet size", ge=2)
+    delay: int = ndc.field(4, help="copy, delayed_xor: steps between storing and recalling", ge=1)
+    T: int = ndc.field(20, help="adding: sequence length", ge=2)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    experiment: str = "sequence_task"
-    task: Task = Task()
-    n: int = 64
-    gain: float = 0.9
-    estimators: dict[str, Any] = dataclasses.field(default_factory=lambda: {"bptt": {"kind": "BPTT"}})
-    learning_rate: float = 3e-3
-    steps: int = 2000
-    batch_size: int = 32
-    log_every: int = 50
-    seeds: tuple[int, ...] = (0,)
+    experiment: str = ndc.field("sequence_task", help="the experiment module (experiments.<experiment>)")
+    task: Task = ndc.field(Task(), help="the sequence task (fresh sequences every step)")
+    network: dict[str, Any] = ndc.field(
+        default_factory=lambda: {"kind": "ctrnn", "n": 64, "activation": "tanh", "gain": 0.9},
+        help="{kind: network class, **its constructor arguments}; n_in, n_out (from the task) and key are "
+        "passed by the experiment",
+        spec="networks",
+    )
+    estimators: dict[str, Any] = ndc.field(
+        default_factory=lambda: {"bptt": {"kind": "BPTT"}},
+        help="name -> {kind: estimator class, **arguments}; each name is a sub-run folder",
+        spec="estimators", names=True, nonempty=True,
+    )
+    learning_rate: float = ndc.field(3e-3, help="Adam's learning rate", gt=0)
+    steps: int = ndc.field(2000, help="training steps", ge=1)
+    batch_size: int = ndc.field(32, help="sequences per step", ge=1)
+    log_every: int = ndc.field(50, help="evaluate, log and checkpoint every this many steps", ge=1)
+    seeds: tuple[int, ...] = ndc.field((0,), help="one run per seed", ge=0, nonempty=True)
 
 
 def sampler(task: Task):
@@ -63,6 +71,9 @@ def sampler(task: Task):
 @ndc.entrypoint
 def main(argv=None):
     cfg, args = ndc.cli(Config, argv, description=__doc__)
+    estimators = {
+        name: ndc.build_object(spec, f"estimators.{name}.", family="estimators") for name, spec in cfg.estimators.items()
+    }
     run = RunDir(args.out, cfg)
     sample = sampler(cfg.task)
     xs0, ys0, w0 = sample(jr.PRNGKey(0))
@@ -71,12 +82,11 @@ def main(argv=None):
     metric_name = "test_accuracy" if classify else "test_mse"
     loss = nd.losses.softmax_cross_entropy if classify else nd.losses.squared_error
     opts = dict(solver=diffrax.Euler(), dt0=1.0)
-    estimators = {name: ndc.build_object(spec, f"estimators.{name}.") for name, spec in cfg.estimators.items()}
     opt = optax.adam(cfg.learning_rate)
     rows, curves = [], []
     for seed in cfg.seeds:
         for name, est in estimators.items():
-            net = nd.networks.CTRNN(cfg.n, n_in, n_out, nd.activations.tanh, gain=cfg.gain, key=jr.PRNGKey(seed))
+            net = ndc.build_network(cfg.network, n_in=n_in, n_out=n_out, key=jr.PRNGKey(seed))
             params, static = eqx.partition(net, eqx.is_inexact_array)
             with jax.numpy_dtype_promotion("standard"):
                 opt_state = opt.init(params)
@@ -108,7 +118,7 @@ def main(argv=None):
 
             # Each (estimator, seed) is a resumable sub-run, checkpointed every log_every steps;
             # the data of step i derives from fold_in(key, i), so a resumed run sees the same batches.
-            sub = RunDir(run.path / f"{name}-seed{seed}", cfg)
+            sub = RunDir(run.path / f"{ndc.check_name(name, f'estimators.{name}')}-seed{seed}", cfg)
             restored, meta = sub.checkpoint((params, opt_state))
             history, start = [], 0
             if restored is not None:

@@ -39,34 +39,47 @@ from neurodyn.runs import atomic_write, RunDir
 
 @dataclasses.dataclass(frozen=True)
 class SweepAxes:
-    seed: tuple[int, ...] = (0, 1, 2, 3)
-    learning_rate: tuple[float, ...] = (0.01, 0.03)
-    estimator: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    seed: tuple[int, ...] = ndc.field((0, 1, 2, 3), help="the seeds (initialisation and mini-batches)", ge=0, nonempty=True)
+    learning_rate: tuple[float, ...] = ndc.field((0.01, 0.03), help="the learning rates", gt=0, nonempty=True)
+    estimator: dict[str, tuple[float, ...]] = ndc.field(
+        default_factory=dict, help="array field of the estimators (beta, adjoint.rtol) -> its values"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    hidden: tuple[int, ...] = (16,)
+    hidden: tuple[int, ...] = ndc.field((16,), help="hidden layer sizes (one compile each)", ge=1, nonempty=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-    name: str = "sgd"
-    momentum: float = 0.9
+    name: str = ndc.field("sgd", help="the optimiser", choices=lambda: ndc.names("optimizers"))
+    momentum: float = ndc.field(0.9, help="sgd: heavy-ball momentum (0: plain SGD)", ge=0, lt=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    experiment: str = "sweep"
-    n_data: int = 512
-    steps: int = 200
-    batch_size: int = 32
-    estimators: dict[str, Any] = dataclasses.field(default_factory=lambda: {"rbp": {"kind": "RBP"}})
-    optimizer: Optimizer = Optimizer()
-    sweep: SweepAxes = SweepAxes()
-    grid: Grid = Grid()
-    chunk: int = 64
-    distributed: bool = False
+    experiment: str = ndc.field("sweep", help="the experiment module (experiments.<experiment>)")
+    n_data: int = ndc.field(512, help="double moon examples (80% train, 20% test)", ge=2)
+    steps: int = ndc.field(200, help="mini-batch steps per point", ge=1)
+    batch_size: int = ndc.field(32, help="examples per mini-batch (at most the training set)", ge=1)
+    estimators: dict[str, Any] = ndc.field(
+        default_factory=lambda: {"rbp": {"kind": "RBP"}},
+        help="name -> {kind: estimator class, **arguments}; each name is part of a checkpoint file name",
+        spec="estimators", names=True, nonempty=True,
+    )
+    optimizer: Optimizer = ndc.field(Optimizer(), help="the optimiser")
+    sweep: SweepAxes = ndc.field(SweepAxes(), help="numeric axes, run together as one jit(vmap)")
+    grid: Grid = ndc.field(Grid(), help="static axes, one compile each")
+    chunk: int = ndc.field(64, help="points per saved chunk", ge=1)
+    distributed: bool = ndc.field(False, help="jax.distributed.initialize() from the cluster's environment (SLURM)")
+
+
+def n_train(cfg: Config) -> int:
+    """The training split's size (the split of `make_problem`)."""
+    X, y = nd.data.double_moon(jr.PRNGKey(0), cfg.n_data, distance=-1.0)
+    (tr, _, _) = nd.data.split(np.asarray(X), np.asarray(y), valid_fraction=0.0)
+    return len(tr[0])
 
 
 def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=()):
@@ -120,24 +133,28 @@ def sweep_points(cfg: Config) -> dict:
 @ndc.entrypoint
 def main(argv=None):
     cfg, args = ndc.cli(Config, argv, description=__doc__)
-    if cfg.distributed:
-        jax.distributed.initialize()  # SLURM: coordinator, process count and index from the environment
-    run = RunDir(args.out, cfg)
-    points = sweep_points(cfg)
-    P = nd.sweeps.n_points(points)
+    if cfg.batch_size > (n := n_train(cfg)):
+        raise ndc.ConfigError(f"'batch_size' = {cfg.batch_size} is larger than the training set ({n} examples): must be <= {n}")
+    estimators = {
+        name: ndc.build_object(spec, f"estimators.{name}.", family="estimators") for name, spec in cfg.estimators.items()
+    }
     estimator_axes = tuple(cfg.sweep.estimator)
-    estimators = {name: ndc.build_object(spec, f"estimators.{name}.") for name, spec in cfg.estimators.items()}
     for name, est in estimators.items():
         try:
             nd.sweeps.with_values(est, {k: 0.0 for k in estimator_axes})
         except ValueError as e:
             raise ndc.ConfigError(f"sweep.estimator with estimators.{name}: {e}") from None
+    if cfg.distributed:
+        jax.distributed.initialize()  # SLURM: coordinator, process count and index from the environment
+    run = RunDir(args.out, cfg)
+    points = sweep_points(cfg)
+    P = nd.sweeps.n_points(points)
     rows = []
     for name, est in estimators.items():
         for hidden in cfg.grid.hidden:
             fn = make_problem(cfg, hidden, est, estimator_axes)
             for start in range(0, P, cfg.chunk):
-                key = f"{name}-hidden{hidden}-points{start}-{min(start + cfg.chunk, P)}"
+                key = f"{ndc.check_name(name, f'estimators.{name}')}-hidden{hidden}-points{start}-{min(start + cfg.chunk, P)}"
                 result_file = run.path / "checkpoints" / f"{key}.json"
                 if run.done(key):
                     chunk_rows = json.loads(result_file.read_text())

@@ -26,58 +26,63 @@ from neurodyn.runs import RunDir
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-    name: str = "digits"  # digits, double_moon, mnist1d, mnist, fashion_mnist
-    n: int = 1000  # double_moon and mnist1d: number of examples
-    preprocessing: str = "none"  # none, center, standardize, pca, zca (fitted on the training split)
-    idx_path: str = ""  # mnist, fashion_mnist: the directory of the IDX files
-    radius: float = 10.0  # double_moon
-    width: float = 6.0
-    distance: float = -1.0
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.2
-
-
-@dataclasses.dataclass(frozen=True)
-class Network:
-    kind: str = "hopfield"
-    n_hidden: int = 64
-    sizes: tuple[int, ...] = ()
-    activation: str = "logistic"
-    gain: float = 0.5
-    init: str = "default"  # default, or transition: input fields' std at `init_scale` (seed 003)
-    init_scale: float = 1.0
+    name: str = ndc.field("digits", help="the data set", choices=lambda: ndc.names("datasets"))
+    n: int = ndc.field(1000, help="double_moon and mnist1d: number of examples", ge=1)
+    preprocessing: str = ndc.field(
+        "none", help="fitted on the training split only", choices=("none", "center", "standardize", "pca", "zca")
+    )
+    idx_path: str = ndc.field("", help="mnist, fashion_mnist: the directory of the IDX files")
+    radius: float = ndc.field(10.0, help="double_moon: radius of the moons", gt=0)
+    width: float = ndc.field(6.0, help="double_moon: width of the moons", gt=0)
+    distance: float = ndc.field(-1.0, help="double_moon: vertical distance between the moons (negative: interleaved)")
+    valid_fraction: float = ndc.field(0.1, help="fraction of the data held out for validation", ge=0, lt=1)
+    test_fraction: float = ndc.field(0.2, help="fraction of the data held out for testing", ge=0, lt=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-    name: str = "adam"
-    learning_rate: float = 3e-3
-    momentum: float = 0.9
+    name: str = ndc.field("adam", help="the optimiser", choices=lambda: ndc.names("optimizers"))
+    learning_rate: float = ndc.field(3e-3, help="the learning rate", gt=0)
+    momentum: float = ndc.field(0.9, help="sgd: heavy-ball momentum (0: plain SGD)", ge=0, lt=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class StoppingConfig:
-    grad_norm: float | None = None
-    rel_loss_change: float | None = None
-    patience: int | None = None
+    grad_norm: float | None = ndc.field(None, help="stop when the gradient norm falls below this", gt=0)
+    rel_loss_change: float | None = ndc.field(None, help="stop when the relative loss change falls below this", gt=0)
+    patience: int | None = ndc.field(None, help="stop after this many epochs without a better validation accuracy", ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    experiment: str = "train"
-    data: Data = Data()
-    network: Network = Network()
-    loss: str = "squared_error"
-    estimators: dict[str, Any] = dataclasses.field(default_factory=lambda: {"bptt": {"kind": "BPTT"}})
-    optimizer: Optimizer = Optimizer()
-    epochs: int = 20
-    batch_size: int = 32
-    l2: float = 0.0
-    seeds: tuple[int, ...] = (0,)
-    stopping: StoppingConfig = StoppingConfig()
-    train_subset: int = 0
-    dt0: float | None = None
-    max_steps: int | None = None
+    experiment: str = ndc.field("train", help="the experiment module (experiments.<experiment>)")
+    data: Data = ndc.field(Data(), help="the data set and its splits")
+    network: dict[str, Any] = ndc.field(
+        default_factory=lambda: {"kind": "hopfield", "n_hidden": 64, "activation": "logistic", "gain": 0.5},
+        help="{kind: network class, **its constructor arguments}; n_in, n_out (from the data) and key are "
+        "passed by the experiment, sizes are the hidden layers",
+        spec="networks",
+    )
+    init: str = ndc.field(
+        "default", help="default, or transition: input fields' std at init_scale (seed 003)",
+        choices=("default", "transition"),
+    )
+    init_scale: float = ndc.field(1.0, help="init: transition: the induced local fields' standard deviation", gt=0)
+    loss: str = ndc.field("squared_error", help="the loss", choices=lambda: ndc.names("losses"))
+    estimators: dict[str, Any] = ndc.field(
+        default_factory=lambda: {"bptt": {"kind": "BPTT"}},
+        help="name -> {kind: estimator class, **arguments}; each name is a sub-run folder",
+        spec="estimators", names=True, nonempty=True,
+    )
+    optimizer: Optimizer = ndc.field(Optimizer(), help="the optimiser")
+    epochs: int = ndc.field(20, help="passes over the training set", ge=1)
+    batch_size: int = ndc.field(32, help="examples per mini-batch (at most the training set)", ge=1)
+    l2: float = ndc.field(0.0, help="weight decay added to the gradient", ge=0)
+    seeds: tuple[int, ...] = ndc.field((0,), help="one run per seed (initialisation, split, batches)", ge=0, nonempty=True)
+    stopping: StoppingConfig = ndc.field(StoppingConfig(), help="early stopping")
+    train_subset: int = ndc.field(0, help="use only the first N training examples (0: all)", ge=0)
+    dt0: float | None = ndc.field(None, help="the solver's step (default: the library's)", gt=0)
+    max_steps: int | None = ndc.field(None, help="the solver's step budget (default: the library's)", ge=1)
 
 
 def load_data(d: Data, seed: int):
@@ -107,21 +112,26 @@ def load_data(d: Data, seed: int):
 
 
 def make_network(cfg: Config, n_in: int, n_out: int, key, X_train):
-    act = ndc.activation(cfg.network.activation)
-    cls = ndc.network_class(cfg.network.kind)
-    if cls is nd.networks.Hopfield:
-        net = cls(n_in, cfg.network.n_hidden, n_out, act, gain=cfg.network.gain, key=key)
-    elif cls is nd.networks.Layered:
-        net = cls((n_in, *cfg.network.sizes, n_out), act, key=key)
-    elif cls is nd.networks.CTRNN:
-        net = cls(cfg.network.n_hidden, n_in, n_out, act, gain=cfg.network.gain, key=key)
-    else:
-        raise ndc.ConfigError(f"network.kind: train builds hopfield, layered and ctrnn, not '{cfg.network.kind}'")
-    if cfg.network.init == "transition":
-        net = nd.training.transition_init(net, X_train, scale=cfg.network.init_scale)
-    elif cfg.network.init != "default":
-        raise ndc.ConfigError(f"network.init must be 'default' or 'transition', got '{cfg.network.init}'")
+    """Any network class of the registry (`ndc.build_network`), then the `init` option."""
+    net = ndc.build_network(cfg.network, n_in=n_in, n_out=n_out, key=key)
+    if cfg.init == "transition":
+        net = nd.training.transition_init(net, X_train, scale=cfg.init_scale)
     return net
+
+
+def check(cfg: Config):
+    """Cross-field checks, before any work: the splits leave training data, and a batch fits
+    in the training set (of the first seed: the split sizes do not depend on the seed)."""
+    d = cfg.data
+    if d.valid_fraction + d.test_fraction >= 1:
+        raise ndc.ConfigError(
+            f"'data.valid_fraction' + 'data.test_fraction' = {d.valid_fraction + d.test_fraction:g} leaves no "
+            "training data: must be < 1"
+        )
+    train, _, _ = load_data(d, cfg.seeds[0])
+    n = len(train[0]) if not cfg.train_subset else min(len(train[0]), cfg.train_subset)
+    if cfg.batch_size > n:
+        raise ndc.ConfigError(f"'batch_size' = {cfg.batch_size} is larger than the training set ({n} examples): must be <= {n}")
 
 
 def make_optimizer(o: Optimizer):
@@ -131,11 +141,13 @@ def make_optimizer(o: Optimizer):
 @ndc.entrypoint
 def main(argv=None):
     cfg, args = ndc.cli(Config, argv, description=__doc__)
-    if cfg.loss not in ("squared_error", "softmax_cross_entropy"):
-        raise ndc.ConfigError(f"loss must be squared_error or softmax_cross_entropy, got '{cfg.loss}'")
+    check(cfg)
+    # Built before the run directory exists: a bad estimator leaves nothing behind.
+    estimators = {
+        name: ndc.build_object(spec, f"estimators.{name}.", family="estimators") for name, spec in cfg.estimators.items()
+    }
     top = RunDir(args.out, cfg)
-    estimators = {name: ndc.build_object(spec, f"estimators.{name}.") for name, spec in cfg.estimators.items()}
-    loss = getattr(nd.losses, cfg.loss)
+    loss = ndc.loss(cfg.loss)
     options = {k: v for k, v in dict(dt0=cfg.dt0, max_steps=cfg.max_steps).items() if v is not None}
     optimizer = make_optimizer(cfg.optimizer)  # one object: fits of equal shapes share a compilation
     rows, curves = [], []
@@ -148,7 +160,7 @@ def main(argv=None):
         for name, est in estimators.items():
             net = make_network(cfg, train[0].shape[1], k, jr.PRNGKey(seed), train[0])
             # Each (estimator, seed) is its own resumable run: a finished one is not retrained.
-            sub = RunDir(top.path / f"{name}-seed{seed}", cfg)
+            sub = RunDir(top.path / f"{ndc.check_name(name, f'estimators.{name}')}-seed{seed}", cfg)
             net, history = nd.training.fit(
                 net, (train[0], targets), objective=nd.SteadyState(loss), estimator=est,
                 optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,

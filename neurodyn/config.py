@@ -252,11 +252,12 @@ def _check(meta, value, where):
             check_name(value, where)
     family = meta.get("spec")
     if family is not None:
+        check = check_network if family == "networks" else functools.partial(plan, family=family)
         if meta.get("names"):
             for k, v in value.items():
-                plan(v, family, f"{where}.{k}.")
+                check(v, where=f"{where}.{k}.")
         else:
-            plan(value, family, f"{where}.")
+            check(value, where=f"{where}.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -666,7 +667,10 @@ def cli(schema, argv=None, *, description: str | None = None, default_config: st
         argv = sys.argv[1:]
     if prog is None:
         module = schema.__module__
-        prog = f"python -m {module}" if module != "__main__" else pathlib.Path(sys.argv[0]).name
+        if module == "__main__":
+            spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+            module = spec.name if spec is not None else pathlib.Path(sys.argv[0]).name
+        prog = f"python -m {module}"
     try:
         known, rest = _split_cli(argv)
     except ConfigError as e:
@@ -820,7 +824,7 @@ def resolve(kind, family: str | tuple[str, ...], where: str = "kind") -> type:
     fams = _families()
     what = " or ".join(fams[f].what for f in families) if len(families) < len(fams) else "component"
     if not isinstance(kind, str) or not kind.strip():
-        raise ConfigError(f"'{where}' must name a {what} class, got {kind!r}")
+        raise ConfigError(f"'{where}' must name {_a(what)} class, got {kind!r}")
     if ":" in kind:
         obj = _import_class(kind, what, where)
         attr = kind.split(":")[1]
@@ -833,7 +837,8 @@ def resolve(kind, family: str | tuple[str, ...], where: str = "kind") -> type:
             if head not in prefixes or "." in tail:
                 raise ConfigError(
                     f"unknown kind '{kind}' at '{where}': name a built-in {what} by its short name "
-                    "(e.g. RBP, hopfield, Neumann) or a class by import path 'package.module:Class'"
+                    f"({', '.join(sum((list(names(f))[:4] for f in families), [])[:8])}, ...) "
+                    "or a class by import path 'package.module:Class'"
                 )
             name, search = tail, (prefixes[head],)
         table = {}
@@ -851,12 +856,17 @@ def resolve(kind, family: str | tuple[str, ...], where: str = "kind") -> type:
         attr, obj = table[_norm(name)]
     bases = tuple(fams[f].base() for f in families)
     if attr.startswith("_") or not isinstance(obj, type) or not issubclass(obj, bases):
-        got = "a module" if isinstance(obj, types.ModuleType) else "a class" if isinstance(obj, type) else type(obj).__name__
+        got = "a module" if isinstance(obj, types.ModuleType) else "another class" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        got = "a private name" if attr.startswith("_") else got
         raise ConfigError(
-            f"kind '{kind}' at '{where}' is {got}, not a {what} class (a subclass of "
+            f"kind '{kind}' at '{where}' is {got}, not {_a(what)} class (a subclass of "
             f"{' or '.join(b.__name__ for b in bases)})"
         )
     return obj
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
 def _import_class(kind: str, what: str, where: str):
@@ -867,7 +877,7 @@ def _import_class(kind: str, what: str, where: str):
     if any(p.startswith("_") for p in parts):
         raise ConfigError(f"kind '{kind}' at '{where}' names a private name (leading underscore)")
     if module_name.split(".")[0] in getattr(sys, "stdlib_module_names", ()):
-        raise ConfigError(f"kind '{kind}' at '{where}' names a standard-library module, not a {what} class")
+        raise ConfigError(f"kind '{kind}' at '{where}' names a standard-library module, not {_a(what)} class")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 (the user's module: any failure is one line)
@@ -973,13 +983,7 @@ def build_network(spec: Mapping, *, n_in: int, n_out: int, key, where: str = "ne
     spec = dict(spec)
     cls = resolve(spec.get("kind"), "networks", f"{where}kind")
     params = _signature_params(cls) or {}
-    for k, v in spec.items():
-        if k == "kind":
-            continue
-        for i, x in enumerate(v if isinstance(v, (list, tuple)) else [v]):
-            if isinstance(x, int) and not isinstance(x, bool) and x < 1:
-                at = f"{where}{k}[{i}]" if isinstance(v, (list, tuple)) else f"{where}{k}"
-                raise ConfigError(f"'{at}' = {x} is out of range: must be >= 1 (a size)")
+    _check_sizes(spec, where)
     if "n_in" in params and "n_out" in params:
         extra = dict(n_in=n_in, n_out=n_out, key=key)
     elif "sizes" in params:
@@ -992,12 +996,23 @@ def build_network(spec: Mapping, *, n_in: int, n_out: int, key, where: str = "ne
     return plan(spec, "networks", where, injected=tuple(extra)).construct(**extra)
 
 
+def _check_sizes(spec: Mapping, where: str):
+    for k, v in spec.items():
+        if k == "kind":
+            continue
+        for i, x in enumerate(v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, int) and not isinstance(x, bool) and x < 1:
+                at = f"{where}{k}[{i}]" if isinstance(v, (list, tuple)) else f"{where}{k}"
+                raise ConfigError(f"'{at}' = {x} is out of range: must be >= 1 (a size)")
+
+
 def check_network(spec: Mapping, where: str = "network.") -> None:
     """`build_network`'s checks without building (at load time, before the run starts)."""
     spec = dict(spec) if isinstance(spec, Mapping) else spec
     if not isinstance(spec, Mapping):
         raise ConfigError(f"'{where.rstrip('.')}': expected a mapping {{kind: ..., ...}}, got {spec!r}")
     cls = resolve(spec.get("kind"), "networks", f"{where}kind")
+    _check_sizes(spec, where)
     params = _signature_params(cls) or {}
     injected = ("n_in", "n_out", "key") if "n_in" in params else ("key",)
     if "sizes" in params and "n_in" not in params:
