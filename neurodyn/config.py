@@ -408,7 +408,7 @@ def _set_path(data: dict, schema, path: str, value, flag: str, all_paths):
     parts = path.split(".")
     if not path or any(not p for p in parts):
         raise unknown()
-    node, tp = data, schema
+    node, tp, creating = data, schema, False
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if _is_dataclass_type(tp):
@@ -427,8 +427,10 @@ def _set_path(data: dict, schema, path: str, value, flag: str, all_paths):
                 raise unknown()
         elif isinstance(node, Mapping):
             key = part if part in node else None
-            if key is None and isinstance(node, Mapping) and "kind" in node:
-                key = part  # a new constructor argument of a spec: checked against the signature later
+            if key is None and ("kind" in node or creating):
+                # A new constructor argument of a spec (or inside one just created): checked
+                # against the constructor's signature when the config is built.
+                key, creating = part, True
                 if not last:
                     node[key] = {}
             if key is None:

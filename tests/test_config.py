@@ -1,4 +1,5 @@
 import dataclasses
+import pathlib
 import subprocess
 import sys
 
@@ -140,3 +141,130 @@ def test_unknown_override_names_the_closest_field(tmp_path):
     with pytest.raises(ndc.ConfigError, match=r"unknown override '--estimator.betta'; did you mean '--estimator.beta'"):
         ndc.load(f, Schema, overrides=["--estimator.betta", "0.1"])
     assert ndc.load(f, Schema, overrides=["--estimator.beta=0.3", "--sizes", "7", "8"]) == Schema(1, (7, 8), Inner(0.3))
+
+
+@pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("1E5", 1e5), (".5", 0.5), ("-2.5e+3", -2500.0), ("3", 3), ("1_000", 1000)])
+def test_yaml_reads_yaml12_floats(text, value):
+    got = ndc.parse_yaml(f"x: {text}\n")["x"]
+    assert got == value and type(got) is type(value)
+
+
+def test_learning_rate_1e_minus_3_is_a_number(tmp_path):
+    from experiments import train
+
+    f = tmp_path / "c.yaml"
+    f.write_text("optimizer: {learning_rate: 1e-3}\n")
+    assert ndc.load(f, train.Config).optimizer.learning_rate == 1e-3
+    assert ndc.load(f, train.Config, overrides=["--optimizer.learning_rate", "2E-4"]).optimizer.learning_rate == 2e-4
+
+
+@pytest.mark.parametrize("config", sorted(pathlib.Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_shipped_config_loads(config, quick):
+    import importlib
+
+    module = importlib.import_module(f"experiments.{ndc.read_yaml(config)['experiment']}")
+    cfg = ndc.load(config, module.Config, quick=quick)
+    assert cfg.experiment == module.Config().experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class WithSpecs:
+    estimator: dict = ndc.field(default_factory=lambda: {"kind": "RBP"}, help="an estimator", spec="estimators")
+    estimators: dict = ndc.field(default_factory=dict, help="named estimators", spec="estimators", names=True)
+    sizes: tuple[int, ...] = ndc.field((1, 2), help="sizes", ge=1)
+    inner: Inner = ndc.field(Inner(), help="a section")
+    flag: bool = ndc.field(False, help="a flag")
+
+
+def test_overrides_reach_maps_lists_and_new_spec_arguments(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("estimators: {ep: {kind: EP, beta: 0.1}, rbp: {kind: RBP}}\nsizes: [3, 4]\n")
+    cfg = ndc.load(
+        f, WithSpecs,
+        overrides=["--estimators.ep.beta", "0.02", "--estimator.adjoint.kind", "Neumann", "--estimator.adjoint.K", "7",
+                   "--sizes.1", "9", "--inner.beta", "0.05", "--estimators.rbp.adjoint", "{kind: Krylov}", "--flag"],
+    )
+    assert cfg.estimators["ep"]["beta"] == 0.02 and cfg.sizes == (3, 9) and cfg.inner.beta == 0.05 and cfg.flag
+    assert cfg.estimator == {"kind": "RBP", "adjoint": {"kind": "Neumann", "K": 7}}
+    est = ndc.build_object(cfg.estimator, "estimator.", family="estimators")
+    assert isinstance(est, nd.RBP) and isinstance(est.adjoint, nd.adjoint.Neumann) and est.adjoint.K == 7
+    with pytest.raises(ndc.ConfigError, match=r"unknown override '--sizes.5'"):
+        ndc.load(f, WithSpecs, overrides=["--sizes.5", "1"])
+    with pytest.raises(ndc.ConfigError, match=r"'estimator.adjoint.kind' .*unknown kind 'Neuman'|unknown kind 'Neuman'.*did you mean 'Neumann'"):
+        ndc.load(f, WithSpecs, overrides=["--estimator.adjoint.kind", "Neuman"])
+    with pytest.raises(ndc.ConfigError, match=r"'sizes\[0\]' = 0 is out of range: must be >= 1"):
+        ndc.load(f, WithSpecs, overrides=["--sizes", "[0, 1]"])
+
+
+def test_help_shows_the_loaded_config_once(tmp_path, capsys):
+    from experiments import train
+
+    with pytest.raises(SystemExit) as e:
+        train.main(["--config", "configs/double_moon.yaml", "--quick", "--help", "--epochs", "5"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.count("usage:") == 1
+    assert "values from configs/double_moon.yaml" in out
+    assert "--data.n = 400" in out and "--epochs = 5" in out and "--init = transition" in out
+    assert "passes over the training set [>= 1]" in out  # every field has a one-line description
+    for f in dataclasses.fields(train.Config):
+        assert f.metadata.get("help"), f.name
+
+
+@pytest.mark.parametrize(
+    "kind,cls",
+    [("RBP", "RBP"), ("rbp", "RBP"), ("EP", "EP"), ("neurodyn:BPTT", "BPTT")],
+)
+def test_estimator_kinds(kind, cls):
+    assert ndc.resolve(kind, "estimators") is getattr(nd, cls)
+
+
+@pytest.mark.parametrize(
+    "kind,family,cls",
+    [("hopfield", "networks", "networks.Hopfield"), ("Neumann", "adjoints", "adjoint.Neumann"),
+     ("AdjointODE", "adjoints", "adjoint.AdjointODE"), ("adjoint.Neumann", "adjoints", "adjoint.Neumann"),
+     ("SnAp1", "sensitivities", "rtrl.SnAp1"), ("rtrl.SnAp1", "sensitivities", "rtrl.SnAp1"),
+     ("snap_1", "sensitivities", "rtrl.SnAp1"), ("anderson", "relaxations", "relaxation.Anderson"),
+     ("leaky_relu", "activations", "activations.LeakyReLU"), ("neurodyn.networks:Layered", "networks", "networks.Layered")],
+)
+def test_kinds_of_every_family(kind, family, cls):
+    mod, name = cls.split(".")
+    assert ndc.resolve(kind, family) is getattr(getattr(nd, mod), name)
+
+
+def test_nested_specs_resolve_in_the_family_of_their_parameter():
+    est = ndc.build_object({"kind": "RBP", "adjoint": {"kind": "Neumann", "K": 10}})
+    assert isinstance(est.adjoint, nd.adjoint.Neumann) and est.adjoint.K == 10
+    assert isinstance(ndc.build_object({"kind": "RTRL", "sensitivity": {"kind": "SnAp1"}}).sensitivity, nd.rtrl.SnAp1)
+    with pytest.raises(ndc.ConfigError, match=r"unknown kind 'Anderson' at 'adjoint.kind'"):
+        ndc.build_object({"kind": "RBP", "adjoint": {"kind": "Anderson"}})
+
+
+def test_register_a_users_class():
+    class MyRBP(nd.RBP):
+        pass
+
+    ndc.register("estimators", "my_rbp", MyRBP)
+    try:
+        assert isinstance(ndc.build_object({"kind": "my_rbp"}, family="estimators"), MyRBP)
+        with pytest.raises(TypeError, match="not a subclass of AbstractEstimator"):
+            ndc.register("estimators", "bad", dict)
+    finally:
+        ndc._REGISTERED["estimators"].pop("my_rbp")
+
+
+NETWORK_ARGS = {
+    "CTRNN": {"n": 4}, "Elman": {"n": 4}, "Hopfield": {"n_hidden": 4}, "Layered": {"sizes": [4]},
+    "LayeredHopfield": {"sizes": [4]}, "NARX": {}, "RecurrentMLP": {"sizes": [4]}, "SecondOrder": {"n": 4},
+}
+
+
+def test_every_network_of_the_registry_builds_from_a_config():
+    import jax.random as jr
+
+    assert set(ndc.names("networks")) == set(NETWORK_ARGS)  # a new network: add it here
+    for kind, args in NETWORK_ARGS.items():
+        spec = {"kind": kind.lower(), "activation": "tanh", **args}
+        ndc.check_network(spec)
+        net = ndc.build_network(spec, n_in=3, n_out=2, key=jr.PRNGKey(0))
+        assert type(net).__name__ == kind and (net.n_in, net.n_out) == (3, 2)
