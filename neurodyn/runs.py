@@ -45,7 +45,8 @@ Guarantees (only process 0, `jax.process_index() == 0`, writes or locks):
   config resumes; a different one raises `StaleRunError` naming the keys that differ; a
   directory with results but no (or a damaged) `config.yaml` is refused too. A directory
   that holds no results yet (a start that failed, e.g. on a typo) is not blocked: a
-  different config replaces its `config.yaml` (unless this very process wrote it).
+  different config replaces its `config.yaml` (unless this very process wrote it and still
+  has the directory open).
   `nd.training.fit` additionally records a fingerprint of its settings in each checkpoint.
 
 All errors here are `RunDirError`s, a subclass of `nd.config.ConfigError`: an experiment
@@ -164,7 +165,7 @@ def provenance() -> dict:
 
 _LOCKS: dict[str, list] = {}  # realpath -> [fd, open RunDirs, pid]
 _LOCKS_GUARD = threading.Lock()
-_CONFIGS_WRITTEN: set[str] = set()  # directories whose config.yaml this process wrote
+_CONFIGS_WRITTEN: set[str] = set()  # directories whose config.yaml this process wrote and still holds
 
 
 def _lock_holder(path: pathlib.Path) -> str:
@@ -209,6 +210,7 @@ def _release(key: str) -> None:
         entry[1] -= 1
         if entry[1] == 0:
             del _LOCKS[key]
+            _CONFIGS_WRITTEN.discard(key)
             os.close(entry[0])  # releases the flock; the file stays (unlinking it would race)
 
 
@@ -295,8 +297,9 @@ class RunDir:
           config is then unknown: `StaleRunError`);
         - the same config: resume (the file, with the first start's provenance, is kept);
         - a different config (or a damaged file): `StaleRunError` naming the keys that differ,
-          unless the directory holds no results yet and another process wrote it (a start
-          that failed before doing any work): then it is replaced, with a note on stderr.
+          unless the directory holds no results yet and another process (or this one, since
+          closed) wrote it: a start that failed before doing any work. Then it is replaced,
+          with a note on stderr.
         """
         cfg = _plain(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
         digest = _json_digest(cfg)

@@ -345,6 +345,11 @@ def fit(
         if restored is not None:
             params, opt_state = restored
             history, start = meta["history"], meta["step"]
+            if meta.get("finished") and history[-1].get("stopped") == "epochs" and start < epochs:
+                # More epochs than the run was given: it continues, as if it had been given them
+                # from the start (its last row was not the end).
+                history[-1] = {k: v for k, v in history[-1].items() if k != "stopped"}
+                meta["finished"] = False
             run.replace_rows(history)  # rows a killed run logged after its last checkpoint go
             if meta.get("finished"):
                 if talk:

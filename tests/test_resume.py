@@ -1,6 +1,9 @@
-"""Nothing is lost: kill a run for real (SIGKILL) and re-run the same command."""
+"""Nothing is lost: kill a run for real (SIGKILL) and re-run the same command; damage its
+files (truncate, zero, flip bytes) and re-run: it resumes from an intact checkpoint to the
+same result, or stops with one line naming the file."""
 
 import csv
+import functools
 import json
 import os
 import pathlib
@@ -9,7 +12,15 @@ import subprocess
 import sys
 import time
 
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import optax
 import pytest
+
+import neurodyn as nd
+from neurodyn.preprocessing import Preprocessor
+from neurodyn.runs import DamagedFileError, RunDir
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -96,3 +107,75 @@ def test_killed_sweep_resumes_and_keeps_finished_points(tmp_path):
     assert len(a) == len(b) == 4
     for ra, rb in zip(a, b):
         assert ra == rb
+
+
+# ---------------------------------------------------------------------------------------
+# Fault injection on fit's checkpoints (fast: a 2-4-2 network on 32 points, one compilation).
+# ---------------------------------------------------------------------------------------
+
+_OPT = optax.sgd(0.05, momentum=0.9)  # one object: every fit below shares one compiled epoch
+
+
+def _fit(epochs, run=None):
+    X, y = nd.data.double_moon(jr.PRNGKey(0), 32, distance=-1.0)
+    X = jnp.asarray(Preprocessor.fit(X, "standardize")(X), jnp.float64)
+    net = nd.networks.Layered((2, 4, 2), nd.activations.relu, key=jr.PRNGKey(9))
+    return nd.training.fit(
+        net, (X, y), objective=nd.SteadyState(nd.losses.softmax_cross_entropy), estimator=nd.BPTT(), optimizer=_OPT,
+        epochs=epochs, batch_size=8, key=jr.PRNGKey(4), run=run, progress=False,
+    )
+
+
+@functools.cache
+def _reference():
+    return _fit(4)
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    mid = len(data) // 2
+    if how == "truncate":
+        data = data[:mid]
+    elif how == "zero":
+        data = bytes(len(data))
+    else:  # 64 flipped bytes
+        data = data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 64]) + data[mid + 64 :]
+    path.write_bytes(data)
+
+
+def _params(net):
+    return eqx.filter(net, eqx.is_inexact_array)
+
+
+@pytest.mark.parametrize("target", ["weights", "metadata"])
+@pytest.mark.parametrize("how", ["truncate", "zero", "flip"])
+def test_a_damaged_latest_checkpoint_resumes_from_an_intact_one(tmp_path, how, target, capsys):
+    ref, ref_history = _reference()
+    _fit(3, RunDir(tmp_path))
+    ckpt = tmp_path / "checkpoints"
+    if target == "weights":
+        damaged = [ckpt / "last-3.eqx"]
+    else:  # both copies of the newest metadata
+        damaged = [ckpt / "last.json", ckpt / "last-3.json"]
+    for p in damaged:
+        _damage(p, how)
+    capsys.readouterr()
+    out, history = _fit(4, RunDir(tmp_path))  # one more epoch than the damaged run had
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(p.name in err[0] for p in damaged) and "resuming from" in err[0]
+    assert "last-2.json (step 2)" in err[0]
+    assert eqx.tree_equal(_params(out), _params(ref), rtol=0, atol=0)  # bit for bit
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in ref_history]
+    assert [r["epoch"] for r in RunDir(tmp_path).rows()] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("how", ["truncate", "zero", "flip"])
+def test_no_intact_checkpoint_left_stops_with_one_line_naming_the_file(tmp_path, how):
+    _fit(2, RunDir(tmp_path, keep=1))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last-2.eqx", "last-2.json", "last.json"]
+    _damage(tmp_path / "checkpoints" / "last-2.eqx", how)
+    with pytest.raises(DamagedFileError) as e:
+        _fit(2, RunDir(tmp_path, keep=1))
+    message = str(e.value)
+    assert "\n" not in message and "last-2.eqx is damaged" in message
+    assert f"delete {tmp_path} or choose another --out" in message

@@ -167,3 +167,73 @@ def test_preprocessing_fitted_on_training_data_only(method):
     assert np.all(np.asarray(pre(jnp.asarray(test))).mean(0) != pytest.approx(0.0, abs=0.1))
     with pytest.raises(ValueError, match="unknown preprocessing 'whiten'"):
         Preprocessor.fit(train, "whiten")
+
+
+# One optimiser object: fits with equal settings share one compilation of the epoch.
+_SGD = optax.sgd(1e-2)
+
+
+def _tiny(n=32):
+    X, y = _moons(n)
+    return X, y, nd.networks.Layered((2, 4, 2), nd.activations.relu, key=jr.PRNGKey(9))
+
+
+def test_changed_settings_are_refused_not_answered_with_the_old_numbers(tmp_path):
+    X, y, net = _tiny()
+    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=_SGD, epochs=2, batch_size=8, key=jr.PRNGKey(1),
+              progress=False)
+    _, history = nd.training.fit(net, (X, y), run=RunDir(tmp_path), **kw)
+    changes = dict(
+        estimator=dict(estimator=nd.RBP()), batch_size=dict(batch_size=16), optimizer=dict(optimizer=optax.sgd(1e-1)),
+        l2=dict(l2=1e-3), key=dict(key=jr.PRNGKey(2)), options=dict(dt0=0.05),
+    )
+    for what, change in changes.items():
+        with pytest.raises(nd.runs.StaleRunError, match=rf"differs in settings\.{what}\b.*choose another --out"):
+            nd.training.fit(net, (X, y), run=RunDir(tmp_path), **dict(kw, **change))
+    with pytest.raises(nd.runs.StaleRunError, match=r"differs in settings\.initial_params"):
+        nd.training.fit(_net(), (X, y), run=RunDir(tmp_path), **kw)
+    with pytest.raises(nd.runs.StaleRunError, match=r"differs in settings\.train"):
+        nd.training.fit(net, (X[:24], y[:24]), run=RunDir(tmp_path), **kw)
+    # More epochs continue the run; the same settings return it.
+    _, longer = nd.training.fit(net, (X, y), run=RunDir(tmp_path), **dict(kw, epochs=3))
+    assert longer[0] == history[0] and longer[1] == {k: v for k, v in history[1].items() if k != "stopped"}
+    assert len(longer) == 3 and longer[2]["stopped"] == "epochs" and RunDir(tmp_path).rows() == longer
+    assert nd.training.fit_settings(net, (X, y), objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(1e-2),
+                                    batch_size=8)["optimizer"].endswith("-0.01, -0.01")
+
+
+def test_non_finite_loss_raises_one_line_and_is_never_checkpointed(tmp_path):
+    X, y, net = _tiny()
+    kw = dict(objective=OBJ, estimator=nd.BPTT(), epochs=3, batch_size=8, key=jr.PRNGKey(1), progress=False)
+    with pytest.raises(nd.training.NonFiniteError, match=r"^epoch 1/3: .*non-finite.*lower the learning rate, or dt0") as e:
+        nd.training.fit(net, (X.at[3, 0].set(jnp.nan), y), optimizer=_SGD, run=RunDir(tmp_path / "a"), **kw)
+    assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
+    assert RunDir(tmp_path / "a").checkpoint(_params(net)) == (None, None) and RunDir(tmp_path / "a").rows() == []
+    # Diverging in epoch 2 (4 steps per epoch): "stop" keeps epoch 1's parameters and says why.
+    opt = optax.sgd(lambda count: jnp.where(count >= 4, jnp.nan, 1e-2))
+    ref, ref_history = nd.training.fit(net, (X, y), optimizer=_SGD, **dict(kw, epochs=1))
+    with pytest.raises(nd.training.NonFiniteError, match=r"epoch 2/3: .*last finite checkpoint \(epoch 1\)"):
+        nd.training.fit(net, (X, y), optimizer=opt, run=RunDir(tmp_path / "b"), **kw)
+    _, meta = RunDir(tmp_path / "b").checkpoint((_params(net), opt.init(_params(net))))
+    assert meta["step"] == 1
+    out, history = nd.training.fit(net, (X, y), optimizer=opt, on_nonfinite="stop", run=RunDir(tmp_path / "c"), **kw)
+    assert [r.get("stopped") for r in history] == [None, "nonfinite"]
+    assert [history[0][k] for k in ("train_loss", "grad_norm")] == [ref_history[0][k] for k in ("train_loss", "grad_norm")]
+    assert eqx.tree_equal(_params(out), _params(ref), rtol=0, atol=0)
+    again, history2 = nd.training.fit(net, (X, y), optimizer=opt, on_nonfinite="stop", run=RunDir(tmp_path / "c"), **kw)
+    assert eqx.tree_equal(_params(again), _params(ref), rtol=0, atol=0) and len(history2) == 2  # finished: not retrained
+
+
+def test_progress_is_one_line_per_epoch_on_stderr(tmp_path, capsys):
+    X, y, net = _tiny()
+    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=_SGD, epochs=2, batch_size=8, key=jr.PRNGKey(1),
+              valid=(X, y), log_extra=dict(estimator="bptt", seed=0))
+    nd.training.fit(net, (X, y), run=RunDir(tmp_path), **kw)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and str(tmp_path) in err[0] and str(tmp_path) in err[-1]
+    assert err[1].startswith("[bptt/0] epoch 1/2  loss ") and "valid acc" in err[1] and "converged 100%" in err[1]
+    assert "steps/s" in err[1] and "s/epoch" in err[1] and "ETA" in err[1] and "stopped: epochs" in err[2]
+    nd.training.fit(net, (X, y), run=RunDir(tmp_path), **kw)  # finished: says so
+    assert "finished already" in capsys.readouterr().err
+    nd.training.fit(net, (X, y), progress=False, **kw)
+    assert capsys.readouterr().err == ""
