@@ -1,4 +1,5 @@
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -27,3 +28,38 @@ def test_figures_render_and_save(tmp_path):
     files += ndp.save(ndp.training_curves(curves), tmp_path / "train")
     for f in files:
         assert os.path.getsize(f) > 1000
+
+
+def test_importing_plotting_leaves_the_backend_alone():
+    import importlib
+
+    import matplotlib
+
+    old = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        importlib.reload(ndp)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(old)
+
+
+def test_save_is_atomic_and_readable_by_others(tmp_path):
+    fig = ndp.alignment(["a", "b"], np.array([[1.0, 0.5], [0.5, 1.0]]))
+    old = os.umask(0o022)
+    try:
+        files = ndp.save(fig, tmp_path / "align")
+    finally:
+        os.umask(old)
+    assert all(os.stat(f).st_mode & 0o777 == 0o644 for f in files)
+    before = {f: pathlib.Path(f).read_bytes() for f in files}
+
+    def killed(f, **kwargs):
+        f.write(b"%PNG half a figure")
+        raise KeyboardInterrupt  # killed mid-write
+
+    fig.savefig = killed
+    with pytest.raises(KeyboardInterrupt):
+        ndp.save(fig, tmp_path / "align")
+    assert {f: pathlib.Path(f).read_bytes() for f in files} == before  # the old figures, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["align.pdf", "align.png"]  # no temporary file left
