@@ -118,7 +118,7 @@ def main(argv=None):
 
             # Each (estimator, seed) is a resumable sub-run, checkpointed every log_every steps;
             # the data of step i derives from fold_in(key, i), so a resumed run sees the same batches.
-            sub = RunDir(run.path / f"{ndc.check_name(name, f'estimators.{name}')}-seed{seed}", cfg)
+            sub = RunDir(run.path / f"{ndc.check_name(name, 'estimators', key=True)}-seed{seed}", cfg)
             restored, meta = sub.checkpoint((params, opt_state))
             history, start = [], 0
             if restored is not None:

@@ -154,7 +154,7 @@ def main(argv=None):
         for hidden in cfg.grid.hidden:
             fn = make_problem(cfg, hidden, est, estimator_axes)
             for start in range(0, P, cfg.chunk):
-                key = f"{ndc.check_name(name, f'estimators.{name}')}-hidden{hidden}-points{start}-{min(start + cfg.chunk, P)}"
+                key = f"{ndc.check_name(name, 'estimators', key=True)}-hidden{hidden}-points{start}-{min(start + cfg.chunk, P)}"
                 result_file = run.path / "checkpoints" / f"{key}.json"
                 if run.done(key):
                     chunk_rows = json.loads(result_file.read_text())

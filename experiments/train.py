@@ -160,7 +160,7 @@ def main(argv=None):
         for name, est in estimators.items():
             net = make_network(cfg, train[0].shape[1], k, jr.PRNGKey(seed), train[0])
             # Each (estimator, seed) is its own resumable run: a finished one is not retrained.
-            sub = RunDir(top.path / f"{ndc.check_name(name, f'estimators.{name}')}-seed{seed}", cfg)
+            sub = RunDir(top.path / f"{ndc.check_name(name, 'estimators', key=True)}-seed{seed}", cfg)
             net, history = nd.training.fit(
                 net, (train[0], targets), objective=nd.SteadyState(loss), estimator=est,
                 optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,

@@ -126,6 +126,8 @@ def parse_yaml(text: str, source: str = "config"):
         return yaml.load(text, Loader=Loader)  # noqa: S506 (Loader is a SafeLoader)
     except _AliasRefused:
         raise ConfigError(f"{source} {ALIAS_MESSAGE}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML ({' '.join(str(e).split())})") from None
 
@@ -198,14 +200,16 @@ def _fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
 
 
-def check_name(name, where: str) -> str:
-    """A string that becomes a file or folder name: refuses separators, `.`/`..`, absolute
-    paths, empty names and characters outside `A-Z a-z 0-9 _ . + -`."""
+def check_name(name, where: str, *, key: bool = False) -> str:
+    """A string that becomes a file or folder name (a key of the mapping `where` when `key`):
+    refuses separators, `.`/`..`, absolute paths, empty names and characters outside
+    `A-Z a-z 0-9 _ . + -`, so that a config never writes outside the run directory."""
+    label = f"'{where}' key {name!r}" if key else f"'{where}' = {name!r}"
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"'{where}': {name!r} cannot be a folder name (it must be a non-empty string)")
+        raise ConfigError(f"{label} cannot be a folder name (it must be a non-empty string)")
     if name in (".", "..") or not _SAFE_NAME.match(name) or len(name) > 100:
         raise ConfigError(
-            f"'{where}': {name!r} cannot be a folder name: use 1-100 of the characters A-Z a-z 0-9 _ . + - "
+            f"{label} cannot be a folder name: use 1-100 of the characters A-Z a-z 0-9 _ . + - "
             "(no '/', '\\', '.' or '..')"
         )
     return name
@@ -244,7 +248,7 @@ def _check(meta, value, where):
     if meta.get("names"):
         if isinstance(value, Mapping):
             for k in value:
-                check_name(k, f"{where}.{k}" if isinstance(k, str) and k else where)
+                check_name(k, where, key=True)
         elif isinstance(value, (tuple, list)):
             for i, v in enumerate(value):
                 check_name(v, f"{where}[{i}]")

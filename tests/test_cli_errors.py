@@ -268,3 +268,8 @@ def test_a_users_network_class_trains_by_import_path(tmp_path):
     assert summary[0].startswith("estimator,") and len(summary) == 3
     assert {line.split(",")[0] for line in summary[1:]} == {"bptt", "rbp"}
     assert (tmp_path / "run" / "bptt-seed0").is_dir() and (tmp_path / "run" / "rbp-seed0").is_dir()
+
+
+def test_deeply_nested_yaml_is_one_line(capsys, tmp_path):
+    code, err = _run_main(train.main, capsys, tmp_path, "x: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not valid YAML" in err
