@@ -382,23 +382,21 @@ def _field_default(f: dataclasses.Field):
 
 
 def _paths(schema, data, prefix="") -> list[str]:
-    """Every path an override may name: the schema's fields and the data's entries."""
-    out = []
-    fields = {f.name: f for f in dataclasses.fields(schema)} if _is_dataclass_type(schema) else {}
-    types_ = _field_types(schema) if fields else {}
-    keys = list(fields) + [k for k in (data or {}) if k not in fields] if isinstance(data, Mapping) or fields else []
+    """Every path an override may name (for "did you mean"): the schema's fields, and the
+    loaded data's entries inside maps and lists."""
     if isinstance(data, (list, tuple)):
-        for i, v in enumerate(data):
-            out.append(f"{prefix}{i}")
-            out += _paths(None, v, f"{prefix}{i}.")
-        return out
-    for k in keys:
+        items = list(enumerate(data))
+    elif isinstance(data, Mapping):
+        items = list(data.items())
+    else:
+        items = []
+    types_ = _field_types(schema) if _is_dataclass_type(schema) else {}
+    items += [(k, None) for k in types_ if not (isinstance(data, Mapping) and k in data)]
+    out = []
+    for k, sub in items:
         out.append(f"{prefix}{k}")
-        sub = data.get(k) if isinstance(data, Mapping) else None
         tp = types_.get(k)
-        if sub is None and _is_dataclass_type(tp):
-            sub = {}
-        if isinstance(sub, (Mapping, list, tuple)) or _is_dataclass_type(tp):
+        if _is_dataclass_type(tp) or isinstance(sub, (Mapping, list, tuple)):
             out += _paths(tp if _is_dataclass_type(tp) else None, sub, f"{prefix}{k}.")
     return out
 
@@ -467,9 +465,9 @@ def _is_bool_field(schema, path):
     return tp is bool
 
 
-def split_overrides(tokens) -> list[tuple[str, str, Any]]:
-    """`["--a.b", "1", "--c=x", "--l", "1", "2"]` -> `[(flag, path, value)]`, values parsed
-    as YAML scalars (several values: a list; none: `None`, which a boolean field reads as true)."""
+def split_overrides(tokens) -> list[tuple[str, int, Any]]:
+    """`["--a.b", "1", "--c=x", "--l", "1", "2"]` -> `[(flag, number of values, value)]`,
+    values parsed as YAML scalars (several values: a list; none: `None`)."""
     out, i, tokens = [], 0, list(tokens)
     while i < len(tokens):
         tok = tokens[i]
@@ -486,7 +484,7 @@ def split_overrides(tokens) -> list[tuple[str, str, Any]]:
                 i += 1
         parsed = [_parse_value(v) for v in values]
         value = None if not parsed else parsed[0] if len(parsed) == 1 else parsed
-        out.append((flag, flag[2:], (flag, len(parsed), value)))
+        out.append((flag, len(parsed), value))
     return out
 
 
@@ -495,10 +493,10 @@ def apply_overrides(data: dict, schema, overrides) -> dict:
     See the module docstring for the rules; an unknown path names the closest valid one."""
     data = _plain(data)
     all_paths = functools.lru_cache(maxsize=1)(lambda: _paths(schema, data))
-    for flag, path, (_, n, value) in split_overrides(overrides):
-        path = path.replace("-", "_") if _is_dataclass_type(schema) and "." not in path else path
+    for flag, n, value in split_overrides(overrides):
+        path = flag[2:]
         if n == 0:
-            if path.startswith("no_") and _is_bool_field(schema, path[3:]):
+            if path[:3] in ("no_", "no-") and _is_bool_field(schema, path[3:]):
                 path, value = path[3:], False
             elif _is_bool_field(schema, path):
                 value = True
