@@ -372,7 +372,8 @@ def fit(
                                      ("the parameters", bool(_all_finite(new_params)))) if not ok]
         if bad:
             kept = f"; the last finite checkpoint (epoch {epoch}) is kept in {run.path}" if run is not None and epoch else ""
-            message = (f"epoch {epoch + 1}/{epochs}: {' and '.join(bad)} became non-finite (loss {row['train_loss']:.6g}, "
+            what = bad[0] if len(bad) == 1 else ", ".join(bad[:-1]) + " and " + bad[-1]
+            message = (f"epoch {epoch + 1}/{epochs}: {what} became non-finite (loss {row['train_loss']:.6g}, "
                        f"gradient norm {row['grad_norm']:.6g}): training diverged; lower the learning rate, or dt0 if "
                        f"the dynamics blew up{kept}")
             if on_nonfinite == "raise":
