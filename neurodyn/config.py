@@ -61,6 +61,12 @@ path) is refused with one line before anything is called. Why so strict: a confi
 and may come from someone else; when `kind` could name any attribute (`runs.os.system`),
 loading a config could run any command. Losses, optimisers and data sets are closed tables
 of functions named by short name, extendable only from Python with `register`.
+
+Networks (`build_network`): the `network:` section is `{kind: ..., **constructor arguments}`;
+the experiment passes `n_in`, `n_out` (from the data) and `key`, so any network class of
+the registry (or a user's) works in every experiment; a class built from layer `sizes`
+receives `(n_in, *sizes, n_out)`. `--out` (`check_out`) must be non-empty and must not be,
+or lie under, an existing file.
 """
 
 import dataclasses
