@@ -116,3 +116,153 @@ def test_complex_data_is_refused(ctrnn):
         nd.rollout(net, np.ones((2, 3)) * 1j, [1.0, 2.0])
     with pytest.raises(ValueError, match=r"x is complex"):
         nd.relax(net, x.astype(jnp.complex128))
+
+
+# ---------------------------------------------------------------------------------------
+# B. Every solve that fails alone is reported
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "adjoint",
+    [
+        nd.adjoint.AdjointODE(max_steps=2),
+        nd.adjoint.Neumann(K=1),
+        nd.adjoint.Krylov(method="gmres", max_steps=3, restart=2),
+    ],
+    ids=["adjoint-ode", "neumann", "krylov"],
+)
+def test_rbp_adjoint_out_of_budget_at_a_stable_equilibrium(ctrnn, adjoint):
+    """The forward relaxation converges at a stable equilibrium; only the adjoint runs out
+    of iterations. Catches: RBP's `converged` dropping `adjoint_converged`, the result
+    naming `unstable_equilibrium` (or success), `AdjointODE` or `Neumann` judging
+    convergence by finiteness alone."""
+    net, x, y = ctrnn
+    _, _, info = _vg(net, x, y, nd.RBP(adjoint=adjoint))
+    assert bool(info["forward_converged"]) and not bool(info["unstable"])
+    assert not bool(info["adjoint_converged"]) and not bool(info["converged"])
+    assert info["result"] == R.adjoint_max_steps_reached
+    # The same equilibrium with the default budget: success.
+    _, _, info = _vg(net, x, y, nd.RBP())
+    assert bool(info["converged"]) and info["result"] == R.successful
+
+
+def test_ep_one_nudged_phase_diverging_alone_is_reported(hop):
+    """With beta = 2 and dt0 = 0.5 the +beta phase (output decay rate 1 + beta) is stable
+    and the -beta phase (rate 1 - beta < 0) diverges: the one-sided variant, which runs
+    only +beta, converges. Catches: `nudged_ok` taken from one phase (`[0]`) or `any`."""
+    net, x, y = hop
+    _, _, info = _vg(net, x, y, nd.EP(2.0, "one-sided"), dt0=0.5)
+    assert bool(info["converged"]) and bool(info["nudged_converged"])
+    _, grads, info = _vg(net, x, y, nd.EP(2.0, "centered"), dt0=0.5)
+    assert bool(info["forward_converged"]) and not bool(info["nudged_converged"])
+    assert not bool(info["converged"])
+    assert info["result"] == R.nonfinite
+
+
+def test_rtrl_started_at_its_equilibrium_still_relaxes_the_sensitivities(ctrnn):
+    """With `x = 0` and `b = 0` the CTRNN's equilibrium is `r* = 0`, its initial state:
+    `r` never moves, but `p = dr/dw` starts at 0, far from `p* = -J^-1 dF/dw`. Catches:
+    RTRL's steady-state stop testing `r` alone (it then stops after one step, reporting
+    converged with the gradient of `b` about 50% off)."""
+    net, _, y = ctrnn
+    x = jnp.zeros(net.n_in)
+    r_star, _ = nd.relax(net, x)
+    assert float(jnp.max(jnp.abs(r_star))) == 0.0
+    loss, grads, info = _vg(net, x, y, nd.RTRL())
+    ref_loss, ref, _ = dense_ift_grad(net, x, y)
+    assert bool(info["converged"]) and int(info["steps"]) > 5
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    assert rel_error(grads.b, ref.b) < 1e-6
+    assert rel_error(grads, ref) < 1e-6
+
+
+def test_adjoint_ode_tolerance_is_relative_to_the_adjoint_state():
+    """float32, `|v| ~ 500 |dl/dr|` (a slow mode, lambda = -1e-3): the residual test
+    `rtol (rms(g) + rms(v))` stops the solve in ~4,500 steps. Catches: the relative term
+    `rms(v)` dropped (the solve then runs to its 10,000-step budget)."""
+    n = 16
+    q, _ = jnp.linalg.qr(jr.normal(jr.PRNGKey(1), (n, n)))
+    A = ((q * -jnp.geomspace(1e-3, 1.9, n)[None, :]) @ q.T).astype(jnp.float32)
+    g = jr.normal(jr.PRNGKey(2), (n,)).astype(jnp.float32)
+    solver = nd.adjoint.AdjointODE()
+    v, info = jax.jit(lambda A, g: solver.solve(lambda u: A.T @ u, g, None, True, 1.0))(A, g)
+    assert bool(info["adjoint_converged"])
+    assert int(info["adjoint_steps"]) < 0.6 * solver.max_steps
+    v_ref = np.linalg.solve(np.asarray(A, np.float64).T, -np.asarray(g, np.float64))
+    assert np.linalg.norm(np.asarray(v, np.float64) - v_ref) < 2e-2 * np.linalg.norm(v_ref)
+
+
+class SlowWell(nd.networks.AbstractEnergyNetwork):
+    """Test-only: `E = eps/2 ||r - a||^2`, read out directly. The free relaxation decays at
+    the slow rate `eps`; a one-sided nudge adds `beta` to it, so the nudged phase converges
+    where the free one runs out of steps."""
+
+    a: jax.Array
+    eps: float = eqx.field(static=True)
+    n_state: int = eqx.field(static=True, default=2)
+    n_in: int = eqx.field(static=True, default=1)
+    n_out: int = eqx.field(static=True, default=2)
+
+    def energy(self, r, x):
+        return 0.5 * self.eps * jnp.sum(jnp.square(r - self.a)) - jnp.sum(r) * x[0]
+
+    def __call__(self, t, r, x):
+        return -self.eps * (r - self.a) + x[0]
+
+    def init_state(self, x):
+        return jnp.zeros((2,), self.a.dtype)
+
+    def readout(self, r):
+        return r
+
+
+def test_ep_free_phase_out_of_steps_alone_is_reported():
+    """Only EP's free phase fails (its nudged phase converges within the same budget).
+    Catches: EP's `converged` or `result` ignoring the free phase."""
+    net = SlowWell(jnp.array([1.0, -0.5]), 0.01)
+    x, y = jnp.zeros(1), jnp.array([0.5, 0.5])
+    _, _, info = _vg(net, x, y, nd.EP(0.9, "one-sided"), max_steps=100)
+    assert not bool(info["forward_converged"]) and bool(info["nudged_converged"])
+    assert not bool(info["converged"])
+    assert info["result"] == R.max_steps_reached
+
+
+STEADY = [nd.BPTT(), nd.RBP(), nd.EP(0.01), nd.RTRL()]
+STEADY_IDS = ["bptt", "rbp", "ep", "rtrl"]
+
+
+@pytest.mark.parametrize("est", STEADY, ids=STEADY_IDS)
+def test_forward_relaxation_out_of_steps_alone_is_reported(hop, est):
+    """Catches an estimator whose `converged`/`result` ignores the forward relaxation."""
+    net, x, y = hop
+    _, _, info = _vg(net, x, y, est, max_steps=3)
+    assert not bool(info["converged"])
+    assert info["result"] == R.max_steps_reached
+    if "forward_converged" in info:
+        assert not bool(info["forward_converged"])
+
+
+@pytest.mark.parametrize("est", STEADY, ids=STEADY_IDS)
+def test_forward_relaxation_nonfinite_is_reported_as_such(ctrnn, est):
+    """A NaN input makes the state NaN: the relaxation's own reason (`nonfinite`) is
+    reported, not only the catch-all of `flag_nonfinite`. Catches: a solve's non-finite
+    check removed (the result then reads `nonfinite_gradient`)."""
+    net, x, y = ctrnn
+    _, _, info = _vg(net, x.at[0].set(jnp.nan), y, est)
+    assert not bool(info["converged"])
+    assert info["result"] == R.nonfinite
+
+
+@pytest.mark.parametrize(
+    "est", [nd.BPTT(), nd.BPTT(checkpoints=2), nd.RTRL()], ids=["bptt", "bptt-checkpointed", "rtrl"]
+)
+def test_trajectory_nonfinite_is_reported_as_such(ctrnn, est):
+    """A NaN in the second input row: the rollout's own reason (`nonfinite`). Catches: the
+    trajectory's finite check of BPTT or RTRL removed."""
+    net, _, y = ctrnn
+    xs = jnp.ones((3, net.n_in)).at[1, 0].set(jnp.nan)
+    obj = nd.Trajectory(ts=[0.5, 1.0, 1.5])
+    _, _, info = _vg(net, xs, jnp.stack([y, y, y]), est, obj)
+    assert not bool(info["converged"])
+    assert info["result"] == R.nonfinite
