@@ -411,7 +411,7 @@ class RunDir:
 
     def _steps(self, name: str) -> dict[int, set[str]]:
         steps: dict[int, set[str]] = {}
-        for p in self.checkpoints.glob(f"{glob_escape(name)}-*"):
+        for p in self.checkpoints.glob(f"{_glob_escape(name)}-*"):
             m = _CKPT.fullmatch(p.name)
             if m and m["name"] == name:
                 steps.setdefault(int(m["step"]), set()).add(m["ext"])
@@ -560,7 +560,7 @@ class RunDir:
             atomic_write(self.checkpoints / f"done-{_check_name(key, 'done key')}", "")
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
