@@ -21,6 +21,7 @@ from . import (
     sweeps as sweeps,
     training as training,
 )
+from ._batch import batch_value_and_grad as batch_value_and_grad
 from ._dynamics import relax as relax, rollout as rollout
 from ._misc import batch_mean as batch_mean
 from ._objectives import (

@@ -82,7 +82,6 @@ def relax_loop(
     """
     from .relaxation import FixedStep
 
-    dt = opts.dt0
     if forcing is not None:
         net = _Nudged(net, forcing)
     relaxation = opts.relaxation
@@ -98,8 +97,14 @@ def relax_loop(
     r, steps, res = relaxation.relax(
         _TERM, (net, x), r0, opts, kind=kind, checkpoints=checkpoints
     )
+    return r, relax_info(net, x, r, steps, res, opts)
+
+
+def relax_info(net, x, r, steps, res, opts) -> dict:
+    """The `info` of a relaxation that stopped at `r` after `steps` solver steps, its last
+    stopping quantity `res` (step difference over `dt0`) judged against the tolerance."""
     tol = opts.atol + opts.rtol * rms_norm(r)
-    residual = rms_norm(_vector_field(steps.astype(r.dtype) * dt, r, (net, x)))
+    residual = rms_norm(_vector_field(steps.astype(r.dtype) * opts.dt0, r, (net, x)))
     # The loop stops early on a non-finite step difference: that is divergence even when
     # the state itself has not yet overflowed.
     finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual) & jnp.isfinite(res)
@@ -109,8 +114,7 @@ def relax_loop(
         RESULTS.successful,
         RESULTS.where(finite, RESULTS.max_steps_reached, RESULTS.nonfinite),
     )
-    info = dict(result=result, converged=converged, steps=steps, residual=residual)
-    return r, info
+    return dict(result=result, converged=converged, steps=steps, residual=residual)
 
 
 class _Nudged(AbstractNetwork):

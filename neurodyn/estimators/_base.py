@@ -2,16 +2,19 @@ import abc
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from .._objectives import AbstractObjective
 
 
 class AbstractEstimator(eqx.Module):
-    """A gradient estimator: computes `(loss, dl/dw, info)` for one example.
+    """A gradient estimator: computes `(loss, dl/dw, info)` for one example, and the mean
+    loss and its gradient for a batch.
 
     Subclasses list the objectives they can serve in `objectives` and implement
-    `value_grad_and_residuals` and `grads_from_residuals` (`value_and_grad` is built on
-    them). Call them through `nd.value_and_grad`, which checks the input.
+    `value_grad_and_residuals`, `grads_from_residuals` (one example; `value_and_grad` is
+    built on them) and `batch_value_and_grad` (a batch, one reverse pass). Call them through
+    `nd.value_and_grad` and `nd.batch_value_and_grad`, which check the input.
     """
 
     objectives: eqx.AbstractClassVar[tuple[type[AbstractObjective], ...]]
@@ -29,18 +32,23 @@ class AbstractEstimator(eqx.Module):
         `grads_from_residuals` needs to form `scale * grads` again.
 
         `jax.grad` through the custom VJP of `nd.value_and_grad` calls this in the forward
-        pass and `grads_from_residuals` in the backward pass. Estimators whose gradient is
-        one VJP at saved states (RBP, EP) keep the states: under `vmap` the batch sum that
-        JAX inserts for the shared parameters then fuses with that VJP's products, instead
-        of reducing B materialised per-example gradients (on XLA's CPU backend a reduction
-        over the leading axis of a (B, n, n) array, 7x slower than the whole RBP gradient).
-        The others (BPTT, RTRL) keep the gradient itself
-        (`AbstractGradientResidualEstimator`)."""
+        pass and `grads_from_residuals` in the backward pass."""
 
     @abc.abstractmethod
     def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
         """`scale * grads` from `value_grad_and_residuals`'s residuals (linear in `scale`,
         the cotangent of the loss)."""
+
+    @abc.abstractmethod
+    def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
+        """`(loss, grads, info)` for a checked batch: `loss = sum_b weights_b l_b` (the
+        weights are normalised by the caller to sum to one), `grads` its gradient with the
+        structure of `eqx.filter(net, eqx.is_inexact_array)`, `info` per example (leading
+        batch axis), including each example's `loss`.
+
+        States are solved per example (vmapped); the parameter gradient of the batch is
+        formed in ONE reverse pass with the parameters shared across the batch, so weight
+        gradients are matrix products over the batch, never B per-example arrays."""
 
     def check_objective(self, objective: AbstractObjective) -> None:
         """Raises a ValueError at trace time if this estimator cannot serve `objective`."""
@@ -57,13 +65,87 @@ class AbstractEstimator(eqx.Module):
             )
 
 
+def weighted_sum(weights, values):
+    """`sum_b weights_b values_b`, with examples of weight zero contributing exactly zero
+    (a padded example's NaN loss does not leak into the batch's)."""
+    values = jnp.where(weights > 0, values, jnp.zeros((), values.dtype))
+    return jnp.sum(weights.astype(values.dtype) * values)
+
+
+def tree_weighted_sum(weights, tree):
+    """`sum_b weights_b leaf_b` for every leaf, as a GEMV over the flattened leaf (XLA's CPU
+    backend runs a leading-axis reduction of a `(B, n, n)` array several times slower)."""
+
+    def one(a):
+        B = a.shape[0]
+        w = jnp.where(weights > 0, weights, 0).astype(a.dtype)
+        safe = jnp.where((weights > 0).reshape((B,) + (1,) * (a.ndim - 1)), a, jnp.zeros((), a.dtype))
+        return (w @ safe.reshape(B, -1)).reshape(a.shape[1:])
+
+    return jax.tree.map(one, tree)
+
+
+class AbstractSurrogateEstimator(AbstractEstimator):
+    """An estimator whose gradient is the parameter gradient of a surrogate at solved
+    states (RBP: `l(readout(r*)) + v* . F(r*, w, x)`; EP: the loss plus the nudged energies'
+    finite difference; full BPTT of a trajectory: the loss plus the adjoints dotted with
+    every solver step).
+
+    Subclasses implement `solve` (the states, per example, no parameter gradient) and
+    `surrogate` (a scalar whose gradient in `w`, the states held fixed, is the estimate).
+    The batch gradient is then ONE reverse pass of `sum_b weights_b surrogate_b(w)` with
+    the states of all examples: XLA forms each weight gradient as one matrix product over
+    the batch (`R^T G`), where the vmap of per-example gradients writes B outer products
+    and reduces them.
+    """
+
+    @abc.abstractmethod
+    def solve(self, net, x, y, objective, options):
+        """`(loss, residuals, info)` for one example: the states `surrogate` needs."""
+
+    @abc.abstractmethod
+    def surrogate(self, net, x, y, objective, residuals):
+        """A scalar whose gradient in the parameters of `net` (at fixed `residuals`) is the
+        estimated gradient of the loss."""
+
+    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
+        del options
+        params, static = eqx.partition(net, eqx.is_inexact_array)
+
+        def f(p):
+            return self.surrogate(eqx.combine(p, static), x, y, objective, residuals)
+
+        out, vjp = jax.vjp(f, params)
+        (grads,) = vjp(jnp.asarray(scale, out.dtype))
+        return grads
+
+    def value_grad_and_residuals(self, net, x, y, objective, options):
+        loss, residuals, info = self.solve(jax.lax.stop_gradient(net), x, y, objective, options)
+        residuals = jax.lax.stop_gradient(residuals)
+        grads = self.grads_from_residuals(net, x, y, objective, options, residuals, jnp.ones((), loss.dtype))
+        return loss, grads, info, residuals
+
+    def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
+        frozen = jax.lax.stop_gradient(net)
+        losses, residuals, info = jax.vmap(lambda x, y: self.solve(frozen, x, y, objective, options))(xs, ys)
+        residuals = jax.lax.stop_gradient(residuals)
+        params, static = eqx.partition(net, eqx.is_inexact_array)
+
+        def total(p):
+            m = eqx.combine(p, static)
+            per = jax.vmap(lambda x, y, res: self.surrogate(m, x, y, objective, res))(xs, ys, residuals)
+            return weighted_sum(weights, per)
+
+        grads = jax.grad(total)(params)
+        return weighted_sum(weights, losses), grads, dict(info, loss=losses)
+
 
 class AbstractGradientResidualEstimator(AbstractEstimator):
     """An estimator whose custom-VJP residual is its gradient itself (BPTT, RTRL): the
     backward pass scales the saved per-example gradient by the loss cotangent.
 
     Subclasses implement `_loss_grads_info(net, x, y, objective, options)`, returning
-    `(loss, grads, info)`."""
+    `(loss, grads, info)`, and `batch_value_and_grad`."""
 
     @abc.abstractmethod
     def _loss_grads_info(self, net, x, y, objective, options):

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 
 from .._dynamics import (
     integrate_interval,
+    relax_info,
     relax_loop,
     rollout_loop,
     solver_init,
@@ -11,9 +12,10 @@ from .._dynamics import (
     time_grid,
     tree_where,
 )
+from .._misc import rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
-from ._base import AbstractGradientResidualEstimator
+from ._base import AbstractGradientResidualEstimator, weighted_sum
 
 
 class BPTT(AbstractGradientResidualEstimator):
@@ -36,8 +38,16 @@ class BPTT(AbstractGradientResidualEstimator):
       `None` (default) is full BPTT.
     - `checkpoints`: `None` (default) stores every state for the backward pass (fastest);
       an integer `c` keeps `c` checkpoints and recomputes the rest (memory against time).
-      For a steady state the relaxation loop is always checkpointed, `None` letting equinox
-      pick the number from `max_steps`.
+      For a steady state through `nd.value_and_grad` the relaxation loop is checkpointed,
+      `None` letting equinox pick the number from `max_steps`.
+    - `stored_steps`: for a steady state through `nd.batch_value_and_grad`, the relaxation
+      states kept per example (default 128; memory `stored_steps x B x n`). When every
+      example of the batch converges within that many steps, the gradient differentiates
+      exactly the steps taken, at about the cost of the forward solve plus one VJP per step
+      (the weight gradients are matrix products over the batch); otherwise the batch falls
+      back to the checkpointed loop (exact, several times slower). Under an outer `vmap`
+      (a sweep) the fallback is a select, so both run: keep `stored_steps` above the steps
+      your relaxations take.
 
     !!! warning
 
@@ -48,6 +58,7 @@ class BPTT(AbstractGradientResidualEstimator):
 
     truncation: int | None = eqx.field(static=True, default=None)
     checkpoints: int | None = eqx.field(static=True, default=None)
+    stored_steps: int = eqx.field(static=True, default=128)
     objectives = (SteadyState, Trajectory)
 
     def __check_init__(self):
@@ -55,18 +66,86 @@ class BPTT(AbstractGradientResidualEstimator):
             raise ValueError(f"BPTT truncation must be a positive integer or None, got {self.truncation}.")
         if self.checkpoints is not None and self.checkpoints < 1:
             raise ValueError(f"BPTT checkpoints must be a positive integer or None, got {self.checkpoints}.")
+        if not isinstance(self.stored_steps, int) or self.stored_steps < 1:
+            raise ValueError(f"BPTT stored_steps must be a positive integer, got {self.stored_steps!r}.")
 
     def _loss_grads_info(self, net, x, y, objective, options):
+        # One example: reverse mode through the checkpointed loop. (The stored-states path
+        # of the batch chooses between itself and this loop with a batch-level cond, which
+        # a vmap over examples would turn into running both.)
         if isinstance(objective, SteadyState):
             fn = self._steady_state
         elif self.truncation is None and self.checkpoints is None:
-            grid = time_grid(objective.ts, options.dt0, options.max_steps, x.dtype)
-            return _two_phase_trajectory(net, x, y, objective, options, grid, net.init_state(x[0]))
+            return _two_phase_trajectory(net, x, y, objective, options)
         else:
             fn = self._trajectory
         (loss, info), grads = eqx.filter_value_and_grad(fn, has_aux=True)(
             net, x, y, objective, options
         )
+        return loss, grads, info
+
+    def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
+        params, static = eqx.partition(net, eqx.is_inexact_array)
+        if isinstance(objective, Trajectory) and self.truncation is None and self.checkpoints is None:
+            frozen = jax.lax.stop_gradient(net)
+            losses, residuals, info = jax.vmap(
+                lambda x, y: _two_phase_solve(frozen, x, y, objective, options)
+            )(xs, ys)
+            residuals = jax.lax.stop_gradient(residuals)
+
+            def total(p):
+                m = eqx.combine(p, static)
+                per = jax.vmap(lambda x, y, res: _two_phase_surrogate(m, x, y, objective, options, res))(
+                    xs, ys, residuals
+                )
+                return weighted_sum(weights, per)
+
+            return weighted_sum(weights, losses), jax.grad(total)(params), dict(info, loss=losses)
+
+        if isinstance(objective, SteadyState) and self.truncation is None:
+            return self._stored_or_checkpointed(net, xs, ys, weights, objective, options)
+        fn = self._steady_state if isinstance(objective, SteadyState) else self._trajectory
+
+        # One reverse pass through the vmapped solve, the parameters shared across the
+        # batch: every step's weight gradient is one matrix product over the batch.
+        def total(p):
+            m = eqx.combine(p, static)
+            losses, info = jax.vmap(lambda x, y: fn(m, x, y, objective, options))(xs, ys)
+            return weighted_sum(weights, losses), dict(info, loss=losses)
+
+        (loss, info), grads = jax.value_and_grad(total, has_aux=True)(params)
+        return loss, grads, info
+
+    def _stored_or_checkpointed(self, net, xs, ys, weights, objective, options):
+        """Full BPTT of a batch's relaxations: the stored-states path when every example
+        converged within `stored_steps` steps, else reverse mode through the checkpointed
+        loop (a batch-level `lax.cond`: both are exact)."""
+        relaxation = options.relaxation
+        if relaxation is not None:
+            # The same refusal as the checkpointed loop's for strategies BPTT cannot reverse.
+            from ..relaxation import FixedStep
+
+            if not isinstance(relaxation, FixedStep) or relaxation.check_every != 1:
+                return self._checkpointed_batch(net, xs, ys, weights, objective, options)
+        S = min(self.stored_steps, options.max_steps)
+        loss, grads, info, fits = _stored_steady_state(net, xs, ys, weights, objective, options, S)
+        if S == options.max_steps:
+            return loss, grads, info
+        return jax.lax.cond(
+            fits,
+            lambda: (loss, grads, info),
+            lambda: self._checkpointed_batch(net, xs, ys, weights, objective, options),
+        )
+
+    def _checkpointed_batch(self, net, xs, ys, weights, objective, options):
+        params, static = eqx.partition(net, eqx.is_inexact_array)
+
+        def total(p):
+            m = eqx.combine(p, static)
+            losses, info = jax.vmap(lambda x, y: self._steady_state(m, x, y, objective, options))(xs, ys)
+            return weighted_sum(weights, losses), dict(info, loss=losses)
+
+        (loss, info), grads = jax.value_and_grad(total, has_aux=True)(params)
         return loss, grads, info
 
     def _steady_state(self, net, x, y, objective, options):
@@ -120,6 +199,84 @@ class BPTT(AbstractGradientResidualEstimator):
         return objective.value(net, rs, y), info
 
 
+def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
+    """Full BPTT through the relaxations of a batch, differentiating exactly the steps each
+    example took, at the cost of a forward solve and one VJP per step.
+
+    Forward: the batch relaxes with fixed solver steps (the semantics of
+    `FixedStep()`: stop when the step difference over `dt0` is within tolerance) and stores
+    its states, `(S, B, n)`. Backward: a batch-level while loop runs the adjoint
+    `a_{k} = a_{k+1} dPhi/dr(r_k)` for `max_b K_b` steps (example b joins at its own
+    `K_b`), and each step's parameter cotangent is one VJP of the batched step with the
+    parameters shared: a matrix product over the batch. Both loops run as many steps as the
+    slowest example took, never `max_steps`.
+
+    Returns `(loss, grads, info, fits)`; `fits` is False when some example needed more than
+    `S` steps (the states no longer fit; the caller falls back to the checkpointed loop).
+    """
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    frozen = jax.lax.stop_gradient(net)
+    solver, dt, max_steps = options.solver, options.dt0, options.max_steps
+    B = xs.shape[0]
+    R0 = jax.vmap(frozen.init_state)(xs)
+    dtype = R0.dtype
+
+    def step_batch(m, R, k):
+        t = k.astype(dtype) * dt
+        return jax.vmap(lambda r, x: _fresh_step(solver, m, r, x, t, dt))(R, xs)
+
+    def tol(R):
+        return options.atol + options.rtol * jax.vmap(rms_norm)(R)
+
+    def fcond(c):
+        _, _, k, done, _, _ = c
+        return (k < max_steps) & ~jnp.all(done)
+
+    def fbody(c):
+        R, buf, k, done, K, res = c
+        buf = jax.lax.dynamic_update_index_in_dim(buf, R, jnp.minimum(k, S - 1), 0)
+        R1 = step_batch(frozen, R, k)
+        res1 = jax.vmap(rms_norm)(R1 - R) / dt
+        live = ~done
+        R = jnp.where(live[:, None], R1, R)
+        res = jnp.where(live, res1, res)
+        K = jnp.where(live, k + 1, K)
+        done = done | (res1 <= tol(R1)) | ~jnp.isfinite(res1)
+        return R, buf, k + 1, done, K, res
+
+    big = jnp.full((B,), jnp.finfo(dtype).max, dtype)
+    init = (R0, jnp.zeros((S,) + R0.shape, dtype), jnp.asarray(0), jnp.zeros((B,), bool), jnp.zeros((B,), int), big)
+    R, buf, k_max, _, K, res = jax.lax.while_loop(fcond, fbody, init)
+    info = jax.vmap(lambda x, r, steps, res: relax_info(frozen, x, r, steps, res, options))(xs, R, K, res)
+
+    def readout_loss(p, R):
+        m = eqx.combine(p, static)
+        losses = jax.vmap(lambda r, y: objective.value(m, r, y))(R, ys)
+        return weighted_sum(weights, losses), losses
+
+    (loss, losses), (g_readout, A) = jax.value_and_grad(readout_loss, argnums=(0, 1), has_aux=True)(params, R)
+
+    def bcond(c):
+        j, _, _ = c
+        return j >= 0
+
+    def bbody(c):
+        j, A, G = c
+        Rj = jax.lax.dynamic_index_in_dim(buf, jnp.clip(j, 0, S - 1), 0, keepdims=False)
+        active = (j < K)[:, None]
+        _, vjp = jax.vjp(lambda p, R: step_batch(eqx.combine(p, static), R, j), params, Rj)
+        g_p, g_R = vjp(jnp.where(active, A, jnp.zeros((), dtype)))
+        return j - 1, jnp.where(active, g_R, A), jax.tree.map(jnp.add, G, g_p)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    _, A0, G = jax.lax.while_loop(bcond, bbody, (k_max - 1, A, zeros))
+    # The initial state may depend on the parameters (a learnt r0).
+    _, vjp0 = jax.vjp(lambda p: jax.vmap(eqx.combine(p, static).init_state)(xs), params)
+    (g0,) = vjp0(A0)
+    grads = jax.tree.map(lambda a, b, c: a + b + c, g_readout, G, g0)
+    return loss, grads, dict(info, loss=losses), jnp.max(K) <= S
+
+
 def _fresh_step(solver, net, r, x, t0, dt):
     # One solver step from a freshly initialised solver state: for FSAL solvers the carried
     # first stage is recomputed, so the step is a function of `r` alone and the adjoints
@@ -128,20 +285,22 @@ def _fresh_step(solver, net, r, x, t0, dt):
     return solver_step(solver, net, r, x, t0, dt, state, True)[0]
 
 
-def _two_phase_trajectory(net, x, y, objective, options, grid, r0):
-    """Full BPTT of a trajectory in two phases, the fast path of `BPTT()`.
+def _two_phase_solve(net, x, y, objective, options):
+    """Full BPTT of a trajectory in two phases, the fast path of `BPTT()`: this first phase
+    returns `(loss, residuals, info)`, the second is `_two_phase_surrogate`.
 
     Reverse mode through a scan accumulates the parameter gradient with an outer product
     at every step, which dominates the cost. Here the parameters are held constant in the
     scan and a zero probe `e_i` is added to every step's output: the gradient with respect
     to the probes is the adjoint `a_i = dl/dr_i` at every step (one reverse sweep over the
     state only). The parameter gradient is then one batched VJP of all steps at once,
-    `sum_i a_i^T d step(r_{i-1})/dw`, which XLA runs as large matrix products.
+    `sum_i a_i^T d step(r_{i-1})/dw` (the surrogate), which XLA runs as large matrix
+    products, over the steps of every example of a batch at once.
     The result equals reverse mode through the loop (tests check it to rounding).
     """
+    grid = time_grid(objective.ts, options.dt0, options.max_steps, x.dtype)
     solver, n_sub = options.solver, grid.n_sub
-    frozen = jax.lax.stop_gradient(net)
-    T = x.shape[0]
+    r0 = net.init_state(x[0])
     sub_t = jnp.arange(n_sub, dtype=r0.dtype)
 
     def run(probes):
@@ -150,7 +309,7 @@ def _two_phase_trajectory(net, x, y, objective, options, grid, r0):
 
             def sub(r, inp):
                 j, e = inp
-                return _fresh_step(solver, frozen, r, xk, t0 + j * dt, dt) + e, r
+                return _fresh_step(solver, net, r, xk, t0 + j * dt, dt) + e, r
 
             r1, r_pre = jax.lax.scan(sub, r, (sub_t, e_k))
             return r1, (r_pre, r1)
@@ -158,6 +317,7 @@ def _two_phase_trajectory(net, x, y, objective, options, grid, r0):
         _, (r_pre, r_end) = jax.lax.scan(interval, r0, (x, grid.t0s, grid.dts, probes))
         return r_pre, r_end
 
+    T = x.shape[0]
     probes = jnp.zeros((T, n_sub) + r0.shape, r0.dtype)
     (r_pre, r_end), run_vjp = jax.vjp(run, probes)
     finite = jnp.all(jnp.isfinite(r_end))
@@ -166,32 +326,38 @@ def _two_phase_trajectory(net, x, y, objective, options, grid, r0):
         converged=finite,
         steps=jnp.asarray(n_sub * T),
     )
-    loss, (g_readout, g_states) = eqx.filter_value_and_grad(
-        lambda net_r: objective.value(net_r[0], net_r[1], y)
-    )((net, r_end))
+    loss, g_states = jax.value_and_grad(lambda rs: objective.value(net, rs, y))(r_end)
     (adjoints,) = run_vjp((jnp.zeros_like(r_pre), g_states))
+    return loss, (r_pre, adjoints, r_end), info
 
-    def all_steps(net):
-        def one(r, xk, t, dt):
-            return _fresh_step(solver, net, r, xk, t, dt)
 
-        ts = grid.t0s[:, None] + sub_t[None, :] * grid.dts[:, None]
-        dts = jnp.broadcast_to(grid.dts[:, None], (T, n_sub))
-        xk = jnp.broadcast_to(x[:, None], (T, n_sub) + x.shape[1:])
-        def flat(a):
-            return a.reshape((T * n_sub,) + a.shape[2:])
-        return jax.vmap(one)(flat(r_pre), flat(xk), flat(ts), flat(dts))
+def _two_phase_surrogate(net, x, y, objective, options, residuals):
+    """`l(readout(r(ts)), y) + sum_i a_i . step(r_{i-1}; w)` at fixed states and adjoints:
+    its parameter gradient is full BPTT's."""
+    r_pre, adjoints, r_end = residuals
+    grid = time_grid(objective.ts, options.dt0, options.max_steps, x.dtype)
+    solver, n_sub = options.solver, grid.n_sub
+    T = x.shape[0]
+    sub_t = jnp.arange(n_sub, dtype=r_end.dtype)
+    ts = grid.t0s[:, None] + sub_t[None, :] * grid.dts[:, None]
+    dts = jnp.broadcast_to(grid.dts[:, None], (T, n_sub))
+    xk = jnp.broadcast_to(x[:, None], (T, n_sub) + x.shape[1:])
 
-    _, steps_vjp = eqx.filter_vjp(all_steps, net)
-    (g_dynamics,) = steps_vjp(adjoints.reshape((T * n_sub,) + r0.shape))
-    grads = jax.tree.map(_add_maybe_none, g_readout, g_dynamics, is_leaf=lambda z: z is None)
+    def flat(a):
+        return a.reshape((T * n_sub,) + a.shape[2:])
+
+    steps = jax.vmap(lambda r, xk, t, dt: _fresh_step(solver, net, r, xk, t, dt))(
+        flat(r_pre), flat(xk), flat(ts), flat(dts)
+    )
+    return objective.value(net, r_end, y) + jnp.vdot(flat(adjoints), steps)
+
+
+def _two_phase_trajectory(net, x, y, objective, options):
+    frozen = jax.lax.stop_gradient(net)
+    loss, residuals, info = _two_phase_solve(frozen, x, y, objective, options)
+    residuals = jax.lax.stop_gradient(residuals)
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    grads = jax.grad(
+        lambda p: _two_phase_surrogate(eqx.combine(p, static), x, y, objective, options, residuals)
+    )(params)
     return loss, grads, info
-
-
-def _add_maybe_none(a, b):
-    # Gradients of non-differentiable leaves (integer indices, static parts) are None.
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a + b

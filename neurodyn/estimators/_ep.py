@@ -8,15 +8,15 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .._dynamics import relax_loop
 from .._objectives import SteadyState
-from .._outcome import RESULTS
+from .._outcome import flag_failure, RESULTS
 from ..networks import AbstractEnergyNetwork
-from ._base import AbstractEstimator
+from ._base import AbstractSurrogateEstimator
 
 
 _VARIANTS = ("centered", "one-sided")
 
 
-class EP(AbstractEstimator):
+class EP(AbstractSurrogateEstimator):
     r"""Equilibrium propagation: the gradient from how the steady state moves when the
     dynamics are nudged towards the target.
 
@@ -114,46 +114,30 @@ class EP(AbstractEstimator):
 
     objectives = (SteadyState,)
 
-    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
-        del options
+    def surrogate(self, net, x, y, objective, residuals):
         states, weights, r_free = residuals
-        params, static = eqx.partition(net, eqx.is_inexact_array)
-
         if isinstance(net, AbstractEnergyNetwork):
-            # Classic EP: sum_k weights_k dE/dw(r_k), one reverse pass. An unrolled sum over
-            # the two phases, not a vmap: XLA CPU fuses the two outer products of a weight
-            # gradient into one loop, where the vmapped form (a K = 2 product) ran 5x slower.
-            def dynamics_term(p):
-                m = eqx.combine(p, static)
-                return weights[0] * m.energy(states[0], x) + weights[1] * m.energy(states[1], x)
+            # Classic EP: sum_k weights_k E(r_k); its parameter gradient is the update. An
+            # unrolled sum over the two phases, not a vmap: XLA CPU fuses the two outer
+            # products of a weight gradient into one loop, where the vmapped form (a K = 2
+            # product) ran 5x slower.
+            dynamics_term = weights[0] * net.energy(states[0], x) + weights[1] * net.energy(states[1], x)
         else:
-            # Seed formula, -delta^T dF/dw at r*, with delta ~ dr^beta/dbeta.
-            delta = weights @ states
+            # -delta^T dF/dw at r*, with delta ~ dr^beta/dbeta.
+            dynamics_term = -jnp.vdot(weights @ states, net(0.0, r_free, x))
+        return objective.value(net, r_free, y) + dynamics_term
 
-            def dynamics_term(p):
-                return -jnp.vdot(delta, eqx.combine(p, static)(0.0, r_free, x))
-
-        def surrogate(p):
-            return objective.value(eqx.combine(p, static), r_free, y) + dynamics_term(p)
-
-        out, vjp_w = jax.vjp(surrogate, params)
-        (grads,) = vjp_w(jnp.asarray(scale, out.dtype))
-        return grads
-
-    def value_grad_and_residuals(self, net, x, y, objective, options):
-        frozen = jax.lax.stop_gradient(net)
+    def solve(self, net, x, y, objective, options):
         energy_net = isinstance(net, AbstractEnergyNetwork)
-
-        r_free, info = relax_loop(frozen, x, frozen.init_state(x), options)
-        r_free = jax.lax.stop_gradient(r_free)
-        beta = jax.lax.stop_gradient(self.beta).astype(r_free.dtype)
+        r_free, info = relax_loop(net, x, net.init_state(x), options)
+        beta = self.beta.astype(r_free.dtype)
 
         def dl_dr(r):
-            return jax.grad(lambda r: objective.value(frozen, r, y))(r)
+            return jax.grad(lambda r: objective.value(net, r, y))(r)
 
         def nudged(b):
             # The gradient flow of E + b l: a pull towards lower loss for b > 0.
-            return relax_loop(frozen, x, r_free, options, forcing=lambda r: -b * dl_dr(r))
+            return relax_loop(net, x, r_free, options, forcing=lambda r: -b * dl_dr(r))
 
         # Both centered phases run as one relaxation batched over the phase axis: one loop,
         # and each step's matrix products take two right-hand sides at once.
@@ -165,19 +149,16 @@ class EP(AbstractEstimator):
             r_beta, ninfo = jax.vmap(nudged)(beta[None])
             states = jnp.concatenate([r_beta, r_free[None]])
             weights = jnp.stack([1 / beta, -1 / beta])
-        states = jax.lax.stop_gradient(states)
 
-        weights = jax.lax.stop_gradient(weights)
         loss = objective.value(net, r_free, y)
         residuals = (states, weights, r_free)
-        grads = self.grads_from_residuals(net, x, y, objective, options, residuals, jnp.ones((), loss.dtype))
 
         probes = self.asymmetry_probes
         if probes is None:
             probes = 1 if energy_net else 4
         extra = {}
         if probes > 0:
-            extra["asymmetry"] = _asymmetry(lambda r: frozen(0.0, r, x), r_free, probes)
+            extra["asymmetry"] = _asymmetry(lambda r: net(0.0, r, x), r_free, probes)
 
         forward_ok = info["converged"]
         nudged_ok = jnp.all(ninfo["converged"])
@@ -195,7 +176,9 @@ class EP(AbstractEstimator):
             nudged_steps=jnp.sum(ninfo["steps"]),
             result=result,
         )
-        return loss, grads, info, residuals
+        # In a sweep beta is traced and __check_init__ cannot see it: an invalid one is data.
+        info = flag_failure(info, (beta > 0) & jnp.isfinite(beta), RESULTS.invalid_parameter, override=True)
+        return loss, residuals, info
 
 
 def _asymmetry(F_r, r, probes):

@@ -8,10 +8,10 @@ from .._objectives import SteadyState
 from .._outcome import RESULTS
 from ..adjoint import AbstractAdjointSolve, AdjointODE
 from ..networks import AbstractEnergyNetwork
-from ._base import AbstractEstimator
+from ._base import AbstractSurrogateEstimator
 
 
-class RBP(AbstractEstimator):
+class RBP(AbstractSurrogateEstimator):
     r"""Recurrent backpropagation: the implicit gradient at the steady state.
 
     At the steady state `F(r*, w, x) = 0`, the implicit function theorem gives
@@ -50,27 +50,13 @@ class RBP(AbstractEstimator):
     power_iterations: int = eqx.field(static=True, default=200)
     objectives = (SteadyState,)
 
-    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
-        del options
+    def surrogate(self, net, x, y, objective, residuals):
+        # dl/dw = v dF/dw + dl/dw|_readout: the gradient of this scalar at fixed (r, v).
         r, v = residuals
-        params, static = eqx.partition(net, eqx.is_inexact_array)
+        return objective.value(net, r, y) + jnp.vdot(v, net(0.0, r, x))
 
-        # dl/dw = v dF/dw + dl/dw|_readout in ONE reverse pass: per-example weight gradients
-        # are the largest arrays here (B n^2 under vmap), so they are written once.
-        def both(p):
-            m = eqx.combine(p, static)
-            return m(0.0, r, x), objective.value(m, r, y)
-
-        (_, loss), vjp_w = jax.vjp(both, params)
-        scale = jnp.asarray(scale, loss.dtype)
-        (grads,) = vjp_w((scale * v, scale * jnp.ones_like(loss)))
-        return grads
-
-    def value_grad_and_residuals(self, net, x, y, objective, options):
-        frozen = jax.lax.stop_gradient(net)
-        r, info = relax_loop(frozen, x, frozen.init_state(x), options)
-        r = jax.lax.stop_gradient(r)
-        params, static = eqx.partition(net, eqx.is_inexact_array)
+    def solve(self, net, x, y, objective, options):
+        r, info = relax_loop(net, x, net.init_state(x), options)
 
         def loss_of(r):
             return objective.value(net, r, y)
@@ -90,9 +76,6 @@ class RBP(AbstractEstimator):
 
         symmetric = isinstance(net, AbstractEnergyNetwork)
         v, ainfo = self.adjoint.solve(matvec, g_r, jacobian, symmetric, options.dt0)
-
-        v = jax.lax.stop_gradient(v)
-        grads = self.grads_from_residuals(net, x, y, objective, options, (r, v), jnp.ones((), loss.dtype))
 
         # An adjoint that blows up, or makes no progress at all, signals an unstable equilibrium.
         unstable = ~jnp.isfinite(ainfo["adjoint_residual"]) | (
@@ -123,7 +106,7 @@ class RBP(AbstractEstimator):
             unstable=unstable,
             result=result,
         )
-        return loss, grads, info, (r, v)
+        return loss, (r, v), info
 
 
 def _leading_eigenvalue(F_r, r, h, iterations):

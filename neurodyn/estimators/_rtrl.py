@@ -13,7 +13,7 @@ from .._misc import rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
 from ..rtrl import AbstractSensitivity, Exact
-from ._base import AbstractGradientResidualEstimator
+from ._base import AbstractGradientResidualEstimator, tree_weighted_sum, weighted_sum
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,6 +167,13 @@ class RTRL(AbstractGradientResidualEstimator):
                 f"RTRL's sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1() or "
                 f"nd.rtrl.Diagonal(), got {self.sensitivity!r}."
             )
+
+    def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
+        # RTRL's gradient is a contraction of each example's own sensitivities `p_b` (n x m):
+        # there is no shared reverse pass to batch, so the per-example gradients are
+        # formed and averaged with one GEMV over the batch.
+        losses, grads, info = jax.vmap(lambda x, y: self._loss_grads_info(net, x, y, objective, options))(xs, ys)
+        return weighted_sum(weights, losses), tree_weighted_sum(weights, grads), dict(info, loss=losses)
 
     def _loss_grads_info(self, net, x, y, objective, options):
         from ..relaxation import FixedStep

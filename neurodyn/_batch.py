@@ -1,0 +1,172 @@
+"""The gradient of a batch: states per example, ONE reverse pass for the parameters."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from ._misc import tree_dtype
+from ._objectives import AbstractObjective
+from ._options import check_option_names
+from ._outcome import flag_failure, flag_nonfinite, RESULTS
+from .estimators import AbstractEstimator, BPTT
+
+
+@eqx.filter_custom_vjp
+def _batch_estimate(params, static, xs, ys, weights, objective, estimator, opts):
+    net = eqx.combine(params, static)
+    return estimator.batch_value_and_grad(net, xs, ys, weights, objective, opts)
+
+
+@_batch_estimate.def_fwd
+def _batch_estimate_fwd(perturbed, params, static, xs, ys, weights, objective, estimator, opts):
+    del perturbed
+    net = eqx.combine(params, static)
+    loss, grads, info = estimator.batch_value_and_grad(net, xs, ys, weights, objective, opts)
+    # The batch gradient is one parameter-sized pytree: it is the residual, and the
+    # backward pass only scales it (no per-example arrays are kept).
+    return (loss, grads, info), grads
+
+
+@_batch_estimate.def_bwd
+def _batch_estimate_bwd(grads, g_out, perturbed, params, static, xs, ys, weights, objective, estimator, opts):
+    del perturbed, params, static, xs, ys, weights, objective, estimator, opts
+    g_loss, g_grads, _ = g_out
+    if any(leaf is not None for leaf in jtu.tree_leaves(g_grads, is_leaf=lambda z: z is None)):
+        raise ValueError(
+            "Differentiating through the `grads` returned by nd.batch_value_and_grad is not "
+            "supported: the estimators are first-order. Differentiate the returned loss "
+            "instead (jax.grad of it gives the estimator's gradient)."
+        )
+    if g_loss is None:
+        return jtu.tree_map(jnp.zeros_like, grads)
+    return jtu.tree_map(lambda g: jnp.asarray(g_loss, g.dtype) * g, grads)
+
+
+@eqx.filter_jit
+def _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts):
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    dtype = tree_dtype(net)
+    if weights is None:
+        B = xs.shape[0]
+        weights = jnp.full((B,), 1.0 / B, dtype)
+        valid = jnp.asarray(True)
+    else:
+        weights = weights.astype(dtype)
+        total = jnp.sum(weights)
+        valid = jnp.all(weights >= 0) & (total > 0) & jnp.isfinite(total)
+        weights = weights / jnp.where(valid, total, 1)
+        # A masked (padded) example is replaced by zeros: 0 x NaN is NaN in a reverse pass,
+        # so its data must not enter at all.
+        keep = weights > 0
+        xs = jnp.where(keep.reshape((-1,) + (1,) * (xs.ndim - 1)), xs, jnp.zeros((), xs.dtype))
+        ys = jnp.where(keep.reshape((-1,) + (1,) * (ys.ndim - 1)), ys, jnp.zeros((), ys.dtype))
+    loss, grads, info = _batch_estimate(params, static, xs, ys, weights, objective, estimator, opts)
+    # Per example: a non-finite loss or state is never a success; a non-finite batch
+    # gradient cannot be attributed to one example, so every example says so.
+    grads_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jtu.tree_leaves(grads)] or [jnp.asarray(True)]))
+
+    def flag(i):
+        i = flag_nonfinite(i["loss"], None, i)
+        i = flag_failure(i, grads_ok, RESULTS.nonfinite_gradient)
+        return flag_failure(i, valid, RESULTS.invalid_parameter)
+
+    info = jax.vmap(flag)(info)
+    return loss, grads, info
+
+
+def _check_batch(net, objective, xs, ys, weights):
+    if not isinstance(xs, jax.core.Tracer):
+        xs = jnp.asarray(xs)
+    if not isinstance(ys, jax.core.Tracer):
+        ys = jnp.asarray(ys)
+    if xs.ndim == 0 or ys.ndim == 0 or xs.shape[0] != ys.shape[0]:
+        raise ValueError(
+            f"nd.batch_value_and_grad takes a batch along the leading axis of xs and ys; got "
+            f"xs {xs.shape} and ys {ys.shape}, whose leading axes differ. For one example use "
+            "nd.value_and_grad."
+        )
+    B = xs.shape[0]
+    if B == 0:
+        raise ValueError("nd.batch_value_and_grad got an empty batch (leading axis of length 0).")
+    # The one-example checks (shapes, dtypes, class-index ranges) on the examples holding
+    # the smallest and largest targets, which covers every index range check.
+    picks = {0}
+    if jnp.issubdtype(ys.dtype, jnp.integer) and ys.size and not isinstance(ys, jax.core.Tracer):
+        flat = np.asarray(ys).reshape(B, -1)
+        picks |= {int(np.argmin(np.min(flat, 1))), int(np.argmax(np.max(flat, 1)))}
+    for i in sorted(picks):
+        try:
+            x0, y0 = objective.check_data(net, xs[i], ys[i])
+        except ValueError as e:
+            raise ValueError(f"example {i} of the batch: {e}") from None
+    if weights is not None:
+        weights = jnp.asarray(weights)
+        if weights.shape != (B,):
+            raise ValueError(f"weights has shape {weights.shape}; expected ({B},), one per example.")
+        if not isinstance(weights, jax.core.Tracer):
+            w = np.asarray(weights, np.float64)
+            if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
+                raise ValueError(
+                    "weights must be finite and >= 0 with a positive sum (0 masks a padded "
+                    f"example), got {w.tolist()[:8]}..."
+                )
+    return xs.astype(x0.dtype), ys.astype(y0.dtype), weights
+
+
+def batch_value_and_grad(
+    net,
+    xs,
+    ys,
+    *,
+    objective: AbstractObjective,
+    estimator: AbstractEstimator = BPTT(),
+    weights=None,
+    **options,
+):
+    r"""The mean loss of a batch and its gradient `dl/dw`, by the chosen estimator, in one
+    reverse pass. This is the way to train on a batch.
+
+    Each estimator solves its states for every example (vmapped), then forms the parameter
+    gradient of the batch as ONE reverse pass with the parameters shared across the batch:
+    RBP and EP differentiate the surrogate `sum_b l_b + v_b . F(r_b)` (RBP) or the nudged
+    energies (EP) at the solved states, BPTT reverses the vmapped solve, so every weight
+    gradient is a matrix product over the batch (`R^T G`) rather than B per-example outer
+    products and a reduction. RTRL's gradient is a contraction of each example's own
+    sensitivities, averaged with one GEMV.
+
+    **Arguments:**
+
+    - `net`: a network (`nd.networks.*`).
+    - `xs`: the inputs, `(B, n_in)` for `nd.SteadyState`, `(B, T, n_in)` for `nd.Trajectory`.
+    - `ys`: the targets, `(B, n_out)` / `(B, T, n_out)`, or class indices `(B,)` / `(B, T)`.
+    - `objective`, `estimator`: as for `nd.value_and_grad`.
+    - `weights`: optional per-example weights `(B,)`, `>= 0` with a positive sum: the loss is
+      `sum_b w_b l_b / sum_b w_b`. Zero masks a padded example: its `x` and `y` are
+      replaced by zeros before solving (so even NaN data does not enter), and its `info`
+      describes that zero example.
+    - `solver`, `dt0`, `rtol`, `atol`, `max_steps`, `relaxation`: integration options.
+
+    **Returns:**
+
+    `(loss, grads, info)`: `loss` the (weighted) mean over the batch, `grads` its gradient
+    (the structure of `eqx.filter(net, eqx.is_inexact_array)`), `info` per example (each
+    entry with a leading batch axis; `converged`, `steps`, `result`, ...). A non-finite
+    loss, state or gradient is reported there (`RESULTS.nonfinite_gradient`), never as a
+    success.
+
+    `jax.grad` of the returned `loss` gives `grads` (a batch-level custom VJP); the call is
+    `jax.jit`-friendly and can be vmapped over a sweep axis (networks, estimator fields,
+    data). `nd.value_and_grad` is the one-example form: the mean of its gradients over the
+    batch equals this `grads`.
+    """
+    check_option_names(options)
+    if not isinstance(estimator, AbstractEstimator):
+        raise ValueError(
+            f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}."
+        )
+    estimator.check_objective(objective)
+    xs, ys, weights = _check_batch(net, objective, xs, ys, weights)
+    opts = objective.options(tree_dtype(net), **options)
+    return _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts)

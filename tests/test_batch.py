@@ -1,0 +1,185 @@
+"""`nd.batch_value_and_grad`: the gradient of a batch in one reverse pass equals the
+(weighted) mean of the one-example gradients for every estimator and network family, under
+`jit`, an outer `vmap` and `jax.grad`; steady-state BPTT's stored-states path is exact."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import neurodyn as nd
+from helpers import assert_tree_close, dense_ift_grad, small_networks
+
+
+NETWORKS = small_networks(jr.PRNGKey(4321))
+BASE = ("ctrnn-rate", "ctrnn-current", "hopfield", "layered")
+B = 4
+T = 3
+TS = np.arange(1.0, T + 1)
+
+
+def _estimators(energy: bool):
+    ests = [("bptt", nd.BPTT()), ("rbp", nd.RBP()), ("rtrl", nd.RTRL())]
+    if energy:
+        ests.append(("ep", nd.EP(beta=1e-3)))
+    return ests
+
+
+def _cases():
+    # Unweighted on every family; weighted on the Hopfield network (every estimator serves
+    # it) in the default suite, everywhere in the slow step.
+    out = []
+    for n, net in NETWORKS:
+        energy = isinstance(net, nd.networks.AbstractEnergyNetwork)
+        for e, est in _estimators(energy):
+            for weighted in (False, True):
+                fast = n in BASE and (not weighted or n == "hopfield")
+                out.append(pytest.param(e, n, est, net, weighted, id=f"{e}-{n}-{'weighted' if weighted else 'mean'}",
+                                        marks=() if fast else pytest.mark.slow))
+    return out
+
+
+def _batch(net, key, T=None):
+    kx, ky = jr.split(key)
+    lead = (B,) if T is None else (B, T)
+    return jr.uniform(kx, lead + (net.n_in,)), jr.normal(ky, lead + (net.n_out,))
+
+
+def _mean_of_examples(net, xs, ys, weights, **kw):
+    losses, grads, info = jax.vmap(lambda x, y: nd.value_and_grad(net, x, y, **kw))(xs, ys)
+    w = jnp.ones((B,), losses.dtype) / B if weights is None else weights / jnp.sum(weights)
+    return jnp.sum(w * losses), jax.tree.map(lambda g: jnp.tensordot(w, g, axes=1), grads), info
+
+
+WEIGHTS = jnp.asarray([1.0, 0.0, 2.0, 0.5])
+
+
+@pytest.mark.parametrize("est_name,net_name,est,net,weighted", _cases())
+def test_batch_equals_mean_of_examples_steady_state(est_name, net_name, est, net, weighted, getkey):
+    xs, ys = _batch(net, getkey())
+    weights = WEIGHTS if weighted else None
+    kw = dict(objective=nd.SteadyState(), estimator=est)
+    loss, grads, info = eqx.filter_jit(lambda n: nd.batch_value_and_grad(n, xs, ys, weights=weights, **kw))(net)
+    ref_loss, ref_grads, ref_info = _mean_of_examples(net, xs, ys, weights, **kw)
+    assert bool(jnp.all(info["converged"])) and info["converged"].shape == (B,)
+    np.testing.assert_array_equal(info["steps"], ref_info["steps"])
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12, atol=1e-14)
+    assert_tree_close(grads, ref_grads, rtol=1e-9, atol=1e-12, what=f"{est_name} {net_name}")
+    # jax.grad of the returned loss is the estimator's gradient (the batch custom VJP).
+    g = eqx.filter_grad(lambda n: 3.0 * nd.batch_value_and_grad(n, xs, ys, weights=weights, **kw)[0])(net)
+    assert_tree_close(g, jax.tree.map(lambda a: 3.0 * a, grads), rtol=1e-12, atol=1e-14, what="jax.grad")
+
+
+@pytest.mark.parametrize(
+    "name,est,weighted",
+    [("bptt", nd.BPTT(), False), ("bptt", nd.BPTT(), True), ("bptt-truncated", nd.BPTT(truncation=2), True),
+     ("bptt-checkpointed", nd.BPTT(checkpoints=2), False), ("rtrl", nd.RTRL(), True)],
+)
+def test_batch_equals_mean_of_examples_trajectory(name, est, weighted, getkey):
+    net = dict(NETWORKS)["ctrnn-current"]
+    xs, ys = _batch(net, getkey(), T=T)
+    weights = WEIGHTS if weighted else None
+    kw = dict(objective=nd.Trajectory(ts=TS), estimator=est, dt0=0.5)
+    loss, grads, info = nd.batch_value_and_grad(net, xs, ys, weights=weights, **kw)
+    ref_loss, ref_grads, _ = _mean_of_examples(net, xs, ys, weights, **kw)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    assert_tree_close(grads, ref_grads, rtol=1e-9, atol=1e-12, what=name)
+    assert info["loss"].shape == (B,) and bool(jnp.all(info["converged"]))
+
+
+def test_stored_steady_state_bptt_is_exact_and_matches_its_fallback(getkey):
+    """The stored-states path against the dense implicit-function-theorem gradient of the
+    converged steady state, and against the checkpointed loop it falls back to when the
+    states do not fit (`stored_steps=2`)."""
+    net = dict(NETWORKS)["ctrnn-rate"]
+    xs, ys = _batch(net, getkey())
+    kw = dict(objective=nd.SteadyState(), rtol=1e-12, atol=1e-13)
+    loss, grads, info = nd.batch_value_and_grad(net, xs, ys, estimator=nd.BPTT(), **kw)
+    assert int(jnp.max(info["steps"])) > 2
+    refs = [dense_ift_grad(net, x, y) for x, y in zip(xs, ys)]
+    ref = jax.tree.map(lambda *g: sum(g) / B, *[r[1] for r in refs])
+    # BPTT through a converged relaxation is the implicit gradient up to the contraction's tail.
+    assert_tree_close(grads, ref, rtol=1e-8, atol=1e-10, what="stored vs dense IFT")
+    loss_fb, grads_fb, info_fb = nd.batch_value_and_grad(net, xs, ys, estimator=nd.BPTT(stored_steps=2), **kw)
+    np.testing.assert_array_equal(info_fb["steps"], info["steps"])
+    assert_tree_close(grads_fb, grads, rtol=1e-10, atol=1e-13, what="fallback vs stored")
+
+
+def test_outer_vmap_over_a_sweep_axis(getkey):
+    """A vmap over EP's beta and over a stack of networks on top of the batch call."""
+    net = dict(NETWORKS)["hopfield"]
+    xs, ys = _batch(net, getkey())
+    betas = jnp.asarray([1e-3, 2e-3])
+
+    def one(beta):
+        est = nd.sweeps.with_values(nd.EP(), {"beta": beta})
+        return nd.batch_value_and_grad(net, xs, ys, objective=nd.SteadyState(), estimator=est)[1]
+
+    swept = jax.vmap(one)(betas)
+    for i, b in enumerate(betas):
+        g = nd.batch_value_and_grad(net, xs, ys, objective=nd.SteadyState(), estimator=nd.EP(float(b)))[1]
+        assert_tree_close(jax.tree.map(lambda a: a[i], swept), g, rtol=1e-9, atol=1e-12, what=f"beta {b}")
+
+    keys = jr.split(getkey(), 2)
+    nets = eqx.filter_vmap(lambda k: nd.networks.Hopfield(3, 5, 2, key=k))(keys)
+    params, static = eqx.partition(nets, eqx.is_inexact_array)
+
+    def per_net(p):
+        return nd.batch_value_and_grad(eqx.combine(p, static), xs, ys, objective=nd.SteadyState(),
+                                       estimator=nd.RBP())[:2]
+
+    losses, grads = jax.vmap(per_net)(params)
+    for i, k in enumerate(keys):
+        loss_i, g_i, _ = nd.batch_value_and_grad(nd.networks.Hopfield(3, 5, 2, key=k), xs, ys,
+                                                 objective=nd.SteadyState(), estimator=nd.RBP())
+        np.testing.assert_allclose(losses[i], loss_i, rtol=1e-12)
+        assert_tree_close(jax.tree.map(lambda a: a[i], grads), g_i, rtol=1e-9, atol=1e-12, what=f"net {i}")
+
+
+def _is(results, member):
+    """Per example: is the batched `info["result"]` this member?"""
+    return jax.vmap(lambda r: r == member)(results)
+
+
+def test_a_non_finite_example_is_never_successful(getkey):
+    net = dict(NETWORKS)["ctrnn-rate"]
+    xs, ys = _batch(net, getkey())
+    ys = ys.at[2, 0].set(jnp.nan)
+    _, _, info = nd.batch_value_and_grad(net, xs, ys, objective=nd.SteadyState(), estimator=nd.RBP())
+    assert not bool(info["converged"][2])
+    assert not bool(_is(info["result"], nd.RESULTS.successful)[2])  # (the adjoint solve already fails on it)
+    # The batch gradient is NaN, so no example may claim success: the others say why.
+    assert not bool(jnp.any(info["converged"]))
+    assert bool(jnp.all(_is(info["result"], nd.RESULTS.nonfinite_gradient)[jnp.asarray([0, 1, 3])]))
+    # Masking the broken example with a zero weight keeps its NaN out of loss and gradient.
+    loss, grads, _ = nd.batch_value_and_grad(net, xs, ys, objective=nd.SteadyState(), estimator=nd.RBP(),
+                                             weights=jnp.asarray([1.0, 1.0, 0.0, 1.0]))
+    assert bool(jnp.isfinite(loss))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize(
+    "xs_shape,ys_shape,weights,match",
+    [
+        ((4, 3), (3, 2), None, "leading axes differ"),
+        ((3,), (2,), None, "leading axes differ|expects"),
+        ((4, 3), (4, 2), jnp.ones(3), r"weights has shape \(3,\); expected \(4,\)"),
+        ((4, 3), (4, 2), jnp.asarray([1.0, -1.0, 1.0, 1.0]), "weights must be finite and >= 0"),
+        ((0, 3), (0, 2), None, "empty batch"),
+    ],
+)
+def test_bad_batches_are_named(xs_shape, ys_shape, weights, match):
+    net = dict(NETWORKS)["ctrnn-rate"]
+    with pytest.raises(ValueError, match=match):
+        nd.batch_value_and_grad(net, jnp.zeros(xs_shape), jnp.zeros(ys_shape), objective=nd.SteadyState(),
+                                weights=weights)
+
+
+def test_differentiating_the_returned_grads_is_refused(getkey):
+    net = dict(NETWORKS)["ctrnn-rate"]
+    xs, ys = _batch(net, getkey())
+    with pytest.raises(ValueError, match="first-order"):
+        jax.grad(lambda n: jnp.sum(nd.batch_value_and_grad(n, xs, ys, objective=nd.SteadyState(),
+                                                           estimator=nd.RBP())[1].W))(net)
