@@ -25,9 +25,9 @@ class RESULTS(eqx.Enumeration):
         "eigenvalue of J = dF/dr has a non-negative real part."
     )
     nonfinite_gradient = (
-        "The loss or the gradient is not finite (inf or NaN) although the solves reported "
-        "success. Likely causes: NaN or inf in the parameters, the inputs or the targets, or "
-        "a class index outside [0, n_out) under jit (where the data cannot be checked)."
+        "The loss or the gradient is not finite (inf or NaN) at a finite state. Likely "
+        "causes: NaN or inf in the parameters, the inputs or the targets, or a class index "
+        "outside [0, n_out) under jit (where the data cannot be checked)."
     )
     invalid_parameter = (
         "An estimator parameter given as data (traced, e.g. in a sweep) is out of its valid "
@@ -56,7 +56,14 @@ def flag_failure(info: dict, ok, result: RESULTS, *, override: bool = False) -> 
 def flag_nonfinite(loss, grads, info: dict) -> dict:
     """`info` with `converged = False` and `result = RESULTS.nonfinite_gradient` where the
     `loss` or any leaf of `grads` is not finite: a non-finite gradient is never a success.
-    An earlier failure's `result` (e.g. the relaxation's `nonfinite`) is kept. Per example;
-    `jit`/`vmap`-friendly. Call it on every `(loss, grads, info)` an estimator returns."""
-    ok = jnp.all(jnp.isfinite(loss)) & _all_finite(grads)
-    return flag_failure(info, ok, RESULTS.nonfinite_gradient)
+
+    An earlier failure's `result` (e.g. the relaxation's `nonfinite`) is kept, with one
+    exception: a non-finite loss at a converged forward state (`info["forward_converged"]`,
+    else `info["converged"]`) comes from the readout's parameters or the target, upstream of
+    the later solves, whose failures (an adjoint or nudged phase gone NaN) it causes; then
+    the result names it. Per example; `jit`/`vmap`-friendly. Call it on every
+    `(loss, grads, info)` an estimator returns."""
+    loss_ok = jnp.all(jnp.isfinite(loss))
+    forward_ok = info.get("forward_converged", info["converged"])
+    info = flag_failure(info, loss_ok | ~forward_ok, RESULTS.nonfinite_gradient, override=True)
+    return flag_failure(info, loss_ok & _all_finite(grads), RESULTS.nonfinite_gradient)
