@@ -105,14 +105,10 @@ def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=()):
             params, opt_state = carry
             idx = jr.choice(k, Xtr.shape[0], (cfg.batch_size,), replace=False)
             net = eqx.combine(params, static)
-
-            def one(x, t):
-                return nd.value_and_grad(net, x, t, objective=obj, estimator=est)
-
-            losses, grads, _ = jax.vmap(one)(Xtr[idx], ytr[idx])
+            loss, grads, _ = nd.batch_value_and_grad(net, Xtr[idx], ytr[idx], objective=obj, estimator=est)
             with jax.numpy_dtype_promotion("standard"):
-                updates, opt_state = opt.update(nd.batch_mean(grads), opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), jnp.mean(losses)
+                updates, opt_state = opt.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
 
         (params, _), losses = jax.lax.scan(step, (params, opt_state), jr.split(jr.fold_in(key, 1), cfg.steps))
         net = eqx.combine(params, static)

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from ._batch import batch_value_and_grad
 from ._dynamics import check_input, relax_loop, time_grid
-from ._misc import batch_mean, planned_peak_bytes, tree_dtype
+from ._misc import planned_peak_bytes, tree_dtype
 from ._objectives import AbstractObjective, SteadyState, Trajectory
 from ._options import steady_state_options
-from ._value_and_grad import value_and_grad
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,15 +158,12 @@ def alignment_matrix(grads: dict) -> tuple[list[str], np.ndarray]:
 
 
 def batch_estimate(estimator, objective, **options):
-    """A jitted function `(net, xs, ys) -> (mean loss, mean grads, info)` for a batch."""
+    """A jitted function `(net, xs, ys) -> (mean loss, mean grads, info)` for a batch
+    (`nd.batch_value_and_grad`)."""
 
     @eqx.filter_jit
     def run(net, xs, ys):
-        def one(x, y):
-            return value_and_grad(net, x, y, objective=objective, estimator=estimator, **options)
-
-        losses, grads, info = jax.vmap(one)(xs, ys)
-        return jnp.mean(losses), batch_mean(grads), info
+        return batch_value_and_grad(net, xs, ys, objective=objective, estimator=estimator, **options)
 
     return run
 

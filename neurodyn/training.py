@@ -11,8 +11,8 @@ net, history = nd.training.fit(
 )
 ```
 
-One epoch is one jitted `lax.scan` over mini-batches: the batch gradient is the mean of
-`jax.vmap(nd.value_and_grad)` over the batch (`nd.value_and_grad` acts on one example), so
+One epoch is one jitted `lax.scan` over mini-batches: the batch gradient is
+`nd.batch_value_and_grad` (states per example, one reverse pass for the parameters), so
 every estimator trains through the same code. Progress is one line per epoch on stderr
 (process 0 only; `progress=False` silences it).
 
@@ -43,10 +43,9 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 
+from ._batch import batch_value_and_grad
 from ._dynamics import relax
 from .config import ConfigError
-from ._misc import batch_mean
-from ._value_and_grad import value_and_grad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,16 +99,14 @@ def _tree_norm(tree):
 
 
 def _batch_grad(params, static, xb, yb, objective, estimator, l2, options):
-    net = eqx.combine(params, static)
-
-    def one(x, t):
-        return value_and_grad(net, x, t, objective=objective, estimator=estimator, **options)
-
-    losses, grads, info = jax.vmap(one)(xb, yb)
-    grads = batch_mean(grads)
+    # The batch gradient in one reverse pass (nd.batch_value_and_grad), the path every
+    # experiment trains through.
+    loss, grads, info = batch_value_and_grad(
+        eqx.combine(params, static), xb, yb, objective=objective, estimator=estimator, **options
+    )
     if l2:
         grads = jtu.tree_map(lambda g, p: g + l2 * p, grads, params)
-    return jnp.mean(losses), grads, jnp.mean(info["converged"].astype(losses.dtype))
+    return loss, grads, jnp.mean(info["converged"].astype(loss.dtype))
 
 
 # Module level, with everything as arguments: fits with equal settings share one compilation
