@@ -46,6 +46,8 @@ def peer_functions(objective_loss=nd.losses.squared_error):
 
 
 def ours_functions(estimator, objective=None, **options):
+    """`(relax, grad)`: the vmapped `nd.relax` of a batch and the batch path,
+    `nd.batch_value_and_grad` (states per example, one reverse pass for the parameters)."""
     objective = objective or nd.SteadyState()
 
     @eqx.filter_jit
@@ -54,12 +56,62 @@ def ours_functions(estimator, objective=None, **options):
 
     @eqx.filter_jit
     def grad(net, xs, ys):
+        return nd.batch_value_and_grad(net, xs, ys, objective=objective, estimator=estimator, **options)
+
+    return relax, grad
+
+
+def per_example_functions(estimator, objective=None, **options):
+    """The old path, for the side-by-side rows: `nd.batch_mean` of the vmapped one-example
+    `nd.value_and_grad`."""
+    objective = objective or nd.SteadyState()
+
+    @eqx.filter_jit
+    def grad(net, xs, ys):
         losses, grads, info = jax.vmap(
             lambda x, y: nd.value_and_grad(net, x, y, objective=objective, estimator=estimator, **options)
         )(xs, ys)
         return jnp.mean(losses), nd.batch_mean(grads), info
 
-    return relax, grad
+    return grad
+
+
+def through_grad_function(estimator, objective=None, **options):
+    """`jax.grad` of the loss `nd.batch_value_and_grad` returns (its batch-level custom VJP)."""
+    objective = objective or nd.SteadyState()
+
+    @eqx.filter_jit
+    def through_grad(net, xs, ys):
+        def loss(net):
+            return nd.batch_value_and_grad(net, xs, ys, objective=objective, estimator=estimator, **options)[0]
+
+        return eqx.filter_value_and_grad(loss)(net)
+
+    return through_grad
+
+
+def batch_path_rows(section, problem, label, net, xs, ys, grad, old, through, repeats=5, min_time=0.05):
+    """The two rows every section keeps: the batch path against the old path
+    (`nd.batch_mean` of the vmapped `nd.value_and_grad`), and `jax.grad` of the batch loss
+    against the returned `grads`; the gradients are checked to agree before timing, and the
+    three are timed side by side."""
+    from ._timing import row, time_side_by_side
+
+    _, g_grad, _ = grad(net, xs, ys)
+    _, g_old, _ = old(net, xs, ys)
+    _, g_through = through(net, xs, ys)
+    d_old, d_through = rel(g_grad, g_old), rel(g_through, g_grad)
+    assert d_old < 1e-3, f"{section}: the batch path and the per-example path disagree ({d_old:.2e})"
+    assert d_through < 1e-5, f"{section}: jax.grad of the batch loss is not the returned grads ({d_through:.2e})"
+    t_grad, t_old, t_through = time_side_by_side(
+        [(grad, net, xs, ys), (old, net, xs, ys), (through, net, xs, ys)], repeats=repeats, min_time=min_time
+    )
+    return [
+        row(section, problem, f"{label} batch_value_and_grad", f"{label}: batch_mean of vmapped value_and_grad (old path)",
+            t_grad, t_old, "speed-up (below 1: the batch path is faster)", rel_diff=d_old),
+        row(section, problem, f"{label}, jax.grad of batch_value_and_grad's loss", f"{label} batch_value_and_grad grads",
+            t_through, t_grad, "<= 1.1x", rel_diff=d_through),
+    ]
 
 
 def rel(a, b):

@@ -39,6 +39,28 @@ def time_fn(fn, *args, repeats: int = 5, min_time: float = 0.0):
     return statistics.median(samples), compile_s
 
 
+def time_side_by_side(calls, repeats: int = 5, min_time: float = 0.0):
+    """Median seconds of each `(fn, *args)` in `calls`, the samples interleaved (one of
+    each per round) so that load from other processes on a shared machine falls on all of
+    them alike: the ratios between them are what counts. Each is compiled (and run once)
+    first."""
+    for fn, *args in calls:
+        jax.block_until_ready(fn(*args))
+    samples = [[] for _ in calls]
+    for _ in range(repeats):
+        for i, (fn, *args) in enumerate(calls):
+            n = 0
+            t0 = time.perf_counter()
+            while True:
+                jax.block_until_ready(fn(*args))
+                n += 1
+                elapsed = time.perf_counter() - t0
+                if elapsed >= min_time:
+                    break
+            samples[i].append(elapsed / n)
+    return [statistics.median(s) for s in samples]
+
+
 def peak_bytes(fn, *args) -> int | None:
     """Peak memory XLA plans for `fn(*args)` (arguments + outputs + temporaries), in bytes:
     the figure that grows with stored trajectories; reported on CPU and GPU."""

@@ -1,5 +1,14 @@
-"""BPTT against `nd.rollout` alone and against diffrax's default adjoint
-(`RecursiveCheckpointAdjoint`) on the same fixed-step Euler trajectory problem."""
+"""BPTT on the batch path, `nd.batch_value_and_grad`:
+
+- a trajectory (fixed-step Euler CTRNN) against `nd.rollout` alone and against diffrax's
+  default adjoint (`RecursiveCheckpointAdjoint`) on the same problem, the gradient checked
+  against a plain unrolled `lax.scan`;
+- a steady state (the EP section's Hopfield network) against `nd.relax` alone and the
+  diffrax `ImplicitAdjoint` peer (Tsit5 + PID + steady_state_event), checked against a
+  tight Krylov-RBP reference.
+
+Each problem also has a row against the old path (`nd.batch_mean` of the vmapped
+`nd.value_and_grad`) and one for `jax.grad` of the batch loss."""
 
 import diffrax
 import equinox as eqx
@@ -10,7 +19,15 @@ import numpy as np
 
 import neurodyn as nd
 
-from ._timing import row, time_fn
+from ._steady_peer import (
+    batch_path_rows,
+    ours_functions,
+    peer_functions,
+    per_example_functions,
+    rel,
+    through_grad_function,
+)
+from ._timing import row, time_fn, time_side_by_side
 
 
 def _problem(n, B, n_in=8, n_out=4, n_save=40, steps_per_save=10, dt=0.1, seed=0):
@@ -61,50 +78,86 @@ def _scan_reference(net, xs, ys, n_save, steps_per_save, dt):
     return eqx.filter_grad(lambda n: jnp.mean(jax.vmap(lambda x, y: loss(n, x, y))(xs, ys)))(net)
 
 
+def _trajectory(n, B, repeats):
+    net, xs, ys, ts, dt = _problem(n, B)
+    obj = nd.Trajectory(nd.losses.squared_error, ts)
+    opts = dict(solver=diffrax.Euler(), dt0=dt)
+    est = nd.BPTT()
+
+    @eqx.filter_jit
+    def forward(net, xs):
+        return jax.vmap(lambda x: nd.rollout(net, x, ts, **opts)[0])(xs)
+
+    @eqx.filter_jit
+    def ours(net, xs, ys):
+        return nd.batch_value_and_grad(net, xs, ys, objective=obj, estimator=est, **opts)
+
+    @eqx.filter_jit
+    def peer_forward(net, xs, ys):
+        return jnp.mean(jax.vmap(lambda x, y: _diffrax_loss(net, x, y, ts, dt))(xs, ys))
+
+    @eqx.filter_jit
+    def peer(net, xs, ys):
+        return eqx.filter_value_and_grad(peer_forward)(net, xs, ys)
+
+    # Same problem: both gradients are checked against a plain unrolled lax.scan.
+    (_, g_ours, _), (_, g_peer) = ours(net, xs, ys), peer(net, xs, ys)
+    g_ref = _scan_reference(net, xs, ys, len(ts), int(round(ts[0] / dt)), dt)
+    err = _rel(g_ours.W, g_ref.W)
+    peer_err = _rel(g_peer.W, g_ref.W)
+    if not err < 1e-3:
+        raise AssertionError(f"nd.BPTT disagrees with the lax.scan reference (rel err {err:.2e})")
+    t_ours, t_fwd = time_side_by_side([(ours, net, xs, ys), (forward, net, xs)], repeats=repeats)
+    t_peer_fwd, _ = time_fn(peer_forward, net, xs, ys, repeats=3)
+    t_peer, _ = time_fn(peer, net, xs, ys, repeats=3)
+    steps = int(round(ts[-1] / dt))
+    problem = f"CTRNN n={n} B={B}, Euler {steps} steps, {len(ts)} saves"
+    label = "nd.BPTT batch_value_and_grad"
+    rows = [
+        row("bptt", problem, label, "nd.rollout (forward only)", t_ours, t_fwd, "<= 3x", grad_rel_err=err),
+        row("bptt", problem, label, "diffrax RecursiveCheckpointAdjoint grad", t_ours, t_peer, "<= 0.5x",
+            grad_rel_err=err, peer_grad_rel_err=peer_err, peer_forward_ms=1e3 * t_peer_fwd),
+    ]
+    rows += batch_path_rows("bptt", problem, "nd.BPTT", net, xs, ys, ours, per_example_functions(est, obj, **opts),
+                            through_grad_function(est, obj, **opts), repeats=repeats)
+    return rows
+
+
+def _steady(n, B, repeats, n_in=64, n_out=10):
+    """Full BPTT of the relaxation (the stored-states path of the batch) on the EP section's
+    Hopfield network."""
+    k1, k2, k3 = jr.split(jr.PRNGKey(0), 3)
+    net = nd.networks.Hopfield(n_in, n - n_out, n_out, key=k1)
+    xs, ys = jr.uniform(k2, (B, n_in)), jr.uniform(k3, (B, n_out))
+    est = nd.BPTT()
+    relax, ours = ours_functions(est)
+    _, ref = ours_functions(nd.RBP(adjoint=nd.adjoint.Krylov(rtol=1e-6)), rtol=1e-6, atol=1e-7)
+    _, peer = peer_functions()
+    (_, g_ours, info), (_, g_ref, _), (_, g_peer) = ours(net, xs, ys), ref(net, xs, ys), peer(net, xs, ys)
+    assert bool(jnp.all(info["converged"])), "BPTT's relaxation did not converge on the benchmark problem"
+    steps = int(jnp.max(info["steps"]))
+    extra = dict(ours_rel_err=rel(g_ours, g_ref), peer_rel_err=rel(g_peer, g_ref), fwd_steps=steps,
+                 stored_steps=est.stored_steps, stored_path=steps <= est.stored_steps)
+    t_ours, t_relax = time_side_by_side([(ours, net, xs, ys), (relax, net, xs)], repeats=repeats, min_time=0.05)
+    t_peer, _ = time_fn(peer, net, xs, ys, repeats=3)
+    problem = f"Hopfield n={n} B={B} float32, steady state (BPTT of the relaxation)"
+    label = "nd.BPTT batch_value_and_grad"
+    rows = [
+        row("bptt", problem, label, "nd.relax alone", t_ours, t_relax, "<= 3x", **extra),
+        row("bptt", problem, label, "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)", t_ours, t_peer,
+            "faster", **extra),
+    ]
+    rows += batch_path_rows("bptt", problem, "nd.BPTT", net, xs, ys, ours, per_example_functions(est),
+                            through_grad_function(est), repeats=repeats)
+    return rows
+
+
 def run(quick: bool = False, large: bool = False):
     sizes = [(64, 16)] if quick else ([(256, 256), (1024, 256), (4096, 256)] if large else [(64, 32), (256, 32)])
+    repeats = 3 if quick else 7
     rows = []
     for n, B in sizes:
-        net, xs, ys, ts, dt = _problem(n, B)
-        obj = nd.Trajectory(nd.losses.squared_error, ts)
-        opts = dict(solver=diffrax.Euler(), dt0=dt)
-
-        @eqx.filter_jit
-        def forward(net, xs):
-            return jax.vmap(lambda x: nd.rollout(net, x, ts, **opts)[0])(xs)
-
-        @eqx.filter_jit
-        def ours(net, xs, ys):
-            def one(x, y):
-                return nd.value_and_grad(net, x, y, objective=obj, estimator=nd.BPTT(), **opts)[:2]
-
-            losses, grads = jax.vmap(one)(xs, ys)
-            return jnp.mean(losses), nd.batch_mean(grads)
-
-        @eqx.filter_jit
-        def peer_forward(net, xs, ys):
-            return jnp.mean(jax.vmap(lambda x, y: _diffrax_loss(net, x, y, ts, dt))(xs, ys))
-
-        @eqx.filter_jit
-        def peer(net, xs, ys):
-            return eqx.filter_value_and_grad(peer_forward)(net, xs, ys)
-
-        # Same problem: both gradients are checked against a plain unrolled lax.scan.
-        (_, g_ours), (_, g_peer) = ours(net, xs, ys), peer(net, xs, ys)
-        g_ref = _scan_reference(net, xs, ys, len(ts), int(round(ts[0] / dt)), dt)
-        err = _rel(g_ours.W, g_ref.W)
-        peer_err = _rel(g_peer.W, g_ref.W)
-        if not err < 1e-3:
-            raise AssertionError(f"nd.BPTT disagrees with the lax.scan reference (rel err {err:.2e})")
-        t_fwd, _ = time_fn(forward, net, xs)
-        t_ours, c_ours = time_fn(ours, net, xs, ys)
-        t_peer_fwd, _ = time_fn(peer_forward, net, xs, ys)
-        t_peer, c_peer = time_fn(peer, net, xs, ys)
-        steps = int(round(ts[-1] / dt))
-        problem = f"CTRNN n={n} B={B}, Euler {steps} steps, {len(ts)} saves"
-        rows.append(row("bptt", problem, "nd.BPTT value_and_grad", "nd.rollout (forward only)",
-                        t_ours, t_fwd, "<= 3x", grad_rel_err=err))
-        rows.append(row("bptt", problem, "nd.BPTT value_and_grad", "diffrax RecursiveCheckpointAdjoint grad",
-                        t_ours, t_peer, "<= 0.5x", grad_rel_err=err, peer_grad_rel_err=peer_err,
-                        peer_forward_ms=1e3 * t_peer_fwd))
+        rows += _trajectory(n, B, repeats)
+    steady = (64, 8) if quick else ((1024, 256) if large else (256, 32))
+    rows += _steady(*steady, repeats)
     return rows

@@ -3,10 +3,14 @@ steady_state_event) on the same network, at measured accuracy; the relaxation an
 strategies side by side (how the defaults were picked); a scaling table n = 64 ... 1024
 (4096 with `large`); and peak memory against the number of relaxation steps.
 
+The headline problems (a CTRNN and a Hopfield network, n = 256, B = 32 on the CPU) run on
+the batch path, `nd.batch_value_and_grad` (states per example, one reverse pass whose
+weight gradients are matrix products over the batch); each also has a row against the old
+path (`nd.batch_mean` of the vmapped `nd.value_and_grad`) and one for `jax.grad` of the
+batch loss. The strategy, scaling and memory tables run on the batch path too.
+
 Every gradient error is relative to a float64 reference (tight relaxation, dense LU where
-n <= 256, the adjoint ODE to 1e-11 above). Batch means are `jnp.mean` over the vmapped
-per-example gradients (on XLA CPU `nd.batch_mean`'s GEMV was slower for RBP's (B, n, n)
-weight gradients: 4.0 against 2.3 ms at n = 256, B = 32).
+n <= 256, the adjoint ODE to 1e-11 above), computed on the per-example path.
 """
 
 import equinox as eqx
@@ -17,14 +21,29 @@ import jax.random as jr
 import neurodyn as nd
 from neurodyn._misc import tree_cast
 
-from ._steady_peer import optimistix_peer_functions, peer_functions, rel
-from ._timing import peak_bytes, row, time_fn
+from ._steady_peer import (
+    ours_functions,
+    batch_path_rows,
+    optimistix_peer_functions,
+    per_example_functions,
+    peer_functions,
+    rel,
+    through_grad_function,
+)
+from ._timing import peak_bytes, row, time_fn, time_side_by_side
 
 
 def _problem(n, B, seed=0, dtype=jnp.float32, gain=0.5):
     k1, k2, k3 = jr.split(jr.PRNGKey(seed), 3)
     net = tree_cast(nd.networks.CTRNN(n, 16, 8, gain=gain, key=k1), dtype)
     return net, jr.normal(k2, (B, 16), dtype), jr.normal(k3, (B, 8), dtype)
+
+
+def _hopfield_problem(n, B, seed=0, n_in=64, n_out=10):
+    """The EP section's Hopfield network and data (n state units: n - n_out hidden)."""
+    k1, k2, k3 = jr.split(jr.PRNGKey(seed), 3)
+    net = nd.networks.Hopfield(n_in, n - n_out, n_out, key=k1)
+    return net, jr.uniform(k2, (B, n_in)), jr.uniform(k3, (B, n_out))
 
 
 def _relax_fn(**options):
@@ -35,25 +54,25 @@ def _relax_fn(**options):
     return relax
 
 
-def _rbp_fn(estimator=None, **options):
+def _rbp_fn(estimator=None, batch=True, **options):
+    """RBP's `(loss, grads, info)` of a batch: `nd.batch_value_and_grad` (the batch path,
+    default) or, with `batch=False`, the batch mean of the vmapped `nd.value_and_grad`."""
     estimator = nd.RBP() if estimator is None else estimator
-
-    @eqx.filter_jit
-    def grad(net, xs, ys):
-        losses, grads, info = jax.vmap(
-            lambda x, y: nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=estimator, **options)
-        )(xs, ys)
-        return jnp.mean(losses), jax.tree.map(lambda g: jnp.mean(g, 0), grads), info
-
-    return grad
+    if batch:
+        return ours_functions(estimator, **options)[1]
+    return per_example_functions(estimator, **options)
 
 
 def _reference(net, xs, ys):
-    """A float64 gradient: tight relaxation, then a dense LU (n <= 256) or the adjoint ODE."""
+    """A float64 gradient: tight relaxation, then a dense LU (n <= 256) or the adjoint ODE,
+    on the per-example path (independent of the batch path it checks)."""
     with jax.enable_x64(True):
-        net64, xs64, ys64 = tree_cast(net, jnp.float64), xs.astype(jnp.float64), ys.astype(jnp.float64)
+        net64 = tree_cast(net, jnp.float64)
+        xs64, ys64 = xs.astype(jnp.float64), ys.astype(jnp.float64)
         adj = nd.adjoint.DenseLU() if net.n_state <= 256 else nd.adjoint.AdjointODE(rtol=1e-11)
-        _, g, info = _rbp_fn(nd.RBP(adjoint=adj), rtol=1e-12, atol=1e-14, max_steps=100_000)(net64, xs64, ys64)
+        _, g, info = _rbp_fn(nd.RBP(adjoint=adj), batch=False, rtol=1e-12, atol=1e-14, max_steps=100_000)(
+            net64, xs64, ys64
+        )
         assert bool(jnp.all(info["converged"])), "the float64 reference did not converge"
         return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), g)
 
@@ -62,36 +81,30 @@ def _steps(info, key):
     return int(jnp.max(info[key]))
 
 
-def _head(n, B, large, repeats):
+def _head(kind, n, B, large, repeats):
     rows = []
-    net, xs, ys = _problem(n, B)
-    problem = f"CTRNN n={n} B={B} float32, steady state"
+    if kind == "CTRNN":
+        net, xs, ys = _problem(n, B)
+        problem = f"CTRNN n={n} B={B} float32, steady state"
+    else:
+        net, xs, ys = _hopfield_problem(n, B)
+        problem = f"Hopfield n={n} B={B} float32, steady state"
     relax, ours = _relax_fn(), _rbp_fn()
     _, peer = peer_functions()
     (_, g_ours, info), (_, g_peer) = ours(net, xs, ys), peer(net, xs, ys)
+    assert bool(jnp.all(info["converged"])), f"RBP did not converge on the {kind} benchmark problem"
     g_ref = _reference(net, xs, ys)
     e_ours, e_peer = rel(g_ours, g_ref), rel(g_peer, g_ref)
-    t_relax, _ = time_fn(relax, net, xs, repeats=repeats, min_time=0.05)
-    t_ours, _ = time_fn(ours, net, xs, ys, repeats=repeats, min_time=0.05)
+    t_ours, t_relax = time_side_by_side([(ours, net, xs, ys), (relax, net, xs)], repeats=repeats, min_time=0.05)
     t_peer, _ = time_fn(peer, net, xs, ys, repeats=3)
     extra = dict(ours_rel_err=e_ours, peer_rel_err=e_peer, fwd_steps=_steps(info, "steps"),
                  adjoint_steps=_steps(info, "adjoint_steps"), converged=bool(jnp.all(info["converged"])))
-    rows.append(row("rbp", problem, "nd.RBP value_and_grad", "nd.relax alone", t_ours, t_relax, "<= 1.6x", **extra))
-    rows.append(row("rbp", problem, "nd.RBP value_and_grad", "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
-                    t_ours, t_peer, "<= 0.05x (20x faster)" if large else "<= 0.5x", **extra))
-    # The same gradient through jax.grad of the vmapped mean loss (the custom VJP): JAX sums
-    # the per-example gradients itself, with a reduction XLA's CPU backend runs slowly.
-    @eqx.filter_jit
-    def through_grad(net, xs, ys):
-        def mean_loss(net):
-            per = jax.vmap(lambda x, y: nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP())[0])(xs, ys)
-            return jnp.mean(per)
-
-        return eqx.filter_value_and_grad(mean_loss)(net)
-
-    t_grad, _ = time_fn(through_grad, net, xs, ys, repeats=repeats, min_time=0.05)
-    rows.append(row("rbp", problem, "nd.RBP, jax.grad of the vmapped mean loss", "nd.RBP, mean of vmapped value_and_grad",
-                    t_grad, t_ours, "1x (same numbers)", rel_diff=rel(through_grad(net, xs, ys)[1], g_ours)))
+    label = "nd.RBP batch_value_and_grad"
+    rows.append(row("rbp", problem, label, "nd.relax alone", t_ours, t_relax, "<= 2x", **extra))
+    rows.append(row("rbp", problem, label, "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
+                    t_ours, t_peer, "<= 0.05x (20x faster)" if large else "<= 0.2x", **extra))
+    rows += batch_path_rows("rbp", problem, "nd.RBP", net, xs, ys, ours, _rbp_fn(batch=False),
+                            through_grad_function(nd.RBP()), repeats=repeats)
     # optimistix: the same Euler fixed-point iteration, its default (dense LU) adjoint and GMRES.
     import lineax as lx
 
@@ -99,11 +112,11 @@ def _head(n, B, large, repeats):
     peers += [("optimistix fixed_point + ImplicitAdjoint (lineax GMRES)", lx.GMRES(rtol=1e-5, atol=1e-6, restart=40))]
     if large:
         peers = peers[1:]  # a batched dense n x n LU per example: B n^2 floats, minutes to compile
-    for label, solver in peers:
+    for plabel, solver in peers:
         _, opeer = optimistix_peer_functions(linear_solver=solver)
         _, g_opt = opeer(net, xs, ys)
         t_opt, _ = time_fn(opeer, net, xs, ys, repeats=3)
-        rows.append(row("rbp", problem, "nd.RBP value_and_grad", label, t_ours, t_opt, "faster",
+        rows.append(row("rbp", problem, label, plabel, t_ours, t_opt, "faster",
                         ours_rel_err=e_ours, peer_rel_err=rel(g_opt, g_ref)))
     return rows
 
@@ -164,7 +177,7 @@ def _adjoints(n, B, dtype, repeats, quick=False):
         _, g, info = f(net, xs, ys)
         t, _ = time_fn(f, net, xs, ys, repeats=repeats, min_time=0.05)
         t_base = t if t_base is None else t_base
-        rows.append(row("rbp-adjoint", f"CTRNN n={n} B={B} {name}, RBP value_and_grad", label,
+        rows.append(row("rbp-adjoint", f"CTRNN n={n} B={B} {name}, RBP batch_value_and_grad", label,
                         "AdjointODE() (default)", t, t_base, "accurate and fastest",
                         rel_err=rel(g, g_ref), adjoint_steps=_steps(info, "adjoint_steps"),
                         adjoint_converged=bool(jnp.all(info["adjoint_converged"]))))
@@ -179,8 +192,8 @@ def _scaling(sizes, B, repeats):
         _, _, info = ours(net, xs, ys)
         t, _ = time_fn(ours, net, xs, ys, repeats=repeats)
         t_r, _ = time_fn(relax, net, xs, repeats=repeats)
-        rows.append(row("rbp-scaling", f"CTRNN n={n} B={B} float32", "nd.RBP value_and_grad", "nd.relax alone",
-                        t, t_r, "memory O(n^2 + B n^2): the weights and per-example gradients",
+        rows.append(row("rbp-scaling", f"CTRNN n={n} B={B} float32", "nd.RBP batch_value_and_grad", "nd.relax alone",
+                        t, t_r, "memory O(n^2 + B n): the weights and the batch's states",
                         peak_bytes=peak_bytes(ours, net, xs, ys), relax_peak_bytes=peak_bytes(relax, net, xs),
                         fwd_steps=_steps(info, "steps"), adjoint_steps=_steps(info, "adjoint_steps")))
     return rows
@@ -197,7 +210,7 @@ def _memory_vs_steps(n, B, quick=False):
         f = _rbp_fn(est, rtol=rtol, atol=0.1 * rtol, dt0=dt0, max_steps=100_000)
         _, _, info = f(net, xs, ys)
         t, _ = time_fn(f, net, xs, ys, repeats=3)
-        rows.append(row("rbp-memory", f"CTRNN n={n} B={B} float32, rtol={rtol:g} dt0={dt0:g}", "nd.RBP value_and_grad",
+        rows.append(row("rbp-memory", f"CTRNN n={n} B={B} float32, rtol={rtol:g} dt0={dt0:g}", "nd.RBP batch_value_and_grad",
                         "-", t, t, "peak_bytes constant in steps",
                         peak_bytes=peak_bytes(f, net, xs, ys), fwd_steps=_steps(info, "steps"),
                         adjoint_steps=_steps(info, "adjoint_steps")))
@@ -217,7 +230,8 @@ def _run(quick, large):
     repeats = 3 if quick else 9
     rows = []
     head = (64, 8) if quick else ((1024, 256) if large else (256, 32))
-    rows += _head(*head, large, repeats)
+    rows += _head("CTRNN", *head, large, repeats)
+    rows += _head("Hopfield", *head, large, repeats)
     rows += _relaxations(*head, jnp.float32, repeats, quick)
     if not quick:
         # Near the edge of stability the fixed-step iteration slows down: where Newton pays.

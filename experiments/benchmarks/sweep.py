@@ -2,21 +2,73 @@
 against one run and against a Python loop of the 64 runs, measured in the same process.
 
 Each run trains a `Layered` network `(2, n, 2)` (ReLU hidden units) on the double moon with
-RBP gradients and SGD with momentum, then measures its test accuracy: the
-`experiments.sweep` problem. Target: the 64-point sweep costs at most 8x one point (CPU at
-n = 64; `large=True`, the GPU size, n = 256), where the loop costs about 64x.
-Before timing, the sweep's results are checked against the loop's, point by point.
+RBP gradients of each mini-batch from `nd.batch_value_and_grad` (the batch path) and SGD with
+momentum, then measures its test accuracy: the `experiments.sweep` problem. Target: the
+64-point sweep costs at most 8x one point (CPU at n = 64; `large=True`, the GPU size,
+n = 256), where the loop costs about 64x. Before timing, the sweep's results are checked
+against the loop's, point by point. One more row times the same sweep on the old path
+(`nd.batch_mean` of the vmapped `nd.value_and_grad` per mini-batch).
 """
 
 import time
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
+import optax
 
 import neurodyn as nd
-from experiments.sweep import Config, Grid, make_problem, Optimizer, SweepAxes
+from experiments.sweep import Config, Grid, Optimizer, SweepAxes
 
-from ._timing import row, time_fn
+from ._timing import row, time_fn, time_side_by_side
+
+
+def make_problem(cfg: Config, hidden: int, estimator, batch: bool = True):
+    """`experiments.sweep.make_problem`'s training run (the same data, split, network,
+    optimiser and metrics), with the mini-batch gradient from `nd.batch_value_and_grad`
+    (`batch=True`) or from the batch mean of the vmapped `nd.value_and_grad` (the old path)."""
+    from neurodyn import config as ndc
+
+    X, y = nd.data.double_moon(jr.PRNGKey(0), cfg.n_data, distance=-1.0)
+    (tr, _, te) = nd.data.split(np.asarray(X), np.asarray(y), valid_fraction=0.0)
+    pre = nd.preprocessing.Preprocessor.fit(tr[0], "standardize")
+    obj = nd.SteadyState(nd.losses.softmax_cross_entropy)
+    Xtr, ytr = pre(jnp.asarray(tr[0])), jnp.asarray(tr[1])
+    Xte, yte = pre(jnp.asarray(te[0])), jnp.asarray(te[1])
+
+    def batch_grad(net, xb, yb):
+        if batch:
+            loss, grads, _ = nd.batch_value_and_grad(net, xb, yb, objective=obj, estimator=estimator)
+            return loss, grads
+        losses, grads, _ = jax.vmap(lambda x, t: nd.value_and_grad(net, x, t, objective=obj, estimator=estimator))(xb, yb)
+        return jnp.mean(losses), nd.batch_mean(grads)
+
+    def train_point(point):
+        key = jr.PRNGKey(point["seed"])
+        net = nd.networks.Layered((2, hidden, 2), nd.activations.relu, key=key)
+        params, static = eqx.partition(net, eqx.is_inexact_array)
+        opt = ndc.optimizer(cfg.optimizer.name, point["learning_rate"], momentum=cfg.optimizer.momentum)
+        with jax.numpy_dtype_promotion("standard"):
+            opt_state = opt.init(params)
+
+        def step(carry, k):
+            params, opt_state = carry
+            idx = jr.choice(k, Xtr.shape[0], (cfg.batch_size,), replace=False)
+            loss, grads = batch_grad(eqx.combine(params, static), Xtr[idx], ytr[idx])
+            with jax.numpy_dtype_promotion("standard"):
+                updates, opt_state = opt.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, _), losses = jax.lax.scan(step, (params, opt_state), jr.split(jr.fold_in(key, 1), cfg.steps))
+        net = eqx.combine(params, static)
+        r, _ = jax.vmap(lambda x: nd.relax(net, x))(Xte)
+        pred = jnp.argmax(jax.vmap(net.readout)(r), -1)
+        acc = jnp.mean((pred == yte.astype(pred.dtype)).astype(losses.dtype))
+        return dict(final_loss=jnp.mean(losses[-10:]), test_accuracy=acc)
+
+    return train_point
 
 
 def run(quick: bool = False, large: bool = False):
@@ -24,11 +76,13 @@ def run(quick: bool = False, large: bool = False):
     seeds = list(range(2 if quick else 16))
     learning_rates = [0.01, 0.03, 0.1, 0.3]
     steps = 5 if quick else 20
+    repeats = 3 if quick else 7
     cfg = Config(
         n_data=256, steps=steps, batch_size=16, optimizer=Optimizer("sgd", 0.9),
         sweep=SweepAxes(seed=tuple(seeds), learning_rate=tuple(learning_rates)), grid=Grid(hidden=(hidden,)),
     )
     fn = make_problem(cfg, hidden, nd.RBP())
+    fn_old = make_problem(cfg, hidden, nd.RBP(), batch=False)
     many = nd.sweeps.product(seed=seeds, learning_rate=learning_rates)
     P = nd.sweeps.n_points(many)
     points = [{k: v[i : i + 1] for k, v in many.items()} for i in range(P)]
@@ -39,22 +93,32 @@ def run(quick: bool = False, large: bool = False):
     def sweep_one():
         return nd.sweeps.run(fn, points[0])
 
+    def sweep_many_old():
+        return nd.sweeps.run(fn_old, many)
+
     def loop():
         return [nd.sweeps.run(fn, p) for p in points]
 
-    # Both compute the same 64 trainings: the vmapped sweep equals the loop of single runs.
-    together, alone = sweep_many(), jax.block_until_ready(loop())
+    # Both compute the same 64 trainings: the vmapped sweep equals the loop of single runs,
+    # and the old path's sweep.
+    together, alone, old = sweep_many(), jax.block_until_ready(loop()), sweep_many_old()
     for k in together:
         np.testing.assert_allclose(
             np.asarray(together[k]), np.concatenate([np.asarray(a[k]) for a in alone]), rtol=2e-3, atol=2e-4
         )
-    t_many, _ = time_fn(sweep_many, repeats=3)
-    t_one, _ = time_fn(sweep_one, repeats=3)
+        np.testing.assert_allclose(np.asarray(together[k]), np.asarray(old[k]), rtol=2e-3, atol=2e-4)
+    t_many, t_one, t_old = time_side_by_side([(sweep_many,), (sweep_one,), (sweep_many_old,)], repeats=repeats)
     t0 = time.perf_counter()
     jax.block_until_ready(loop())  # compiled already: the loop's best case
     t_loop = time.perf_counter() - t0
-    problem = f"Layered (2, {hidden}, 2) RBP + SGD momentum, {steps} steps of batch 16, {P} points"
+    problem = f"Layered (2, {hidden}, 2) RBP batch_value_and_grad + SGD momentum, {steps} steps of batch 16, {P} points"
+    acc = np.asarray(together["test_accuracy"])
+    extra = dict(test_accuracy_mean=float(acc.mean()), test_accuracy_max=float(acc.max()))
     return [
-        row("sweep", problem, f"{P}-point vmapped sweep", "one point", t_many, t_one, "<= 8x"),
-        row("sweep", problem, f"{P}-point vmapped sweep", f"Python loop of {P} runs", t_many, t_loop, f"loop ~ {P}x one point"),
+        row("sweep", problem, f"{P}-point vmapped sweep", "one point", t_many, t_one, "<= 8x", **extra),
+        row("sweep", problem, f"{P}-point vmapped sweep", f"Python loop of {P} runs", t_many, t_loop,
+            f"loop ~ {P}x one point", **extra),
+        row("sweep", problem, f"{P}-point vmapped sweep, batch_value_and_grad",
+            f"{P}-point vmapped sweep, batch_mean of vmapped value_and_grad (old path)", t_many, t_old,
+            "speed-up (below 1: the batch path is faster)", **extra),
     ]
