@@ -109,10 +109,17 @@ def relax_info(net, x, r, steps, res, opts) -> dict:
     # the state itself has not yet overflowed.
     finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual) & jnp.isfinite(res)
     converged = finite & (res <= tol)
+    # A finite, unconverged relaxation that stopped before max_steps was stopped by the
+    # strategy's stagnation test.
+    stopped_early = steps < opts.max_steps
     result = RESULTS.where(
         converged,
         RESULTS.successful,
-        RESULTS.where(finite, RESULTS.max_steps_reached, RESULTS.nonfinite),
+        RESULTS.where(
+            finite,
+            RESULTS.where(stopped_early, RESULTS.stagnated, RESULTS.max_steps_reached),
+            RESULTS.nonfinite,
+        ),
     )
     return dict(result=result, converged=converged, steps=steps, residual=residual)
 

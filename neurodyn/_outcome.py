@@ -24,6 +24,12 @@ class RESULTS(eqx.Enumeration):
         "The equilibrium is not stable: the adjoint iteration diverged or the leading "
         "eigenvalue of J = dF/dr has a non-negative real part."
     )
+    stagnated = (
+        "The relaxation stopped early: its residual stopped falling (it fell by less than "
+        "1% over the strategy's `patience` convergence checks), so it oscillates or sits on "
+        "a rounding floor above the tolerance. Lower `dt0` or the learning rate (training); "
+        "on a GPU with TF32 matmuls loosen `rtol` or set JAX_DEFAULT_MATMUL_PRECISION=highest."
+    )
     nonfinite_gradient = (
         "The loss or the gradient is not finite (inf or NaN) at a finite state. Likely "
         "causes: NaN or inf in the parameters, the inputs or the targets, or a class index "

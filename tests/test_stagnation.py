@@ -1,0 +1,86 @@
+"""A relaxation whose residual stops falling (an oscillation, or a rounding floor above the
+tolerance, as TF32 matmuls give on a GPU) stops after a bounded number of steps with its own
+outcome, `RESULTS.stagnated`, never running to `max_steps`."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+import neurodyn as nd
+from neurodyn.networks import AbstractNetwork
+
+
+class _FloorNetwork(AbstractNetwork):
+    """A contracting CTRNN plus a deterministic "rounding noise" of size `floor` that no
+    relaxation can get below: `F(r) = -r + tanh(W r + U x) + floor sin(1e6 r)`."""
+
+    net: nd.networks.CTRNN
+    floor: float = eqx.field(static=True)
+
+    @property
+    def n_state(self):
+        return self.net.n_state
+
+    @property
+    def n_in(self):
+        return self.net.n_in
+
+    @property
+    def n_out(self):
+        return self.net.n_out
+
+    def __call__(self, t, r, x):
+        return self.net(t, r, x) + self.floor * jnp.sin(1e6 * r)
+
+    def init_state(self, x):
+        return self.net.init_state(x)
+
+    def readout(self, r):
+        return self.net.readout(r)
+
+
+def _ctrnn(key, gain=0.5):
+    return nd.networks.CTRNN(8, 3, 2, nd.activations.tanh, gain=gain, key=key)
+
+
+def _is(result, member):
+    return bool(result == member)
+
+
+def test_a_rounding_floor_above_the_tolerance_stops_as_stagnated(getkey):
+    net = _FloorNetwork(_ctrnn(getkey()), 1e-4)
+    x = jr.normal(getkey(), (3,))
+    r, info = nd.relax(net, x)  # float64 defaults: rtol 1e-10 lies far below the floor
+    assert not bool(info["converged"])
+    assert _is(info["result"], nd.RESULTS.stagnated)
+    assert int(info["steps"]) < 1000  # patience 100 checks of 2 steps, not max_steps = 10 000
+    # The same network without the floor converges: the stop is the floor's doing.
+    _, info0 = nd.relax(net.net, x)
+    assert bool(info0["converged"])
+
+
+def test_an_oscillating_relaxation_stops_as_stagnated(getkey):
+    # W = 0: F = -r + c, and Euler with dt0 = 2 maps r to 2c - r: a period-2 oscillation
+    # whose residual never falls.
+    net = _ctrnn(getkey())
+    net = eqx.tree_at(lambda m: m.W, net, jnp.zeros_like(net.W))
+    x = jr.normal(getkey(), (3,))
+    _, info = nd.relax(net, x, solver=diffrax.Euler(), dt0=2.0)
+    assert _is(info["result"], nd.RESULTS.stagnated) and not bool(info["converged"])
+    assert int(info["steps"]) <= 2 * 101
+    # patience=None keeps the old behaviour: the loop runs to max_steps.
+    _, info_none = nd.relax(net, x, dt0=2.0, max_steps=500, relaxation=nd.relaxation.FixedStep(patience=None))
+    assert _is(info_none["result"], nd.RESULTS.max_steps_reached) and int(info_none["steps"]) == 500
+
+
+def test_stagnation_reaches_the_estimators_info(getkey):
+    """Each estimator reports the stalled forward relaxation per example in the batch."""
+    net = _FloorNetwork(_ctrnn(getkey()), 1e-4)
+    xs, ys = jr.normal(getkey(), (2, 3)), jr.normal(getkey(), (2, 2))
+    for est in (nd.RBP(), nd.EP(0.01)):
+        _, _, info = nd.batch_value_and_grad(net, xs, ys, objective=nd.SteadyState(), estimator=est)
+        assert not bool(jnp.any(info["converged"])), type(est).__name__
+        assert bool(jnp.all(jax.vmap(lambda r: r == nd.RESULTS.stagnated)(info["result"]))), type(est).__name__
+        assert int(jnp.max(info["steps"])) < 1000
