@@ -242,6 +242,12 @@ def _seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def _converged_rate_fell(history) -> bool:
+    """The converged rate fell below 95% and at least 2 points below its best epoch."""
+    rates = [r["converged_rate"] for r in history]
+    return rates[-1] < 0.95 and rates[-1] < max(rates) - 0.02
+
+
 def _progress_line(tag, row, epochs, n_batches, times) -> str:
     per_epoch = float(np.mean(times[1:] if len(times) > 1 else times))  # the first holds the compilation
     parts = [f"[{tag}] epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.6g}"]
@@ -407,6 +413,10 @@ def fit(
         times.append(row["seconds"])
         if talk:
             _say(_progress_line(tag, row, epochs, n_batches, times))
+            if _converged_rate_fell(history):
+                _say(f"[{tag}] warning: only {100 * row['converged_rate']:.0f}% of the examples' solves converged "
+                     f"this epoch (best {100 * max(r['converged_rate'] for r in history):.0f}%): their gradients are "
+                     "unreliable; lower dt0 or the learning rate (info['result'] says stagnated, max_steps or nonfinite)")
         if reason is not None:
             break
     if talk and run is not None:

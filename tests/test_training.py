@@ -237,3 +237,15 @@ def test_progress_is_one_line_per_epoch_on_stderr(tmp_path, capsys):
     assert "finished already" in capsys.readouterr().err
     nd.training.fit(net, (X, y), progress=False, **kw)
     assert capsys.readouterr().err == ""
+
+
+def test_a_falling_converged_rate_is_warned_about():
+    from neurodyn.training import _converged_rate_fell
+
+    def h(*rates):
+        return [dict(converged_rate=r) for r in rates]
+
+    assert _converged_rate_fell(h(1.0, 0.8))  # EP oscillating after two epochs: 100% -> 80%
+    assert not _converged_rate_fell(h(1.0, 0.99))  # within 95%
+    assert not _converged_rate_fell(h(0.9))  # a first epoch has nothing to fall from
+    assert not _converged_rate_fell(h(0.9, 0.91))  # rising
