@@ -121,6 +121,23 @@ def test_complex_data_is_refused(ctrnn):
         nd.relax(net, x.astype(jnp.complex128))
 
 
+def test_swept_ep_beta_is_checked_as_data(hop):
+    """`__check_init__` cannot see a traced beta (a sweep): `info` flags it. Catches: the
+    `flag_failure(info, beta > 0 ...)` line of EP removed (beta = 0 then reports converged
+    with NaN gradients, and beta = -0.05 a finite, wrong-signed 'success')."""
+    net, x, y = hop
+
+    @jax.jit
+    @jax.vmap
+    def run(beta):
+        est = nd.sweeps.with_values(nd.EP(), {"beta": beta})
+        return _vg(net, x, y, est)
+
+    _, _, info = run(jnp.array([0.05, 0.0, -0.05, jnp.nan]))
+    np.testing.assert_array_equal(np.asarray(info["converged"]), [True, False, False, False])
+    np.testing.assert_array_equal(_codes(info["result"]), _codes(R.successful, R.invalid_parameter, R.invalid_parameter, R.invalid_parameter))
+
+
 # ---------------------------------------------------------------------------------------
 # B. Every solve that fails alone is reported
 # ---------------------------------------------------------------------------------------
