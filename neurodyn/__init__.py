@@ -9,17 +9,10 @@ import importlib.metadata
 from . import (
     activations as activations,
     adjoint as adjoint,
-    config as config,
-    data as data,
     losses as losses,
     networks as networks,
-    online as online,
-    preprocessing as preprocessing,
     relaxation as relaxation,
     rtrl as rtrl,
-    runs as runs,
-    sweeps as sweeps,
-    training as training,
 )
 from ._batch import batch_value_and_grad as batch_value_and_grad
 from ._dynamics import relax as relax, rollout as rollout
@@ -45,3 +38,23 @@ try:
     __version__ = importlib.metadata.version("neurodyn")
 except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
     __version__ = "0+unknown"
+
+
+# The research layer (configs, run directories, training, sweeps, plotting, the fidelity
+# harness, data sets, online learning) is imported on first use, so `import neurodyn` loads
+# the numerical core only (and never matplotlib): `nd.training.fit` works as before.
+_LAZY = ("config", "data", "fidelity", "online", "plotting", "preprocessing", "runs", "sweeps", "training")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'neurodyn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
