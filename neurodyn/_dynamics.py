@@ -26,7 +26,7 @@ from ._options import (
     trajectory_options,
 )
 from ._outcome import RESULTS
-from .networks import AbstractNetwork
+from .networks import AbstractEnergyNetwork, AbstractNetwork
 
 
 def _vector_field(t, r, args):
@@ -289,12 +289,54 @@ def _initial_state(net, x, r0):
     return r0
 
 
-@eqx.filter_jit
-def _relax_jit(net, x, r0, opts):
+@eqx.filter_custom_vjp
+def _implicit_relax(diff, static, r0, opts, adjoint):
+    # `diff` holds the network's parameters and the input: the steady state is a function
+    # of both through F(r*, w, x) = 0, and jax.grad through nd.relax differentiates it by
+    # the implicit function theorem (RBP's adjoint solve), never through the loop.
+    net, x = eqx.combine(diff, static)
     return relax_loop(net, x, r0, opts)
 
 
-def relax(net: AbstractNetwork, x, *, r0=None, **options):
+@_implicit_relax.def_fwd
+def _implicit_relax_fwd(perturbed, diff, static, r0, opts, adjoint):
+    del perturbed
+    out = _implicit_relax(diff, static, r0, opts, adjoint)
+    return out, out[0]
+
+
+@_implicit_relax.def_bwd
+def _implicit_relax_bwd(r, g_out, perturbed, diff, static, r0, opts, adjoint):
+    del perturbed, r0
+    g_r = g_out[0]
+    if g_r is None:
+        return jtu.tree_map(jnp.zeros_like, diff)
+
+    def F(diff, r):
+        net, x = eqx.combine(diff, static)
+        return net(0.0, r, x)
+
+    _, vjp_r = jax.vjp(lambda r: F(diff, r), r)
+    net = eqx.combine(diff, static)[0]
+    # dr*/dw = -J^-1 dF/dw, so the cotangent of (w, x) is v dF/d(w, x) with v J = -g_r.
+    v, _ = adjoint.solve(
+        lambda u: vjp_r(u)[0],
+        g_r,
+        lambda: jax.jacfwd(lambda r: F(diff, r))(r),
+        isinstance(net, AbstractEnergyNetwork),
+        opts.dt0,
+    )
+    _, vjp_w = jax.vjp(lambda d: F(d, r), diff)
+    return vjp_w(v)[0]
+
+
+@eqx.filter_jit
+def _relax_jit(net, x, r0, opts, adjoint):
+    diff, static = eqx.partition((net, x), eqx.is_inexact_array)
+    return _implicit_relax(diff, static, r0, opts, adjoint)
+
+
+def relax(net: AbstractNetwork, x, *, r0=None, adjoint=None, **options):
     """Runs the network to its steady state `F(r*, w, x) = 0` for one input `x`.
 
     **Arguments:**
@@ -306,6 +348,11 @@ def relax(net: AbstractNetwork, x, *, r0=None, **options):
       `rms(F(r)) < atol + rtol rms(r)`.
     - `relaxation`: how the solver's steps are combined, an `nd.relaxation` strategy
       (`FixedStep(check_every=2)` by default, or `Anderson()`).
+    - `adjoint`: how `jax.grad` through `r_star` is computed: by the implicit function
+      theorem, `dr*/dw = -J^-1 dF/dw`, with this `nd.adjoint` solve (default
+      `nd.adjoint.AdjointODE()`, as `nd.RBP()`), never by differentiating the loop. The
+      gradient is exact when the relaxation and the adjoint solve converge; for a loss of
+      `r_star`, `nd.value_and_grad` with `nd.RBP()` also reports the adjoint's convergence.
 
     **Returns:**
 
@@ -315,7 +362,18 @@ def relax(net: AbstractNetwork, x, *, r0=None, **options):
     check_option_names(options)
     x = check_input(net, x, sequence=False)
     opts = steady_state_options(tree_dtype(net), **options)
-    return _relax_jit(net, x, _initial_state(net, x, r0), opts)
+    if adjoint is None:
+        from .adjoint import AdjointODE
+
+        adjoint = AdjointODE()
+    else:
+        from .adjoint import AbstractAdjointSolve
+
+        if not isinstance(adjoint, AbstractAdjointSolve):
+            raise ValueError(
+                f"`adjoint` must be an nd.adjoint strategy such as nd.adjoint.AdjointODE(), got {adjoint!r}."
+            )
+    return _relax_jit(net, x, _initial_state(net, x, r0), opts, adjoint)
 
 
 @eqx.filter_jit
