@@ -6,14 +6,18 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float
 
+from .. import activations as _act
 from .._dynamics import relax_loop
 from .._objectives import SteadyState
 from .._outcome import flag_failure, RESULTS
-from ..networks import AbstractEnergyNetwork
+from ..networks import AbstractEnergyNetwork, AbstractNetwork
 from ._base import AbstractSurrogateEstimator
 
 
-_VARIANTS = ("centered", "one-sided")
+_VARIANTS = ("centered", "one-sided", "holomorphic")
+# Activations that extend to holomorphic functions of a complex argument (near the real
+# axis); everything else among `nd.activations` is piecewise (max, clip, where) and is not.
+_HOLOMORPHIC = (_act.Identity, _act.Logistic, _act.Tanh, _act.Softplus)
 
 
 class EP(AbstractSurrogateEstimator):
@@ -41,6 +45,35 @@ class EP(AbstractSurrogateEstimator):
 
     - `variant="centered"`: phases `+beta` and `-beta`, bias O(beta^2) (Laborieux et al. 2021).
     - `variant="one-sided"`: the free phase and `+beta` (classic EP), bias O(beta).
+    - `variant="holomorphic"`: `N = points` phases on a circle in the complex plane,
+      bias O(beta^N) (Laborieux & Zenke 2022), below.
+
+    **Holomorphic EP** (Laborieux & Zenke 2022, "Holomorphic equilibrium propagation computes
+    exact gradients through finite size oscillations"). When `F` and the loss are holomorphic
+    in `r` (and hence the nudged equilibrium `r^beta` in complex `beta`), Cauchy's formula
+    gives the derivative at `beta = 0` exactly from values on a circle of ANY radius inside
+    the disc where `r^beta` stays analytic:
+
+    `d g(r^beta)/dbeta |_0 = 1/(2 pi i) oint g(r^b) / b^2 db`.
+
+    With `N` equally spaced points `beta_k = beta e^{2 pi i k / N}`, `k = 0..N-1`, the
+    trapezoidal rule on the circle is the first discrete Fourier coefficient:
+
+    `dl/dw ~ Re sum_k c_k dE/dw(r^{beta_k})`,   `c_k = e^{-2 pi i k / N} / (N beta)`.
+
+    Writing `g(b) = sum_n a_n b^n`, the sum returns `a_1 + a_{N+1} beta^N + a_{2N+1}
+    beta^{2N} + ...`: the error is O(beta^N), so at a fixed, finite `beta` it vanishes
+    geometrically as `N` grows. `N = 2` is the centered variant (`c = +-1/(2 beta)` at
+    `+-beta`). The nudged relaxations run on COMPLEX states (`dr/dt = F(r) - beta_k
+    (dl/dr)^T`, with the network's parameters, input and target cast to complex): a
+    network's vector field is evaluated on complex arrays, so its activation must be
+    holomorphic: `nd.activations.tanh`, `logistic`, `identity` and `softplus` are;
+    ReLU-like and clipped activations (`relu`, `leaky_relu`, `elu`, `hard_tanh`,
+    `hard_logistic`, `PReLU`, `Maxout`) are not, and are refused with a `ValueError` (a
+    plain callable such as `jnp.tanh` is taken on trust). The loss must be holomorphic too
+    (`squared_error` is; `softmax_cross_entropy` is, near the real axis). On a network
+    without an energy the seed formula below uses `delta = Re sum_k c_k r^{beta_k}`; it is
+    biased when `J` is not symmetric, as for the other variants.
 
     On an energy network (`nd.networks.AbstractEnergyNetwork`, `F = -dE/dr`) the update is the
     classic one: `dl/dw ~ (dE/dw(r^beta) - dE/dw(r^-beta)) / (2 beta)` (centered) or
@@ -50,14 +83,18 @@ class EP(AbstractSurrogateEstimator):
     reports `||J - J^T||_F / ||J||_F`, estimated from random probes (one JVP and one VJP of F
     each, no dense `J`). Parameters of the readout get their direct gradient at `r*`.
 
-    Cost: the free relaxation, then one (one-sided) or two (centered, run as one batched
-    relaxation) nudged relaxations from `r*`, each usually shorter than the free one; the
-    parameter gradient is one reverse pass through `E` (or `F`) and the loss. Memory O(n).
+    Cost: the free relaxation, then one (one-sided), two (centered) or `N` (holomorphic,
+    complex arithmetic: about 4x a real step each) nudged relaxations from `r*`, run as one
+    relaxation batched over the phases, each usually shorter than the free one; the
+    parameter gradient is one reverse pass through `E` (or `F`) and the loss. Memory O(n)
+    (O(Nn) for holomorphic).
 
     **Arguments:**
 
     - `beta`: the nudging strength, `> 0` (an array field: a sweep over beta compiles once).
-    - `variant`: `"centered"` (default) or `"one-sided"`.
+    - `variant`: `"centered"` (default), `"one-sided"` or `"holomorphic"`.
+    - `points`: the number `N >= 2` of phases on the circle, a static `int`, for
+      `variant="holomorphic"` only (default 4 there; `None` for the other variants).
     - `asymmetry_probes`: random probes for `info["asymmetry"]`. `None` (default): 4 on
       general networks and 1 on energy networks, where `J` is symmetric by construction and
       one probe `u` suffices to confirm it (`(J - J^T) u = 0`; any asymmetry shows with
@@ -76,28 +113,40 @@ class EP(AbstractSurrogateEstimator):
         error of about `1e-5 / beta` (2e-4 at beta = 0.05), so float32 wants beta >= 0.01.
         On a network with a non-symmetric Jacobian the estimate is biased however small beta
         is (see `info["asymmetry"]`); use `nd.RBP()` there. A large beta may move the
-        nudged state to another basin of attraction.
+        nudged state to another basin of attraction. Holomorphic EP is exact only inside the
+        disc where the nudged equilibrium is analytic in `beta`: past it (a bifurcation, or
+        a complex nudged relaxation that no longer converges, reported in `info`) a larger
+        `N` does not help.
     """
 
     beta: Float[Array, "*sweep"]
-    variant: Literal["centered", "one-sided"] = eqx.field(static=True)
+    variant: Literal["centered", "one-sided", "holomorphic"] = eqx.field(static=True)
     asymmetry_probes: int | None = eqx.field(static=True)
+    points: int | None = eqx.field(static=True)
 
     def __init__(
         self,
         beta: float | ArrayLike = 0.1,
-        variant: Literal["centered", "one-sided"] = "centered",
+        variant: Literal["centered", "one-sided", "holomorphic"] = "centered",
         asymmetry_probes: int | None = None,
+        points: int | None = None,
     ):
         self.beta = jnp.asarray(beta, dtype=jnp.result_type(float))
         self.variant = variant
         self.asymmetry_probes = asymmetry_probes
+        if points is None and variant == "holomorphic":
+            points = 4
+        # Checked before the assignment: a JAX array set as this static field would warn
+        # before `__check_init__` could refuse it.
+        _check_points(variant, points)
+        self.points = points
 
     def __check_init__(self):
         if self.variant not in _VARIANTS:
             raise ValueError(
-                f"EP variant must be 'centered' or 'one-sided', got {self.variant!r}. "
-                "Use nd.EP(beta, variant='centered') for the O(beta^2) estimate."
+                f"EP variant must be 'centered' or 'one-sided', got {self.variant!r}, or "
+                "'holomorphic' (with points=N). Use nd.EP(beta, variant='centered') for the "
+                "O(beta^2) estimate, nd.EP(beta, variant='holomorphic', points=4) for O(beta^4)."
             )
         if self.asymmetry_probes is not None and (
             not isinstance(self.asymmetry_probes, int) or self.asymmetry_probes < 0
@@ -116,6 +165,17 @@ class EP(AbstractSurrogateEstimator):
 
     def surrogate(self, net, x, y, objective, residuals):
         states, weights, r_free = residuals
+        if self.variant == "holomorphic":
+            if isinstance(net, AbstractEnergyNetwork):
+                # Re sum_k c_k E(r_k): the parameters enter through their complex copies,
+                # whose cast back to the reals in the reverse pass keeps the real part.
+                cnet, cx = _complexify(net), x.astype(states.dtype)
+                terms = [weights[k] * cnet.energy(states[k], cx) for k in range(self.points)]
+                dynamics_term = jnp.real(sum(terms[1:], terms[0]))
+            else:
+                delta = jnp.real(weights @ states)
+                dynamics_term = -jnp.vdot(delta, net(0.0, r_free, x))
+            return objective.value(net, r_free, y) + dynamics_term
         if isinstance(net, AbstractEnergyNetwork):
             # Classic EP: sum_k weights_k E(r_k); its parameter gradient is the update. An
             # unrolled sum over the two phases, not a vmap: XLA CPU fuses the two outer
@@ -129,6 +189,8 @@ class EP(AbstractSurrogateEstimator):
 
     def solve(self, net, x, y, objective, options):
         energy_net = isinstance(net, AbstractEnergyNetwork)
+        if self.variant == "holomorphic":
+            _check_holomorphic(net)
         r_free, info = relax_loop(net, x, net.init_state(x), options)
         beta = self.beta.astype(r_free.dtype)
 
@@ -141,7 +203,9 @@ class EP(AbstractSurrogateEstimator):
 
         # Both centered phases run as one relaxation batched over the phase axis: one loop,
         # and each step's matrix products take two right-hand sides at once.
-        if self.variant == "centered":
+        if self.variant == "holomorphic":
+            states, weights, ninfo = _holomorphic_phases(net, x, y, objective, options, r_free, beta, self.points)
+        elif self.variant == "centered":
             phases = jnp.stack([beta, -beta])
             r_nudged, ninfo = jax.vmap(nudged)(phases)
             states, weights = r_nudged, jnp.stack([1 / (2 * beta), -1 / (2 * beta)])
@@ -179,6 +243,124 @@ class EP(AbstractSurrogateEstimator):
         # In a sweep beta is traced and __check_init__ cannot see it: an invalid one is data.
         info = flag_failure(info, (beta > 0) & jnp.isfinite(beta), RESULTS.invalid_parameter, override=True)
         return loss, residuals, info
+
+
+def _check_points(variant, points):
+    if variant not in _VARIANTS:
+        return  # __check_init__ names the variant
+    if variant == "holomorphic":
+        if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+            raise ValueError(
+                f"EP(variant='holomorphic') needs points = a Python int >= 2 (the number "
+                f"of phases on the circle, static), got points={points!r}. points=2 is "
+                "the centered variant; points=4 or more makes the bias O(beta^points)."
+            )
+    elif points is not None:
+        raise ValueError(
+            f"EP points={points!r} applies to variant='holomorphic' only (variant="
+            f"{variant!r} has fixed phases). Use nd.EP(beta, variant='holomorphic', "
+            f"points={points!r})."
+        )
+
+
+_COMPLEX = {jnp.dtype(jnp.float64): jnp.complex128}
+
+
+def _complex_dtype(dtype):
+    return jnp.dtype(_COMPLEX.get(jnp.dtype(dtype), jnp.complex64))
+
+
+def _complexify(net):
+    """`net` with its floating-point parameters cast to complex (integer leaves, such as
+    sparse indices, kept): under strict dtype promotion a real weight cannot meet a complex
+    state."""
+
+    def cast(a):
+        if eqx.is_inexact_array(a) and not jnp.iscomplexobj(a):
+            return a.astype(_complex_dtype(a.dtype))
+        return a
+
+    return jax.tree.map(cast, net)
+
+
+def _check_holomorphic(net):
+    acts = [
+        a
+        for a in jax.tree.leaves(net, is_leaf=lambda a: isinstance(a, _act.AbstractActivation))
+        if isinstance(a, _act.AbstractActivation)
+    ]
+    bad = sorted({type(a).__name__ for a in acts if not isinstance(a, _HOLOMORPHIC)})
+    if bad:
+        raise ValueError(
+            f"nd.EP(variant='holomorphic') evaluates the network on complex states, which "
+            f"needs a holomorphic activation; {type(net).__name__} uses {', '.join(bad)}, "
+            "which is piecewise (not holomorphic). Use nd.activations.tanh, logistic, "
+            "identity or softplus, or nd.EP(beta, variant='centered') with this network."
+        )
+
+
+class _ComplexNudged(AbstractNetwork):
+    # The complex nudged dynamics `dz/dt = F(z) + forcing(z)` on the real state
+    # `(Re z, Im z)` of length 2n, so that the relaxation, its solvers and its rms-norm
+    # convergence test run unchanged on real arrays (the rms of the pair is that of |z|
+    # over sqrt 2). `net` has complex parameters; never exported.
+    net: AbstractNetwork
+    forcing: object
+
+    @property
+    def n_state(self):
+        return 2 * self.net.n_state
+
+    @property
+    def n_in(self):
+        return self.net.n_in
+
+    @property
+    def n_out(self):
+        return self.net.n_out
+
+    def __call__(self, t, s, x):
+        n = self.net.n_state
+        z = jax.lax.complex(s[:n], s[n:])
+        dz = self.net(t, z, x.astype(z.dtype)) + self.forcing(z)
+        return jnp.concatenate([jnp.real(dz), jnp.imag(dz)])
+
+    def init_state(self, x):
+        r = self.net.init_state(x)
+        return jnp.concatenate([jnp.real(r), jnp.imag(r)])
+
+    def readout(self, s):
+        n = self.net.n_state
+        return self.net.readout(jax.lax.complex(s[:n], s[n:]))
+
+
+def _holomorphic_phases(net, x, y, objective, options, r_free, beta, N):
+    """The `N` complex nudged equilibria at `beta e^{2 pi i k/N}`, relaxed from `r*` as one
+    relaxation batched over the phases; their Fourier weights `e^{-2 pi i k/N} / (N beta)`;
+    the relaxations' info."""
+    cdtype = _complex_dtype(r_free.dtype)
+    cnet = _complexify(net)
+    n = r_free.shape[0]
+    angles = 2 * jnp.pi * jnp.arange(N, dtype=r_free.dtype) / N
+    unit = jax.lax.complex(jnp.cos(angles), jnp.sin(angles))
+    betas = beta.astype(cdtype) * unit
+    weights = jnp.conj(unit) / (N * beta).astype(cdtype)
+    yc = jnp.asarray(y)
+    if jnp.issubdtype(yc.dtype, jnp.inexact):
+        yc = yc.astype(cdtype)
+
+    def dl_dz(z):
+        # The holomorphic derivative (JAX's VJP is the transposed, not conjugated, JVP).
+        return jax.grad(lambda z: objective.value(cnet, z, yc), holomorphic=True)(z)
+
+    def nudged(b):
+        wrapped = _ComplexNudged(cnet, lambda z: -b * dl_dz(z))
+        s0 = jnp.concatenate([r_free, jnp.zeros_like(r_free)])
+        return relax_loop(wrapped, x, s0, options)
+
+    s, ninfo = jax.vmap(nudged)(betas)
+    states = jax.lax.complex(s[:, :n], s[:, n:])
+    return states, weights, ninfo
 
 
 def _asymmetry(F_r, r, probes):
