@@ -15,9 +15,12 @@ The `grid:` axes are static (hidden sizes, and the `estimators:` mapping): one c
 Points run in chunks of `chunk`; a chunk's results are saved as soon as it finishes, so a
 killed run re-run with the same command recomputes no finished chunk.
 
-On a cluster, set `distributed: true` (or pass `--distributed`) and start one process per
-node with `srun`: `jax.distributed.initialize()` reads SLURM's environment, the sweep axis
-is sharded over every device of every host, and process 0 writes the run directory.
+Multi-process: pass `--distributed` (every experiment takes it; the config field
+`distributed: true` does the same) and start one process per node with `srun`, or give the
+launch yourself: `--coordinator-address HOST:PORT --num-processes N --process-id I`. The sweep
+axis is sharded over every device of every process, the results are gathered to every
+process, and process 0 writes the run directory; a killed job rerun with the same command
+recomputes no finished chunk.
 """
 
 import dataclasses
@@ -33,6 +36,7 @@ import numpy as np
 import optax
 
 import neurodyn as nd
+import neurodyn.distributed  # noqa: F401  (nd.distributed)
 from neurodyn import config as ndc
 from neurodyn.runs import atomic_write, RunDir
 
@@ -72,7 +76,9 @@ class Config:
     sweep: SweepAxes = ndc.field(SweepAxes(), help="numeric axes, run together as one jit(vmap)")
     grid: Grid = ndc.field(Grid(), help="static axes, one compile each")
     chunk: int = ndc.field(64, help="points per saved chunk", ge=1)
-    distributed: bool = ndc.field(False, help="jax.distributed.initialize() from the cluster's environment (SLURM)")
+    distributed: bool = ndc.field(
+        False, help="jax.distributed.initialize() from the cluster's environment (SLURM); the --distributed flag is the same"
+    )
 
 
 def n_train(cfg: Config) -> int:
@@ -128,7 +134,9 @@ def sweep_points(cfg: Config) -> dict:
 
 @ndc.entrypoint
 def main(argv=None):
-    cfg, args = ndc.cli(Config, argv, description=__doc__)
+    cfg, args = ndc.cli(Config, argv, description=__doc__)  # --distributed: initialised here
+    if cfg.distributed:
+        nd.distributed.initialize()  # the config field: from the cluster's environment (SLURM)
     if cfg.batch_size > (n := n_train(cfg)):
         raise ndc.ConfigError(f"'batch_size' = {cfg.batch_size} is larger than the training set ({n} examples): must be <= {n}")
     estimators = {
@@ -140,8 +148,6 @@ def main(argv=None):
             nd.sweeps.with_values(est, {k: 0.0 for k in estimator_axes})
         except ValueError as e:
             raise ndc.ConfigError(f"sweep.estimator with estimators.{name}: {e}") from None
-    if cfg.distributed:
-        jax.distributed.initialize()  # SLURM: coordinator, process count and index from the environment
     run = RunDir(args.out, cfg)
     points = sweep_points(cfg)
     P = nd.sweeps.n_points(points)

@@ -597,6 +597,9 @@ def print_help(schema, *, prog: str, description: str | None, config: str | None
     print("  --config FILE    the YAML config")
     print("  --quick          the config's quick variant (CI, < 1 minute)")
     print("  --out DIR        run directory (default: runs/<config name>[-quick])")
+    print("  --distributed    one process of a multi-process job (jax.distributed.initialize; without the")
+    print("                   options below, from the cluster's environment, SLURM); any of them implies it:")
+    print("  --coordinator-address HOST:PORT  --num-processes N  --process-id I  --heartbeat-timeout SECONDS")
     loaded = values is not None
     values = _plain(values if loaded else _default_instance(schema))
     source = "defaults"
@@ -632,8 +635,12 @@ def check_out(out: str) -> str:
     return str(out)
 
 
+_LAUNCH = {"--coordinator-address": str, "--num-processes": int, "--process-id": int, "--heartbeat-timeout": int}
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
 def _split_cli(argv):
-    known = {"config": None, "out": None, "quick": False, "help": False}
+    known = {"config": None, "out": None, "quick": False, "help": False, "distributed": False, "launch": {}}
     rest, i = [], 0
     argv = list(argv)
     while i < len(argv):
@@ -643,6 +650,32 @@ def _split_cli(argv):
             known["help"] = True
         elif tok == "--quick":
             known["quick"] = True
+        elif name == "--distributed":  # a flag; `--distributed true|false` is accepted too
+            if eq:
+                if val.lower() not in _BOOLS:
+                    raise ConfigError(f"--distributed={val}: give true or false (or the flag alone)")
+                known["distributed"] = _BOOLS[val.lower()]
+            elif i + 1 < len(argv) and argv[i + 1].lower() in _BOOLS:
+                i += 1
+                known["distributed"] = _BOOLS[argv[i].lower()]
+            else:
+                known["distributed"] = True
+        elif name in _LAUNCH:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{name} needs a value")
+                i += 1
+                val = argv[i]
+            try:
+                value = _LAUNCH[name](val)
+            except ValueError:
+                raise ConfigError(f"{name} {val!r}: must be an integer") from None
+            if name == "--coordinator-address" and val.rpartition(":")[2] in ("", val):
+                raise ConfigError(f"--coordinator-address {val!r}: give HOST:PORT (e.g. 127.0.0.1:12345)")
+            if name != "--coordinator-address" and value < (1 if name in ("--num-processes", "--heartbeat-timeout") else 0):
+                raise ConfigError(f"{name} {val}: must be >= {1 if name != '--process-id' else 0}")
+            known["launch"][name[2:].replace("-", "_")] = value
+            known["distributed"] = True  # any launch option implies --distributed
         elif name in ("--config", "--out"):
             if not eq:
                 if i + 1 >= len(argv):
@@ -669,7 +702,12 @@ def cli(schema, argv=None, *, description: str | None = None, default_config: st
 
     **Returns:** `(cfg, args)`: the resolved config (the file, its `quick:` section with
     `--quick`, then the overrides), and `args` with `config`, `quick` and `out` (default
-    `runs/<config name>[-quick]`; checked by `check_out`).
+    `runs/<config name>[-quick]`; checked by `check_out`), `distributed` and `launch`.
+
+    Multi-process: `--distributed [--coordinator-address HOST:PORT --num-processes N
+    --process-id I --heartbeat-timeout S]` (any of the options implies `--distributed`) calls
+    `nd.distributed.initialize` with them here, before the experiment touches JAX; without
+    them `jax.distributed.initialize` reads the cluster's environment (SLURM).
 
     On a bad config prints one line naming the problem (key and file) to stderr and exits
     with code 2, without a traceback. `-h`/`--help` prints the help once and exits 0."""
@@ -705,7 +743,18 @@ def cli(schema, argv=None, *, description: str | None = None, default_config: st
         check_out(out)
     except ConfigError as e:
         _fail(e)
-    args = types.SimpleNamespace(config=config, quick=known["quick"], out=out)
+    args = types.SimpleNamespace(config=config, quick=known["quick"], out=out, distributed=known["distributed"],
+                                 launch=dict(known["launch"]))
+    if known["distributed"]:
+        # Before anything touches JAX (the experiment's own code runs after cli returns).
+        from .distributed import initialize
+
+        launch = dict(known["launch"])
+        try:
+            initialize(**{k: launch.pop(k, None) for k in ("coordinator_address", "num_processes", "process_id")},
+                       heartbeat_timeout=launch.pop("heartbeat_timeout", None))
+        except ConfigError as e:
+            _fail(e)
     return cfg, args
 
 

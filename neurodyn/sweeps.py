@@ -25,18 +25,21 @@ last point and is dropped from the result) and sharded with
 parallel on all local devices (GPUs, or CPU devices forced with
 `XLA_FLAGS=--xla_force_host_platform_device_count=N`).
 
-Multi-host (SLURM): start one process per node with `srun`, and call
-`jax.distributed.initialize()` before anything else touches JAX (under SLURM it reads the
-coordinator address, process count and index from the job's environment):
+Multi-process (several hosts, or several processes on one): every experiment takes
+`--distributed` (`nd.config.cli` calls `nd.distributed.initialize` before anything touches
+JAX; under SLURM the coordinator address, process count and index come from the job's
+environment, elsewhere give `--coordinator-address HOST:PORT --num-processes N --process-id I`):
 
 ```bash
 #SBATCH --nodes=4 --ntasks-per-node=1 --gpus-per-node=4
 srun python -m experiments.sweep --config configs/sweep_double_moon.yaml --distributed
 ```
 
-`jax.devices()` then spans every host; every process builds the same points from the config,
-feeds its own shards (`jax.make_array_from_callback`), and the results are gathered to every
-process (`multihost_utils.process_allgather`); only process 0 writes (`nd.runs.RunDir`).
+`jax.devices()` then spans every process; every process builds the same points from the
+config, feeds its own devices' shards (`jax.make_array_from_callback`), and the results are
+gathered to every process (`multihost_utils.process_allgather`); only process 0 writes
+(`nd.runs.RunDir`). With the same device layout the results are bitwise those of one process
+(tests/test_distributed.py runs 2 processes x 2 CPU devices against 1 process x 4 devices).
 """
 
 import itertools
@@ -106,7 +109,9 @@ def run(fn, points: dict, *, devices=None):
 
     - `fn`: takes a dict of scalar arrays (one entry per axis) and returns a pytree of arrays.
     - `points`: a dict of equal-length 1-D arrays (`product(...)`).
-    - `devices`: default `jax.devices()` (all devices of all processes).
+    - `devices`: default `jax.devices()` (all devices of all processes; under
+      `jax.distributed` every process calls `run` with the same points). A list of this
+      process's devices (`jax.local_devices()`) runs the points in this process alone.
 
     **Returns:** the pytree of `fn`'s outputs, each leaf with a leading axis of length
     `n_points(points)`.
@@ -126,7 +131,7 @@ def run(fn, points: dict, *, devices=None):
         k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]) for k, v in host.items()
     }
     out = _call(fn, stacked)
-    if jax.process_count() > 1:
+    if not all(a.is_fully_addressable for a in jax.tree.leaves(out)):  # devices of other processes
         from jax.experimental import multihost_utils
 
         out = multihost_utils.process_allgather(out, tiled=True)

@@ -42,6 +42,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._batch import batch_value_and_grad
 from ._dynamics import relax
@@ -109,15 +110,16 @@ def _batch_grad(params, static, xb, yb, objective, estimator, l2, options):
     return loss, grads, jnp.mean(info["converged"].astype(loss.dtype))
 
 
-# Module level, with everything as arguments: fits with equal settings share one compilation
-# (equinox hashes the non-array arguments: the optimiser, objective, options).
-@eqx.filter_jit
-def _epoch(params, opt_state, key, X, Y, static, objective, estimator, optimizer, l2, n_batches, batch_size, options):
-    perm = jr.permutation(key, X.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
-
+def _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options, batch_sharding):
     def step(carry, idx):
         params, opt_state = carry
-        loss, grads, conv = _batch_grad(params, static, X[idx], Y[idx], objective, estimator, l2, options)
+        xb, yb = X[idx], Y[idx]
+        if batch_sharding is not None:
+            # Data parallel: each device relaxes its slice of the batch; the batch-mean gradient
+            # of batch_value_and_grad is then a cross-device sum that XLA inserts (an all-reduce).
+            xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
+            yb = jax.lax.with_sharding_constraint(yb, batch_sharding)
+        loss, grads, conv = _batch_grad(params, static, xb, yb, objective, estimator, l2, options)
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -125,6 +127,79 @@ def _epoch(params, opt_state, key, X, Y, static, objective, estimator, optimizer
 
     (params, opt_state), (loss, gnorm, conv) = jax.lax.scan(step, (params, opt_state), perm)
     return params, opt_state, jnp.mean(loss), jnp.mean(gnorm), jnp.mean(conv)
+
+
+# Module level, with everything as arguments: fits with equal settings share one compilation
+# (equinox hashes the non-array arguments: the optimiser, objective, options).
+@eqx.filter_jit
+def _epoch(params, opt_state, key, X, Y, static, objective, estimator, optimizer, l2, n_batches, batch_size, options):
+    perm = jr.permutation(key, X.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
+    return _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options, None)
+
+
+@eqx.filter_jit
+def _epoch_sharded(params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options, batch_sharding):
+    # The data-parallel epoch: `perm` (the same as `_epoch` draws) comes in replicated, each
+    # mini-batch is sharded over the mesh's "data" axis, parameters and optimiser state stay
+    # replicated (the outputs are constrained to it, so every process holds the same copy).
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    out = _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options,
+                        batch_sharding)
+    return jax.lax.with_sharding_constraint(out, replicated)
+
+
+def _data_devices(devices, batch_size, talk):
+    """The devices `fit` shards each mini-batch over: `None` (single-device path) or a list."""
+    if devices is None:
+        found = jax.devices()
+        if len(found) < 2:
+            return None
+        if batch_size % len(found):
+            if talk:
+                _say(f"note: fit: batch_size {batch_size} does not divide over the {len(found)} devices: training on "
+                     f"one device per process (a batch size that is a multiple of {len(found)} uses all of them)")
+            return None
+        return found
+    if isinstance(devices, str) and devices != "all":
+        raise ValueError(f"devices={devices!r}: give None, 'all' or a list of devices")
+    found = jax.devices() if isinstance(devices, str) else list(devices)
+    if not found:
+        raise ValueError("devices=[]: give at least one device")
+    if batch_size % len(found):
+        raise ValueError(f"devices: batch_size {batch_size} does not divide over {len(found)} devices: use a batch "
+                         f"size that is a multiple of {len(found)}, or other devices")
+    missing = {d.process_index for d in jax.devices()} - {d.process_index for d in found}
+    if jax.process_count() > 1 and missing:
+        raise ValueError(f"devices: no device of process(es) {sorted(missing)}: every process of a job must take part")
+    return found if len(found) > 1 or jax.process_count() > 1 else (None if found[0] == jax.devices()[0] else found)
+
+
+def _global(x, sharding):
+    """`x` as a global array of `sharding`: kept when it already is one (a data set each
+    process built from its own shard), else each process supplies its devices' blocks from
+    its local copy."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _global_tree(tree, sharding):
+    """Array leaves as global arrays of `sharding` (typed PRNG keys through their key data)."""
+
+    def put(x):
+        if not isinstance(x, (jax.Array, np.ndarray)):
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jr.wrap_key_data(_global(jr.key_data(x), sharding), impl=jr.key_impl(x))
+        return _global(x, sharding)
+
+    return jtu.tree_map(put, tree)
+
+
+def _local(tree):
+    """Each array leaf as this process's first device's copy (replicated arrays only)."""
+    return jtu.tree_map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
 
 
 class NonFiniteError(ConfigError):
@@ -280,6 +355,7 @@ def fit(
     progress: bool = True,
     log_extra: dict | None = None,
     on_nonfinite: str = "raise",
+    devices=None,
     **options,
 ):
     """Trains `net` on `train = (X, Y)` with mini-batch gradients from `estimator`.
@@ -306,6 +382,15 @@ def fit(
       `"raise"` (default) raises `NonFiniteError`; `"stop"` ends training, returns the last
       finite parameters and adds a row with `stopped="nonfinite"`. Either way the
       non-finite parameters are never checkpointed.
+    - `devices`: data parallelism. `None` (default): every device (`jax.devices()`, all
+      processes') when there is more than one and `batch_size` divides evenly over them,
+      else one device (with a note on stderr when several exist). `"all"` or a list of
+      devices: those, and a `ValueError` when `batch_size` does not divide over them. Each
+      mini-batch is sharded over the devices with
+      `NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data"))`, the parameters and
+      the optimiser state are replicated, and the batch gradient (`nd.batch_value_and_grad`,
+      a mean over the batch) is reduced across devices by XLA: the same numbers as one
+      device up to the order of the float sums. See "Data parallel" below.
     - `**options`: integration options passed to every relaxation.
 
     **Returns:** `(net, history)`; `history` is a list of per-epoch rows: `epoch`,
@@ -321,6 +406,19 @@ def fit(
     Other settings (estimator, optimiser or learning rate, batch size, l2, options, key, data,
     initial network) raise `nd.runs.StaleRunError` instead of returning another run's numbers.
 
+    **Data parallel.** The training set is replicated on every device (each device gathers
+    its slice of every mini-batch locally) and every epoch draws the same permutation as on
+    one device. Host arrays (NumPy, or JAX arrays of one process) are placed on the devices
+    with `jax.make_array_from_callback` from each process's local copy. A data set too large
+    for that, in a multi-process job, is passed as a global `jax.Array` that each process
+    built from only its own rows (`nd.distributed.global_array(load_rows, sharding,
+    shape=...)`, rows sharded over the devices): `fit` uses it as it is (the checkpoint
+    fingerprint then digests each process's rows only). Validation and test accuracies are
+    computed by every process on its own first device. The returned network lives on this
+    process's first device, as with one device. Under `jax.distributed` every process calls
+    `fit` with the same arguments (run directories are written by process 0 only and read by
+    all, so a killed job rerun with the same command resumes everywhere from one epoch).
+
     !!! warning
 
         The returned network is the last epoch's. Early stopping's model selection (the
@@ -329,7 +427,9 @@ def fit(
     """
     if on_nonfinite not in ("raise", "stop"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
-    X, Y = jnp.asarray(train[0]), jnp.asarray(train[1])
+    X, Y = train
+    if not (isinstance(X, jax.Array) and not X.is_fully_addressable):  # a global array is kept as it is
+        X, Y = jnp.asarray(X), jnp.asarray(Y)
     n = X.shape[0]
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples: lower batch_size.")
@@ -338,6 +438,7 @@ def fit(
     with jax.numpy_dtype_promotion("standard"):
         opt_state = optimizer.init(params)
     talk = progress and jax.process_index() == 0
+    data_devices = _data_devices(devices, batch_size, talk)
     extra = log_extra or {}
     tag = "/".join(str(extra[k]) for k in ("estimator", "seed") if k in extra) or type(estimator).__name__
     history, start = [], 0
@@ -362,13 +463,31 @@ def fit(
         if talk:
             _say(f"[{tag}] run directory {run.path}: " + (f"resuming after epoch {start}/{epochs}" if start else "new run"))
 
+    if data_devices is not None:
+        mesh = Mesh(np.asarray(data_devices), ("data",))
+        batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        X, Y = _global(X, replicated), _global(Y, replicated)
+        params, opt_state = _global_tree((params, opt_state), replicated)
+        if talk:
+            _say(f"[{tag}] data parallel over {len(data_devices)} devices ({jax.process_count()} process(es))")
+
     times = []
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
-        new_params, new_opt_state, loss, gnorm, conv = _epoch(
-            params, opt_state, jr.fold_in(key, epoch), X, Y, static, objective, estimator, optimizer, l2, n_batches,
-            batch_size, options,
-        )
+        if data_devices is None:
+            new_params, new_opt_state, loss, gnorm, conv = _epoch(
+                params, opt_state, jr.fold_in(key, epoch), X, Y, static, objective, estimator, optimizer, l2, n_batches,
+                batch_size, options,
+            )
+        else:
+            # The permutation `_epoch` draws, drawn on this process's device (the same bits on
+            # every process) and replicated.
+            perm = jr.permutation(jr.fold_in(key, epoch), n)[: n_batches * batch_size].reshape(n_batches, batch_size)
+            new_params, new_opt_state, loss, gnorm, conv = _epoch_sharded(
+                params, opt_state, _global(perm, replicated), X, Y, static, objective, estimator, optimizer, l2, options,
+                batch_sharding,
+            )
         row = dict(epoch=epoch + 1, train_loss=float(loss), grad_norm=float(gnorm), converged_rate=float(conv))
         bad = [what for what, ok in (("the training loss", math.isfinite(row["train_loss"])),
                                      ("the gradient norm", math.isfinite(row["grad_norm"])),
@@ -391,7 +510,7 @@ def fit(
                 _say(f"[{tag}] {message}: stopped")
             break
         params, opt_state = new_params, new_opt_state
-        current = eqx.combine(params, static)
+        current = eqx.combine(params if data_devices is None else _local(params), static)
         if valid is not None:
             row["valid_accuracy"] = accuracy(current, *valid, **options)
         if test is not None:
@@ -421,6 +540,8 @@ def fit(
             break
     if talk and run is not None:
         _say(f"[{tag}] done: {history[-1].get('stopped') if history else 'no epochs'}; run directory {run.path}")
+    if data_devices is not None:
+        params = _local(params)
     return eqx.combine(params, static), history
 
 
