@@ -90,22 +90,24 @@ def through_grad_function(estimator, objective=None, **options):
     return through_grad
 
 
-def batch_path_rows(section, problem, label, net, xs, ys, grad, old, through, repeats=5, min_time=0.05):
-    """The two rows every section keeps: the batch path against the old path
-    (`nd.batch_mean` of the vmapped `nd.value_and_grad`), and `jax.grad` of the batch loss
-    against the returned `grads`; the gradients are checked to agree before timing, and the
-    three are timed side by side."""
-    from ._timing import row, time_side_by_side
-
+def check_batch_path(section, net, xs, ys, grad, old, through):
+    """`(d_old, d_through)`: the batch path's gradient against the old path's (`nd.batch_mean`
+    of the vmapped `nd.value_and_grad`) and `jax.grad` of the batch loss against the returned
+    `grads`, relative; asserts both agree."""
     _, g_grad, _ = grad(net, xs, ys)
     _, g_old, _ = old(net, xs, ys)
     _, g_through = through(net, xs, ys)
     d_old, d_through = rel(g_grad, g_old), rel(g_through, g_grad)
     assert d_old < 1e-3, f"{section}: the batch path and the per-example path disagree ({d_old:.2e})"
     assert d_through < 1e-5, f"{section}: jax.grad of the batch loss is not the returned grads ({d_through:.2e})"
-    t_grad, t_old, t_through = time_side_by_side(
-        [(grad, net, xs, ys), (old, net, xs, ys), (through, net, xs, ys)], repeats=repeats, min_time=min_time
-    )
+    return d_old, d_through
+
+
+def batch_path_rows(section, problem, label, t_grad, t_old, t_through, d_old, d_through):
+    """The two rows every section keeps: the batch path against the old path, and `jax.grad`
+    of the batch loss against the returned `grads` (times from one `time_side_by_side`)."""
+    from ._timing import row
+
     return [
         row(section, problem, f"{label} batch_value_and_grad", f"{label}: batch_mean of vmapped value_and_grad (old path)",
             t_grad, t_old, "speed-up (below 1: the batch path is faster)", rel_diff=d_old),

@@ -39,11 +39,13 @@ def time_fn(fn, *args, repeats: int = 5, min_time: float = 0.0):
     return statistics.median(samples), compile_s
 
 
-def time_side_by_side(calls, repeats: int = 5, min_time: float = 0.0):
-    """Median seconds of each `(fn, *args)` in `calls`, the samples interleaved (one of
-    each per round) so that load from other processes on a shared machine falls on all of
-    them alike: the ratios between them are what counts. Each is compiled (and run once)
-    first."""
+def time_side_by_side(calls, repeats: int = 9, min_time: float = 0.05):
+    """Seconds per call of each `(fn, *args)` in `calls`, measured side by side: each is
+    compiled (and run once) first, then `repeats` rounds each take one sample of every call
+    in turn (a sample repeats the call for at least `min_time`). The result is each call's
+    best sample: on a machine shared with other processes, load only ever adds time, and the
+    interleaving puts every call under the same conditions, so the ratios between them are
+    what counts."""
     for fn, *args in calls:
         jax.block_until_ready(fn(*args))
     samples = [[] for _ in calls]
@@ -58,7 +60,7 @@ def time_side_by_side(calls, repeats: int = 5, min_time: float = 0.0):
                 if elapsed >= min_time:
                     break
             samples[i].append(elapsed / n)
-    return [statistics.median(s) for s in samples]
+    return [min(s) for s in samples]
 
 
 def peak_bytes(fn, *args) -> int | None:

@@ -21,13 +21,14 @@ import neurodyn as nd
 
 from ._steady_peer import (
     batch_path_rows,
+    check_batch_path,
     ours_functions,
     peer_functions,
     per_example_functions,
     rel,
     through_grad_function,
 )
-from ._timing import row, time_fn, time_side_by_side
+from ._timing import row, time_side_by_side
 
 
 def _problem(n, B, n_in=8, n_out=4, n_save=40, steps_per_save=10, dt=0.1, seed=0):
@@ -107,9 +108,13 @@ def _trajectory(n, B, repeats):
     peer_err = _rel(g_peer.W, g_ref.W)
     if not err < 1e-3:
         raise AssertionError(f"nd.BPTT disagrees with the lax.scan reference (rel err {err:.2e})")
-    t_ours, t_fwd = time_side_by_side([(ours, net, xs, ys), (forward, net, xs)], repeats=repeats)
-    t_peer_fwd, _ = time_fn(peer_forward, net, xs, ys, repeats=3)
-    t_peer, _ = time_fn(peer, net, xs, ys, repeats=3)
+    old, through = per_example_functions(est, obj, **opts), through_grad_function(est, obj, **opts)
+    d_old, d_through = check_batch_path("bptt", net, xs, ys, ours, old, through)
+    t_ours, t_fwd, t_old, t_through, t_peer_fwd, t_peer = time_side_by_side(
+        [(ours, net, xs, ys), (forward, net, xs), (old, net, xs, ys), (through, net, xs, ys),
+         (peer_forward, net, xs, ys), (peer, net, xs, ys)],
+        repeats=repeats, min_time=0.0,
+    )
     steps = int(round(ts[-1] / dt))
     problem = f"CTRNN n={n} B={B}, Euler {steps} steps, {len(ts)} saves"
     label = "nd.BPTT batch_value_and_grad"
@@ -118,8 +123,7 @@ def _trajectory(n, B, repeats):
         row("bptt", problem, label, "diffrax RecursiveCheckpointAdjoint grad", t_ours, t_peer, "<= 0.5x",
             grad_rel_err=err, peer_grad_rel_err=peer_err, peer_forward_ms=1e3 * t_peer_fwd),
     ]
-    rows += batch_path_rows("bptt", problem, "nd.BPTT", net, xs, ys, ours, per_example_functions(est, obj, **opts),
-                            through_grad_function(est, obj, **opts), repeats=repeats)
+    rows += batch_path_rows("bptt", problem, "nd.BPTT", t_ours, t_old, t_through, d_old, d_through)
     return rows
 
 
@@ -138,8 +142,12 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
     steps = int(jnp.max(info["steps"]))
     extra = dict(ours_rel_err=rel(g_ours, g_ref), peer_rel_err=rel(g_peer, g_ref), fwd_steps=steps,
                  stored_steps=est.stored_steps, stored_path=steps <= est.stored_steps)
-    t_ours, t_relax = time_side_by_side([(ours, net, xs, ys), (relax, net, xs)], repeats=repeats, min_time=0.05)
-    t_peer, _ = time_fn(peer, net, xs, ys, repeats=3)
+    old, through = per_example_functions(est), through_grad_function(est)
+    d_old, d_through = check_batch_path("bptt", net, xs, ys, ours, old, through)
+    t_ours, t_relax, t_old, t_through, t_peer = time_side_by_side(
+        [(ours, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (through, net, xs, ys), (peer, net, xs, ys)],
+        repeats=repeats,
+    )
     problem = f"Hopfield n={n} B={B} float32, steady state (BPTT of the relaxation)"
     label = "nd.BPTT batch_value_and_grad"
     rows = [
@@ -147,14 +155,13 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
         row("bptt", problem, label, "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)", t_ours, t_peer,
             "faster", **extra),
     ]
-    rows += batch_path_rows("bptt", problem, "nd.BPTT", net, xs, ys, ours, per_example_functions(est),
-                            through_grad_function(est), repeats=repeats)
+    rows += batch_path_rows("bptt", problem, "nd.BPTT", t_ours, t_old, t_through, d_old, d_through)
     return rows
 
 
 def run(quick: bool = False, large: bool = False):
     sizes = [(64, 16)] if quick else ([(256, 256), (1024, 256), (4096, 256)] if large else [(64, 32), (256, 32)])
-    repeats = 3 if quick else 7
+    repeats = 3 if quick else 9
     rows = []
     for n, B in sizes:
         rows += _trajectory(n, B, repeats)

@@ -20,14 +20,15 @@ import neurodyn as nd
 
 from ._steady_peer import (
     batch_path_rows,
+    check_batch_path,
     optimistix_peer_functions,
     ours_functions,
-    per_example_functions,
     peer_functions,
+    per_example_functions,
     rel,
     through_grad_function,
 )
-from ._timing import row, time_fn, time_side_by_side
+from ._timing import row, time_side_by_side
 
 
 BETA = 0.05
@@ -71,9 +72,13 @@ def run(quick: bool = False, large: bool = False):
             free_steps=float(jnp.mean(info["steps"])),
             nudged_steps=float(jnp.mean(info["nudged_steps"])),
         )
-        t_ours, t_relax = time_side_by_side([(ours, net, xs, ys), (relax, net, xs)], repeats=repeats, min_time=0.05)
-        t_peer, _ = time_fn(peer, net, xs, ys, repeats=3)
-        t_opt, _ = time_fn(opeer, net, xs, ys, repeats=3)
+        old, through = per_example_functions(est), through_grad_function(est)
+        d_old, d_through = check_batch_path("ep", net, xs, ys, ours, old, through)
+        t_ours, t_relax, t_old, t_through, t_peer, t_opt = time_side_by_side(
+            [(ours, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (through, net, xs, ys), (peer, net, xs, ys),
+             (opeer, net, xs, ys)],
+            repeats=repeats,
+        )
         problem = f"Hopfield n={n} B={B} float32, centered EP beta={BETA}"
         label = "nd.EP batch_value_and_grad"
         rows.append(row("ep", problem, label, "nd.relax alone", t_ours, t_relax, "<= 2.5x", **extra))
@@ -82,6 +87,5 @@ def run(quick: bool = False, large: bool = False):
         rows.append(row("ep", problem, label, "optimistix fixed_point + ImplicitAdjoint (lineax GMRES)",
                         t_ours, t_opt, "<= 0.5x", ours_rel_err=extra["ours_rel_err"], peer_rel_err=rel(g_opt, g_ref),
                         peer_cosine=_cosine(g_opt, g_ref)))
-        rows += batch_path_rows("ep", problem, "nd.EP", net, xs, ys, ours, per_example_functions(est),
-                                through_grad_function(est), repeats=repeats)
+        rows += batch_path_rows("ep", problem, "nd.EP", t_ours, t_old, t_through, d_old, d_through)
     return rows

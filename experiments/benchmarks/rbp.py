@@ -22,11 +22,12 @@ import neurodyn as nd
 from neurodyn._misc import tree_cast
 
 from ._steady_peer import (
-    ours_functions,
     batch_path_rows,
+    check_batch_path,
     optimistix_peer_functions,
-    per_example_functions,
+    ours_functions,
     peer_functions,
+    per_example_functions,
     rel,
     through_grad_function,
 )
@@ -89,22 +90,13 @@ def _head(kind, n, B, large, repeats):
     else:
         net, xs, ys = _hopfield_problem(n, B)
         problem = f"Hopfield n={n} B={B} float32, steady state"
-    relax, ours = _relax_fn(), _rbp_fn()
+    relax, ours, old, through = _relax_fn(), _rbp_fn(), _rbp_fn(batch=False), through_grad_function(nd.RBP())
     _, peer = peer_functions()
     (_, g_ours, info), (_, g_peer) = ours(net, xs, ys), peer(net, xs, ys)
     assert bool(jnp.all(info["converged"])), f"RBP did not converge on the {kind} benchmark problem"
     g_ref = _reference(net, xs, ys)
     e_ours, e_peer = rel(g_ours, g_ref), rel(g_peer, g_ref)
-    t_ours, t_relax = time_side_by_side([(ours, net, xs, ys), (relax, net, xs)], repeats=repeats, min_time=0.05)
-    t_peer, _ = time_fn(peer, net, xs, ys, repeats=3)
-    extra = dict(ours_rel_err=e_ours, peer_rel_err=e_peer, fwd_steps=_steps(info, "steps"),
-                 adjoint_steps=_steps(info, "adjoint_steps"), converged=bool(jnp.all(info["converged"])))
-    label = "nd.RBP batch_value_and_grad"
-    rows.append(row("rbp", problem, label, "nd.relax alone", t_ours, t_relax, "<= 2x", **extra))
-    rows.append(row("rbp", problem, label, "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
-                    t_ours, t_peer, "<= 0.05x (20x faster)" if large else "<= 0.2x", **extra))
-    rows += batch_path_rows("rbp", problem, "nd.RBP", net, xs, ys, ours, _rbp_fn(batch=False),
-                            through_grad_function(nd.RBP()), repeats=repeats)
+    d_old, d_through = check_batch_path("rbp", net, xs, ys, ours, old, through)
     # optimistix: the same Euler fixed-point iteration, its default (dense LU) adjoint and GMRES.
     import lineax as lx
 
@@ -112,12 +104,22 @@ def _head(kind, n, B, large, repeats):
     peers += [("optimistix fixed_point + ImplicitAdjoint (lineax GMRES)", lx.GMRES(rtol=1e-5, atol=1e-6, restart=40))]
     if large:
         peers = peers[1:]  # a batched dense n x n LU per example: B n^2 floats, minutes to compile
-    for plabel, solver in peers:
-        _, opeer = optimistix_peer_functions(linear_solver=solver)
-        _, g_opt = opeer(net, xs, ys)
-        t_opt, _ = time_fn(opeer, net, xs, ys, repeats=3)
-        rows.append(row("rbp", problem, label, plabel, t_ours, t_opt, "faster",
-                        ours_rel_err=e_ours, peer_rel_err=rel(g_opt, g_ref)))
+    opeers = [optimistix_peer_functions(linear_solver=solver)[1] for _, solver in peers]
+    e_opt = [rel(opeer(net, xs, ys)[1], g_ref) for opeer in opeers]
+    t_ours, t_relax, t_old, t_through, t_peer, *t_opt = time_side_by_side(
+        [(ours, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (through, net, xs, ys), (peer, net, xs, ys)]
+        + [(opeer, net, xs, ys) for opeer in opeers],
+        repeats=repeats,
+    )
+    extra = dict(ours_rel_err=e_ours, peer_rel_err=e_peer, fwd_steps=_steps(info, "steps"),
+                 adjoint_steps=_steps(info, "adjoint_steps"), converged=bool(jnp.all(info["converged"])))
+    label = "nd.RBP batch_value_and_grad"
+    rows.append(row("rbp", problem, label, "nd.relax alone", t_ours, t_relax, "<= 2x", **extra))
+    rows.append(row("rbp", problem, label, "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
+                    t_ours, t_peer, "<= 0.05x (20x faster)" if large else "<= 0.2x", **extra))
+    rows += batch_path_rows("rbp", problem, "nd.RBP", t_ours, t_old, t_through, d_old, d_through)
+    for (plabel, _), t, e in zip(peers, t_opt, e_opt):
+        rows.append(row("rbp", problem, label, plabel, t_ours, t, "faster", ours_rel_err=e_ours, peer_rel_err=e))
     return rows
 
 
@@ -137,12 +139,11 @@ def _relaxations(n, B, dtype, repeats, quick=False, gain=0.5):
     settings.insert(len(candidates), ("NewtonKrylov()", nd.relaxation.NewtonKrylov(), 1.0))
     if quick:
         settings = [settings[0], settings[2], settings[len(candidates)]]
-    t_base = None
-    for label, relaxation, dt0 in settings:
-        f = _relax_fn(relaxation=relaxation, dt0=dt0)
-        _, info = f(net, xs)
-        t, _ = time_fn(f, net, xs, repeats=repeats, min_time=0.05)
-        t_base = t if t_base is None else t_base
+    fns = [_relax_fn(relaxation=relaxation, dt0=dt0) for _, relaxation, dt0 in settings]
+    infos = [f(net, xs)[1] for f in fns]
+    times = time_side_by_side([(f, net, xs) for f in fns], repeats=repeats)
+    t_base = times[0]
+    for (label, _, dt0), info, t in zip(settings, infos, times):
         rows.append(row("rbp-relaxation", f"CTRNN n={n} B={B} {name}, nd.relax", f"{label} dt0={dt0}",
                         "FixedStep() dt0=1 (first row)", t, t_base, "pick the fastest",
                         fwd_steps=_steps(info, "steps"), converged=bool(jnp.all(info["converged"]))))
@@ -171,12 +172,11 @@ def _adjoints(n, B, dtype, repeats, quick=False):
     if n > 256:
         # A batched dense LU and GMRES(40) at n = 1024, B = 256 compile for minutes.
         candidates = [c for c in candidates if c[0] not in ("DenseLU()", "Krylov(gmres, restart=40)")]
-    t_base = None
-    for label, adj in candidates:
-        f = _rbp_fn(nd.RBP(adjoint=adj))
-        _, g, info = f(net, xs, ys)
-        t, _ = time_fn(f, net, xs, ys, repeats=repeats, min_time=0.05)
-        t_base = t if t_base is None else t_base
+    fns = [_rbp_fn(nd.RBP(adjoint=adj)) for _, adj in candidates]
+    outs = [f(net, xs, ys) for f in fns]
+    times = time_side_by_side([(f, net, xs, ys) for f in fns], repeats=repeats)
+    t_base = times[0]
+    for (label, _), (_, g, info), t in zip(candidates, outs, times):
         rows.append(row("rbp-adjoint", f"CTRNN n={n} B={B} {name}, RBP batch_value_and_grad", label,
                         "AdjointODE() (default)", t, t_base, "accurate and fastest",
                         rel_err=rel(g, g_ref), adjoint_steps=_steps(info, "adjoint_steps"),
@@ -190,8 +190,7 @@ def _scaling(sizes, B, repeats):
         net, xs, ys = _problem(n, B)
         relax, ours = _relax_fn(), _rbp_fn()
         _, _, info = ours(net, xs, ys)
-        t, _ = time_fn(ours, net, xs, ys, repeats=repeats)
-        t_r, _ = time_fn(relax, net, xs, repeats=repeats)
+        t, t_r = time_side_by_side([(ours, net, xs, ys), (relax, net, xs)], repeats=repeats)
         rows.append(row("rbp-scaling", f"CTRNN n={n} B={B} float32", "nd.RBP batch_value_and_grad", "nd.relax alone",
                         t, t_r, "memory O(n^2 + B n): the weights and the batch's states",
                         peak_bytes=peak_bytes(ours, net, xs, ys), relax_peak_bytes=peak_bytes(relax, net, xs),
@@ -244,6 +243,6 @@ def _run(quick, large):
             rows += _adjoints(32, 8, jnp.float64, repeats)
     sizes = [64] if quick else ([1024, 2048, 4096] if large else [64, 128, 256, 512, 1024])
     # B = 64 on the GPU: per-example weight gradients are B n^2 floats (4.3 GB at n = 4096).
-    rows += _scaling(sizes, 64 if large else 8, 3)
+    rows += _scaling(sizes, 64 if large else 8, 3 if quick else 5)
     rows += _memory_vs_steps(64 if quick else 256, 8, quick)
     return rows
