@@ -2,7 +2,7 @@
 
 Both drive a diffrax solver's `step` directly inside `lax`/equinox loops with fixed steps,
 rather than through `diffeqsolve`: on these problems the adaptive machinery costs far more
-than the vector field (ANCHORS.md: 30-50x off the device on a GPU), and a fixed-step loop
+than the vector field (measured 30-50x off the device on a GPU; see the README's speed section), and a fixed-step loop
 is what BPTT and RTRL differentiate exactly.
 """
 

@@ -1,4 +1,4 @@
-"""Activation functions of the seed notes (seed 002), usable by every network.
+"""Activation functions (Haykin 2009, ch. 4; Goodfellow et al. 2016, ch. 6), usable by every network.
 
 Each is an `eqx.Module`; fixed ones are exported as ready instances (`nd.activations.tanh`),
 learnable ones (`PReLU`, `Maxout`) are classes whose parameters are sized to the layer by the

@@ -1140,7 +1140,7 @@ OPTIMIZERS = ("sgd", "adam")
 
 
 def optimizer(name: str, learning_rate, *, momentum: float = 0.9, nesterov: bool = False):
-    """An optax optimiser by name: `sgd` (with heavy-ball `momentum`, the seed notes'
+    """An optax optimiser by name: `sgd` (with heavy-ball `momentum`, Haykin's (2009)
     `dw(n) = alpha dw(n-1) - eta g(n)`; `momentum: 0` is plain SGD) or `adam`; a registered
     one is called as `make(learning_rate)`.
 

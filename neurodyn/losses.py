@@ -1,4 +1,4 @@
-"""Losses (seed notes): squared error, softmax cross-entropy, L2 weight penalty.
+"""Losses: squared error, softmax cross-entropy, L2 weight penalty.
 
 A loss takes one prediction `p = net.readout(r)` and one target `y` and returns a scalar.
 Targets are float vectors of the readout's shape, or (cross-entropy only) an integer class.

@@ -1,4 +1,4 @@
-"""Input preprocessing of the seed notes (003, "Data Preprocess"), fitted on the training data
+"""Input preprocessing (LeCun et al. 1998, "Efficient BackProp"), fitted on the training data
 only: mean removal, decorrelation (PCA or ZCA whitening) and variance equalisation.
 
 ```python

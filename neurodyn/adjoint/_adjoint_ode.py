@@ -14,7 +14,7 @@ def _adjoint_field(t, v, args):
 
 
 class AdjointODE(AbstractAdjointSolve):
-    r"""The adjoint dynamics of the seed notes, `dv/dt = v J + dl/dr` (Pineda's form),
+    r"""The adjoint dynamics of recurrent backpropagation (Almeida 1987; Pineda 1987), `dv/dt = v J + dl/dr` (Pineda's form),
     integrated with a diffrax solver to its own steady state `v* = -dl/dr J^-1`.
 
     Stops when `rms(J^T v + g) < rtol (rms(g) + rms(v)) + atol` (relative to the adjoint

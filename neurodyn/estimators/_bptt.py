@@ -23,7 +23,7 @@ class BPTT(AbstractGradientResidualEstimator):
 
     For a trajectory objective it differentiates the fixed-step rollout; for a steady-state
     objective it differentiates the relaxation loop itself. The gradient is exact for the
-    discretised system (seed 001: `s(t) = D(t)(dR/dx(t) + W^T s(t+1))`,
+    discretised system (Werbos 1990: `s(t) = D(t)(dR/dx(t) + W^T s(t+1))`,
     `dW = sum_t s(t) x(t-1)^T` for the Euler dt = 1 network).
 
     Cost: time `O(n^2 T + n m T)` (one forward and one backward sweep), memory `O(n T)` for
@@ -31,7 +31,7 @@ class BPTT(AbstractGradientResidualEstimator):
 
     **Arguments:**
 
-    - `truncation`: `h`, the depth of truncated BPTT (seed 004's epochwise truncation). For a
+    - `truncation`: `h`, the depth of truncated BPTT (Williams & Peng 1990's truncation). For a
       trajectory each loss term `l_k` backpropagates through the last `h` intervals only
       (all `T` terms in parallel, `O(T h)` work). For a steady state the gradient flows
       through the last `h` solver steps from `r*` (a `h`-term Neumann series of the adjoint).

@@ -21,7 +21,7 @@ class RBP(AbstractSurrogateEstimator):
 
     matrix-free (VJPs of F; the Jacobian is never formed unless `adjoint=DenseLU()`), and
     returns `dl/dw = v dF/dw + dl/dw|_readout`. For `Layered` networks `v*` is backprop's
-    error terms (seed 000); for the rate form `x = f(Wx + b)` it is seed 001's
+    error terms (Almeida 1987; Pineda 1987); for the rate form `x = f(Wx + b)` it is
     `(D^-1 - W^T) s = dR/dx`, `dW = s x^T`.
 
     Cost: one relaxation plus one adjoint solve of K VJPs; memory O(n), independent of the
@@ -30,7 +30,7 @@ class RBP(AbstractSurrogateEstimator):
     **Arguments:**
 
     - `adjoint`: the adjoint solve, an `nd.adjoint` strategy: `AdjointODE()` (default: the
-      seed notes' adjoint dynamics with the forward relaxation's solver step, chosen by
+      adjoint dynamics of Almeida (1987) and Pineda (1987) with the forward relaxation's solver step, chosen by
       measurement: on CPU at n = 256, B = 32 it took 1.6 ms against 19 ms for lineax GMRES
       with restart 40 and 4 ms with restart 5, see the README), `Krylov()` (CG on energy
       networks, GMRES otherwise; fewest iterations), `Neumann(K)`, `DenseLU()`.

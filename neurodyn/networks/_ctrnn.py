@@ -19,7 +19,7 @@ class CTRNN(AbstractNetwork):
 
     The readout is `V r + c` (rate form) or `V f(r) + c` (current form).
     With `solver=diffrax.Euler(), dt0=tau` the rate form is exactly the discrete-time
-    network `r(t) = f(W r(t-1) + U x(t) + b)` of the seed notes.
+    network `r(t) = f(W r(t-1) + U x(t) + b)` (Elman 1990; Williams & Zipser 1989).
 
     **Arguments:**
 

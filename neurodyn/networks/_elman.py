@@ -10,14 +10,14 @@ from ._base import AbstractNetwork, normal_init
 
 
 class Elman(AbstractNetwork):
-    r"""The state-space model / simple recurrent network of Elman (seed 004):
+    r"""The state-space model / simple recurrent network of Elman (Elman 1990, "Finding structure in time"):
 
     `x_{n+1} = a(x_n, u_n) = f(W_a x_n + W_b u_n + b)`, `y_n = B x_n`,
 
     written as the vector field `dx/dt = -x + a(x, u)`, so that Euler with `dt = 1` (and
     `ts = 1..T`) is exactly the discrete network, and its steady state is the fixed point
     `x* = a(x*, u)`. Cost O(n^2 + n n_in) per evaluation. The readout `B x` has no bias, as
-    in the seed notes.
+    in Haykin (2009, ch. 15).
 
     **Arguments:**
 

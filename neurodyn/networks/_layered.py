@@ -11,7 +11,7 @@ from ._base import AbstractNetwork, normal_init
 
 
 class Layered(AbstractNetwork):
-    r"""A feedforward network written as an ODE (seed 000):
+    r"""A feedforward network written as an ODE (Almeida 1987; Pineda 1987):
 
     `dx_l/dt = -x_l + f_l(W_l x_{l-1} + b_l)`, `l = 1..L`, with `x_0 = x` the input.
 

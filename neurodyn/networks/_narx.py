@@ -10,7 +10,7 @@ from ._base import AbstractNetwork, normal_init
 
 
 class NARX(AbstractNetwork):
-    r"""The input-output recurrent model (NARX, seed 004) with `q` delays:
+    r"""The input-output recurrent model (NARX; Narendra & Parthasarathy 1990, Siegelmann et al. 1997) with `q` delays:
 
     `y_{n+1} = F(y_n, ..., y_{n-q+1}; u_n, ..., u_{n-q+1})`, `F` a one-hidden-layer MLP.
 

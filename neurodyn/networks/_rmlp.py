@@ -11,14 +11,14 @@ from ._base import AbstractNetwork, normal_init
 
 
 class RecurrentMLP(AbstractNetwork):
-    r"""The recurrent multilayer perceptron (seed 004): stacked recurrent layers, each fed by
+    r"""The recurrent multilayer perceptron (Puskorius & Feldkamp 1994; Haykin 2009, ch. 15): stacked recurrent layers, each fed by
     the NEW value of the layer below,
 
     `x_{I,n+1} = f(W_I x_{I,n} + U_I u_n + b_I)`,
     `x_{II,n+1} = f(W_II x_{II,n} + U_II x_{I,n+1} + b_II)`, ...
 
     As a vector field each layer reads the lower layer's Euler-updated value `x_l + F_l`:
-    `F_{l} = -x_l + f(W_l x_l + U_l (x_{l-1} + F_{l-1}) + b_l)`, which is exactly the seed's
+    `F_{l} = -x_l + f(W_l x_l + U_l (x_{l-1} + F_{l-1}) + b_l)`, which is exactly the discrete RMLP's
     recursion for Euler with `dt = 1` and has the same steady states (there `F_{l-1} = 0`).
     The Jacobian stays block lower-triangular (a layer depends on itself and those below).
     The readout is a linear map `V x_L` of the top layer. Cost O(sum_l n_l (n_l + n_{l-1})).

@@ -10,11 +10,11 @@ from ._base import AbstractNetwork, normal_init
 
 
 class SecondOrder(AbstractNetwork):
-    r"""The second-order network (seed 004): multiplicative state-input interactions,
+    r"""The second-order network (Giles et al. 1992): multiplicative state-input interactions,
 
     `v_k = b_k + sum_ij w_kij x_i u_j`, `x_{k,n+1} = logistic(v_k)`,
 
-    as the vector field `dx/dt = -x + f(v(x, u))` (Euler with `dt = 1` is the seed's map;
+    as the vector field `dx/dt = -x + f(v(x, u))` (Euler with `dt = 1` is the discrete second-order map;
     the steady state is `x* = f(v(x*, u))`); linear readout `V x + c`. The input gates the
     recurrence: the effective recurrent matrix is `W(u)_ki = sum_j w_kij u_j`. Cost
     O(n^2 n_in) per evaluation, and as many parameters.
