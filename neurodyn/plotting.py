@@ -186,6 +186,69 @@ def training_curves(rows: Sequence[Mapping], *, metrics: Sequence[str] = ("train
     return fig
 
 
+def sweep_curves(
+    rows: Sequence[Mapping],
+    x: str = "learning_rate",
+    metric: str = "test_accuracy",
+    group: str | Sequence[str] = "estimator",
+    *,
+    logx: bool | None = None,
+    title: str | None = None,
+):
+    """A sweep's result: `metric` against the swept value `x`, one line per `group` (a column,
+    or several: `("estimator", "hidden")`), the mean over the remaining points at each `x`
+    (the seeds) with a band from the lowest to the highest, and the points themselves.
+
+    `rows` are a sweep's tidy rows (`summary.csv` of `experiments.sweep`). Rows without `x` or
+    `metric` (or with a non-finite value) are left out. `logx=None` takes a log axis when every
+    `x` is positive and they span a factor of 10 or more."""
+    cols = (group,) if isinstance(group, str) else tuple(group)
+
+    def number(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return math.nan
+
+    data = [r for r in rows if math.isfinite(number(r.get(x))) and math.isfinite(number(r.get(metric)))]
+    if not data:
+        raise ValueError(f"sweep_curves: no row has both {x!r} and {metric!r} as numbers")
+    fig, ax = _subplots(figsize=(5.2, 3.9))
+    groups = defaultdict(list)
+    for r in data:
+        groups[tuple(r.get(c) for c in cols)].append(r)
+    used = set()
+    for i, (key, rs) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        by_x = defaultdict(list)
+        for r in rs:
+            by_x[number(r[x])].append(number(r[metric]))
+        xs = sorted(by_x)
+        mean = np.array([np.mean(by_x[v]) for v in xs])
+        name = ", ".join(f"{c}={k}" if len(cols) > 1 else str(k) for c, k in zip(cols, key))
+        color = _color(str(key[0]))
+        if color is None or color in used:
+            color = f"C{(i + 4) % 10}"
+        used.add(color)
+        n = max(len(v) for v in by_x.values())
+        ax.plot(xs, mean, "o-", color=color, label=f"{name} (mean of {n})" if n > 1 else name)
+        if n > 1:
+            ax.fill_between(xs, [min(by_x[v]) for v in xs], [max(by_x[v]) for v in xs], color=color, alpha=0.2)
+            px = [v for v in xs for _ in by_x[v]]
+            ax.scatter(px, [m for v in xs for m in by_x[v]], s=8, color=color, alpha=0.5)
+    allx = np.array(sorted({number(r[x]) for r in data}))
+    if logx is None:
+        logx = bool(np.all(allx > 0) and allx.max() >= 10 * allx.min())
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x.replace("_", " "))
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, title=" / ".join(cols), title_fontsize=8)
+    ax.set_title(title or f"{metric.replace('_', ' ')} against {x.replace('_', ' ')} (band: range over seeds)")
+    fig.tight_layout()
+    return fig
+
+
 def slope(xs, ys) -> float:
     """Least-squares slope of log(ys) against log(xs)."""
     lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))

@@ -63,3 +63,28 @@ def test_save_is_atomic_and_readable_by_others(tmp_path):
         ndp.save(fig, tmp_path / "align")
     assert {f: pathlib.Path(f).read_bytes() for f in files} == before  # the old figures, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["align.pdf", "align.png"]  # no temporary file left
+
+
+def test_sweep_curves_mean_and_band_over_seeds(tmp_path):
+    rows = [
+        dict(estimator=e, hidden=16, seed=s, learning_rate=lr, test_accuracy=0.5 + 0.1 * k + 0.01 * s + (0.05 if e == "rbp" else 0))
+        for e in ("bptt", "rbp") for s in range(3) for k, lr in enumerate((0.003, 0.01, 0.03, 0.1))
+    ]
+    rows.append(dict(estimator="rbp", seed=9, learning_rate="", test_accuracy=0.0))  # no x: left out
+    fig = ndp.sweep_curves(rows, x="learning_rate", metric="test_accuracy", group="estimator")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "learning rate" and ax.get_ylabel() == "test accuracy"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"bptt (mean of 3)", "rbp (mean of 3)"}
+    np.testing.assert_allclose(lines["rbp (mean of 3)"].get_xdata(), [0.003, 0.01, 0.03, 0.1])
+    np.testing.assert_allclose(lines["bptt (mean of 3)"].get_ydata(), [0.51, 0.61, 0.71, 0.81])  # mean over seeds 0..2
+    # The band spans the lowest and the highest seed at each point.
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(0.50) and band[:, 1].max() == pytest.approx(0.82)
+    # Several group columns; a linear axis when asked.
+    fig2 = ndp.sweep_curves(rows, group=("estimator", "hidden"), logx=False)
+    assert fig2.axes[0].get_xscale() == "linear"
+    assert {line.get_label() for line in fig2.axes[0].get_lines()} == {"estimator=bptt, hidden=16 (mean of 3)", "estimator=rbp, hidden=16 (mean of 3)"}
+    assert os.path.getsize(ndp.save(fig, tmp_path / "sweep")[0]) > 1000
+    with pytest.raises(ValueError, match="no row has both 'learning_rate' and 'final_loss'"):
+        ndp.sweep_curves([dict(learning_rate=0.1)], metric="final_loss")
