@@ -29,7 +29,10 @@ from neurodyn.runs import RunDir
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    name: str = ndc.field("copy", help="the task", choices=("copy", "adding", "delayed_xor"))
+    name: str = ndc.field(
+        "copy", help="the task: generated (copy, adding, delayed_xor) or a data set read as sequences (mnist1d: the "
+        "40 values one per step, the class at the last step)", choices=("copy", "adding", "delayed_xor", "mnist1d"),
+    )
     length: int = ndc.field(4, help="copy: symbols to recall", ge=1)
     n_symbols: int = ndc.field(4, help="copy: alphabet size", ge=2)
     delay: int = ndc.field(4, help="copy, delayed_xor: steps between storing and recalling", ge=1)
@@ -58,14 +61,37 @@ class Config:
     seeds: tuple[int, ...] = ndc.field((0,), help="one run per seed", ge=0, nonempty=True)
 
 
-def sampler(task: Task):
+def mnist1d_sequences():
+    """MNIST-1D's published training and test sets as sequences: `xs (N, 40, 1)` (one value per
+    step), `ys (N, 40, 10)` (the one-hot class at the last step, zero before), `w (N, 40)`
+    (one-hot on the last step)."""
+    try:
+        X, y = nd.data.mnist1d()
+    except ImportError as e:
+        raise ndc.ConfigError(str(e)) from None
+    N, T = X.shape
+    xs = X[:, :, None]
+    ys = np.zeros((N, T, 10), np.float32)
+    ys[:, -1] = np.eye(10, dtype=np.float32)[y]
+    w = np.zeros((N, T), np.float32)
+    w[:, -1] = 1
+    n_train = int(0.8 * N)  # the generator's split: 4000 training, 1000 test examples
+    return (xs[:n_train], ys[:n_train], w[:n_train]), (xs[n_train:], ys[n_train:], w[n_train:])
+
+
+def sampler(task: Task, train=None):
+    """`sample(key) -> (xs, ys, w)`, one sequence: a fresh one of a generated task, or a
+    training example drawn uniformly from a data set (`train`, arrays with a leading axis)."""
+    if train is not None:
+        arrays = tuple(jnp.asarray(a) for a in train)
+        return lambda k: tuple(a[jr.randint(k, (), 0, arrays[0].shape[0])] for a in arrays)
     if task.name == "copy":
         return lambda k: nd.data.sequences.copy_task(k, task.length, task.n_symbols, task.delay)
     if task.name == "adding":
         return lambda k: nd.data.sequences.adding_problem(k, task.T)
     if task.name == "delayed_xor":
         return lambda k: nd.data.sequences.delayed_xor(k, task.delay)
-    raise ndc.ConfigError(f"unknown task '{task.name}' (copy, adding, delayed_xor)")
+    raise ndc.ConfigError(f"unknown task '{task.name}' (copy, adding, delayed_xor, mnist1d)")
 
 
 @ndc.entrypoint
@@ -75,10 +101,11 @@ def main(argv=None):
         name: ndc.build_object(spec, f"estimators.{name}.", family="estimators") for name, spec in cfg.estimators.items()
     }
     run = RunDir(args.out, cfg)
-    sample = sampler(cfg.task)
+    train, test = mnist1d_sequences() if cfg.task.name == "mnist1d" else (None, None)
+    sample = sampler(cfg.task, train)
     xs0, ys0, w0 = sample(jr.PRNGKey(0))
     T, n_in, n_out = xs0.shape[0], xs0.shape[1], ys0.shape[1]
-    classify = cfg.task.name == "copy"
+    classify = cfg.task.name in ("copy", "mnist1d")
     metric_name = "test_accuracy" if classify else "test_mse"
     loss = nd.losses.softmax_cross_entropy if classify else nd.losses.squared_error
     opts = dict(solver=diffrax.Euler(), dt0=1.0)
@@ -107,8 +134,9 @@ def main(argv=None):
                 return optax.apply_updates(params, updates), opt_state, jnp.mean(losses) / jnp.mean(jnp.sum(w, -1))
 
             @eqx.filter_jit
-            def evaluate(params, key, static=static):
-                xs, ys, w = jax.vmap(sample)(jr.split(key, 256))
+            def evaluate(params, key, test, static=static):
+                # A data set: its test set (an argument: no constant folding); a generated task: 256 fresh sequences.
+                xs, ys, w = jax.vmap(sample)(jr.split(key, 256)) if test is None else test
                 net = eqx.combine(params, static)
                 preds = jax.vmap(lambda x: nd.rollout(net, x, np.arange(1, T + 1), **opts)[0])(xs)
                 if classify:
@@ -129,14 +157,14 @@ def main(argv=None):
                 params, opt_state, lval = step(params, opt_state, jr.fold_in(key, i))
                 if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.steps:
                     row = dict(part="training", estimator=name, seed=seed, epoch=i + 1, train_loss=float(lval),
-                               **{metric_name: float(evaluate(params, jr.PRNGKey(999)))})
+                               **{metric_name: float(evaluate(params, jr.PRNGKey(999), test))})
                     history.append(row)
                     sub.save_checkpoint((params, opt_state), dict(step=i + 1, history=history))
                     sub.log(row)
             last = history[-1]
             curves += history
             rows.append(dict(estimator=name, seed=seed, steps=cfg.steps, train_loss=last["train_loss"],
-                             **{("recall_accuracy" if classify else "test_mse"): last[metric_name]}))
+                             **{("test_mse" if not classify else "recall_accuracy" if test is None else "test_accuracy"): last[metric_name]}))
             print(f"{name} seed {seed}: loss {last['train_loss']:.4f}, {metric_name} {last[metric_name]:.4f}", file=sys.stderr)
     run.replace_rows(curves)
     run.write_summary(rows)

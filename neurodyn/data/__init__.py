@@ -2,7 +2,7 @@
 
 - `double_moon(key, n, radius, width, distance)`: Haykin's two half rings.
 - `digits()`: scikit-learn's bundled 8x8 digits (the `data` extra).
-- `mnist1d(n, seed, ...)`: a procedural MNIST-1D-like set generated here.
+- `mnist1d(n, seed, ...)`: MNIST-1D from its generator (the `mnist1d` package, offline).
 - `idx_images(path, split)`: MNIST / Fashion-MNIST from local IDX files.
 - `split(X, y, ...)`: a deterministic train / valid / test split.
 - `sequences`: adding problem, copy task, delayed XOR, a teacher RNN to mimic.
