@@ -260,6 +260,16 @@ def check_input(net: AbstractNetwork, x, *, sequence: bool, what: str = "x") -> 
         raise ValueError(
             f"expected a neurodyn network (an `nd.networks.AbstractNetwork`), got {type(net).__name__}."
         )
+    # The network rule (docs/bring_your_own.md): sizes are static Python ints, else JAX traces
+    # them inside the estimators, where a traced size cannot shape an array.
+    for name in ("n_state", "n_in", "n_out"):
+        f, v = type(net).__dataclass_fields__.get(name), getattr(net, name)
+        if (f is not None and not f.metadata.get("static")) or isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise ValueError(
+                f"{type(net).__name__}.{name} = {v!r}: a network's sizes must be Python ints in static fields, "
+                f"declared `{name}: int = eqx.field(static=True)` (JAX traces non-static fields inside the "
+                "estimators, where a traced size cannot give an array shape); see docs/bring_your_own.md."
+            )
     x = jnp.asarray(x)
     if jnp.iscomplexobj(x):
         raise ValueError(
@@ -277,7 +287,14 @@ def check_input(net: AbstractNetwork, x, *, sequence: bool, what: str = "x") -> 
             f"{what} has shape {x.shape} but {type(net).__name__} with n_in={net.n_in} expects "
             f"{want}={'(T, ' if sequence else '('}{net.n_in}{')' if sequence else ',)'}.{hint}"
         )
-    return x.astype(tree_dtype(net))
+    x = x.astype(tree_dtype(net))
+    r0 = jax.eval_shape(net.init_state, x[0] if sequence else x)  # shapes only, nothing computed
+    if getattr(r0, "shape", None) != (net.n_state,):
+        raise ValueError(
+            f"{type(net).__name__}.init_state(x) returns shape {getattr(r0, 'shape', type(r0).__name__)}, "
+            f"but the state is a vector of n_state = {net.n_state}: init_state must return shape ({net.n_state},)."
+        )
+    return x
 
 
 def _initial_state(net, x, r0):
