@@ -1,6 +1,6 @@
 """Online learning with RTRL: the parameters change during the trajectory.
 
-Real-time recurrent learning (seed 004's 实时递归学习): the state `r` and its sensitivities
+Real-time recurrent learning (Williams & Zipser 1989): the state `r` and its sensitivities
 `p = dr/dw` run forward with the data stream; at every input the instantaneous gradient
 `g_k = alpha_k (dl_k/dr) p_k + dl_k/dw|_readout` is accumulated and, every `update_every`
 inputs, an optax step updates `w`. The sensitivities carry over the update (the usual
@@ -22,7 +22,7 @@ from .estimators._rtrl import (
     contract,
     integrate_interval_joint,
     joint_step,
-    sensitivity_mask,
+    sensitivity_aux,
     zero_sensitivities,
 )
 from .rtrl import AbstractSensitivity, Exact
@@ -67,7 +67,9 @@ def fit_online(
       from `net.init_state` and `p = 0` before input `k` (episode boundaries of a stream of
       independent sequences; the parameters and optimiser state carry on).
     - `update_every`: apply the accumulated gradient every this many inputs.
-    - `sensitivity`: `nd.rtrl.Exact()` (default), `nd.rtrl.SnAp1()` or `nd.rtrl.Diagonal()`.
+    - `sensitivity`: `nd.rtrl.Exact()` (default), `nd.rtrl.SnAp1()`,
+      `nd.rtrl.SparseSnAp1()` (O(m) memory), `nd.rtrl.Diagonal()` or `nd.rtrl.UORO(key)`
+      (unbiased rank-one, O(n + m) memory and O(cost(F) + m) time per step).
     - `solver`, `dt0`, `steps_per_input`: each input is held for `steps_per_input` steps of
       `dt0` (the default Euler, `dt0 = 1`, one step: the discrete-time network).
 
@@ -87,7 +89,8 @@ def fit_online(
     """
     if not isinstance(sensitivity, AbstractSensitivity):
         raise ValueError(
-            f"sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1() or nd.rtrl.Diagonal(), got {sensitivity!r}."
+            f"sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1(), nd.rtrl.SparseSnAp1(), "
+            f"nd.rtrl.Diagonal() or nd.rtrl.UORO(key), got {sensitivity!r}."
         )
     if int(update_every) < 1 or int(steps_per_input) < 1:
         raise ValueError(
@@ -107,7 +110,7 @@ def fit_online(
         raise ValueError(f"resets has shape {resets.shape}; expected (T,) = ({T},).")
     params, static = eqx.partition(net, eqx.is_inexact_array)
     n = net.n_state
-    mask = sensitivity_mask(sensitivity, params, static, n, net.n_in, dtype)
+    aux = sensitivity_aux(sensitivity, params, static, n, net.n_in, dtype)
     with jax.numpy_dtype_promotion("standard"):  # optax mixes its int32 count with floats
         opt_state = optimizer.init(params)
     dt = jnp.asarray(dt0, dtype)
@@ -118,14 +121,15 @@ def fit_online(
     def body(carry, inp):
         params, opt_state, state, acc, k = carry
         x, y, alpha, reset = inp
-        fresh = (eqx.combine(params, static).init_state(x), zero_sensitivities(params, n))
+        # An episode boundary restarts r and p (a random strategy's step count runs on).
+        fresh = (eqx.combine(params, static).init_state(x), sensitivity.restart(state[1], aux))
         state = jtu.tree_map(lambda a, b: jnp.where(reset, a, b), fresh, state)
-        _, step = joint_step(solver, params, static, sensitivity, mask)
+        _, step = joint_step(solver, params, static, sensitivity, aux)
         t0 = k.astype(dtype) * dt * steps_per_input
         state = integrate_interval_joint(step, state, x, t0, dt, steps_per_input)
         r, p = state
         loss_k, (g_direct, g_r) = jax.value_and_grad(term, argnums=(0, 1))(params, r, y, alpha)
-        acc = jtu.tree_map(lambda a, b, c: a + b + c, acc, g_direct, contract(p, g_r))
+        acc = jtu.tree_map(lambda a, b, c: a + b + c, acc, g_direct, contract(sensitivity, p, g_r, aux))
 
         def update(args):
             params, opt_state, acc = args
@@ -137,7 +141,7 @@ def fit_online(
         params, opt_state, acc = jax.lax.cond(do_update, update, lambda a: a, (params, opt_state, acc))
         return (params, opt_state, state, acc, k + 1), loss_k
 
-    state0 = (net.init_state(xs[0]), zero_sensitivities(params, n))
+    state0 = (net.init_state(xs[0]), zero_sensitivities(sensitivity, params, n, aux))
     acc0 = jtu.tree_map(jnp.zeros_like, params)
     carry = (params, opt_state, state0, acc0, jnp.asarray(0))
     (params, *_), losses = jax.lax.scan(body, carry, (xs, ys, weights, resets))

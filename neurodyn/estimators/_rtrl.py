@@ -1,18 +1,18 @@
 """Real-time recurrent learning: forward sensitivities `p = dr/dw` stepped with the state."""
 
-import diffrax
+import functools as ft
+
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import jax.tree_util as jtu
 
 from .._dynamics import time_grid
 from .._misc import rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
-from ..rtrl import AbstractSensitivity, Exact
+from ..rtrl import AbstractSensitivity, AbstractStochasticSensitivity, Exact
 from ._base import AbstractGradientResidualEstimator, tree_weighted_sum, weighted_sum
 
 
@@ -21,48 +21,13 @@ from ._base import AbstractGradientResidualEstimator, tree_weighted_sum, weighte
 # ---------------------------------------------------------------------------------------
 
 
-def _joint_field(t, state, args):
-    # dr/dt = F(r), dp/dt = J(r) p + dF/dw (restricted to `mask`), for a diffrax solver.
-    params, static, x, sensitivity, mask = args
-    r, p = state
-
-    def F_r(r):
-        return eqx.combine(params, static)(t, r, x)
-
-    def F_w(params):
-        return eqx.combine(params, static)(t, r, x)
-
-    # One linearisation gives F(r) and the JVP that the strategy vmaps over p's columns.
-    dr, jvp = jax.linearize(F_r, r)
-    # dF/dw, leaves (n, *w.shape): a VJP batched over the n units, O(n cost(F)) time.
-    immediate = jax.jacrev(F_w)(params)
-    dp = jtu.tree_map(jnp.add, sensitivity.propagate(jvp, r, p), immediate)
-    if mask is not None:
-        dp = jtu.tree_map(lambda d, k: jnp.where(k, d, jnp.zeros((), d.dtype)), dp, mask)
-    return dr, dp
-
-
-_JOINT = diffrax.ODETerm(_joint_field)
-
-
-def joint_step(solver, params, static, sensitivity, mask):
-    """`(init, step)` for `solver` on the joint system `(r, p)`:
+def joint_step(solver, params, static, sensitivity, aux):
+    """`(init, step)` for `solver` on the joint system `(r, p)`, from the strategy:
     `init(state, x, t0, dt) -> solver_state` and
     `step(state, x, t0, dt, solver_state=None) -> (state, solver_state)`, where
     `solver_state=None` starts the solver afresh (at the start of an interval, where the
     input jumps), as `nd.rollout` does."""
-
-    def init(state, x, t0, dt):
-        return solver.init(_JOINT, t0, t0 + dt, state, (params, static, x, sensitivity, mask))
-
-    def step(state, x, t0, dt, solver_state=None):
-        args = (params, static, x, sensitivity, mask)
-        if solver_state is None:
-            solver_state = init(state, x, t0, dt)
-        out, _, _, solver_state, _ = solver.step(_JOINT, t0, t0 + dt, state, args, solver_state, False)
-        return out, solver_state
-
-    return init, step
+    return sensitivity.stepper(solver, params, static, aux)
 
 
 def integrate_interval_joint(step, state, x, t0, dt, n_sub: int):
@@ -80,26 +45,19 @@ def integrate_interval_joint(step, state, x, t0, dt, n_sub: int):
     return state
 
 
-def sensitivity_mask(sensitivity, params, static, n, n_in, dtype):
-    """The strategy's kept entries of `p` (None: all), from `dF/dw` at random states and
-    inputs (random so that no zero input or state hides a connection)."""
-
-    def immediate(i):
-        kr, kx = jr.split(jr.fold_in(jr.PRNGKey(0), i))
-        r, x = jr.normal(kr, (n,), dtype), jr.normal(kx, (n_in,), dtype)
-        return jax.jacrev(lambda p: eqx.combine(p, static)(0.0, r, x))(params)
-
-    return sensitivity.mask(immediate)
+def sensitivity_aux(sensitivity, params, static, n, n_in, dtype):
+    """What the strategy reads from the network once per run (a mask, a pattern)."""
+    return sensitivity.prepare(params, static, n, n_in, dtype)
 
 
-def zero_sensitivities(params, n):
-    """`p = 0`: leaves of shape `(n, *w.shape)`."""
-    return jtu.tree_map(lambda w: jnp.zeros((n,) + w.shape, w.dtype), params)
+def zero_sensitivities(sensitivity, params, n, aux):
+    """`p = 0` in the strategy's layout."""
+    return sensitivity.zeros(params, n, aux)
 
 
-def contract(p, g_r):
-    """`g_r^T p`, the gradient through the state: one `(n,) x (n, m_leaf)` product per leaf."""
-    return jtu.tree_map(lambda a: jnp.tensordot(g_r.astype(a.dtype), a, axes=1), p)
+def contract(sensitivity, p, g_r, aux):
+    """`g_r^T p`, the gradient through the state."""
+    return sensitivity.contract(p, g_r, aux)
 
 
 def tree_rms(tree):
@@ -123,7 +81,7 @@ def _tree_add(a, b):
 class RTRL(AbstractGradientResidualEstimator):
     r"""Real-time recurrent learning: forward sensitivities `p_t = dr_t/dw` integrated with
     the state by the same diffrax solver and fixed-step grid as `nd.rollout` and
-    `nd.BPTT()` (seed 000):
+    `nd.BPTT()` (Williams & Zipser 1989):
 
     `dp/dt = J(r_t) p + dF/dw`,   `dl/dw = sum_k alpha_k (dl_k/dr) p_{t_k} + dl/dw|_readout`
 
@@ -143,13 +101,15 @@ class RTRL(AbstractGradientResidualEstimator):
     `converged`, `steps` (solver steps), `result`, and for steady states `residual`.
 
     Cost: time O(n^2 m) per step, memory O(nm + n^2), independent of the trajectory length
-    (the cost table of seed 000), with `m` the number of parameters. Exact (to rounding,
+    (Williams & Zipser 1989), with `m` the number of parameters. Exact (to rounding,
     for the discretised system) with `sensitivity=nd.rtrl.Exact()`.
 
     **Arguments:**
 
-    - `sensitivity`: `nd.rtrl.Exact()` (default), `nd.rtrl.SnAp1()` or `nd.rtrl.Diagonal()`
-      (approximations, each documented with its cost).
+    - `sensitivity`: `nd.rtrl.Exact()` (default), or an approximation, each documented
+      with its cost: `nd.rtrl.SnAp1()` (dense layout, any network), `nd.rtrl.SparseSnAp1()`
+      (the same gradient in O(m) memory, one unit per parameter), `nd.rtrl.Diagonal()`,
+      `nd.rtrl.UORO(key)` (unbiased rank-one, trajectories only).
 
     !!! warning
 
@@ -164,8 +124,9 @@ class RTRL(AbstractGradientResidualEstimator):
     def __check_init__(self):
         if not isinstance(self.sensitivity, AbstractSensitivity):
             raise ValueError(
-                f"RTRL's sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1() or "
-                f"nd.rtrl.Diagonal(), got {self.sensitivity!r}."
+                f"RTRL's sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1(), "
+                f"nd.rtrl.SparseSnAp1(), nd.rtrl.Diagonal() or nd.rtrl.UORO(key), got "
+                f"{self.sensitivity!r}."
             )
 
     def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
@@ -176,29 +137,38 @@ class RTRL(AbstractGradientResidualEstimator):
         return weighted_sum(weights, losses), tree_weighted_sum(weights, grads), dict(info, loss=losses)
 
     def _loss_grads_info(self, net, x, y, objective, options):
-        from ..relaxation import FixedStep
+        from ..relaxation import AbstractSteppingRelaxation
 
         params, static = eqx.partition(net, eqx.is_inexact_array)
         trajectory = isinstance(objective, Trajectory)
         relaxation = getattr(options, "relaxation", None)
-        if not trajectory and relaxation is not None and not isinstance(relaxation, FixedStep):
+        if not trajectory and relaxation is not None and not isinstance(relaxation, AbstractSteppingRelaxation):
             raise ValueError(
                 f"nd.RTRL() cannot use relaxation={relaxation!r}: it integrates r and "
                 "p = dr/dw jointly with fixed solver steps until both converge. Leave "
                 "`relaxation` unset for RTRL, or use nd.RBP() (the same implicit gradient) "
                 "with any relaxation."
             )
+        if not trajectory and isinstance(self.sensitivity, AbstractStochasticSensitivity):
+            raise ValueError(
+                f"nd.RTRL({type(self.sensitivity).__name__}(...)) cannot serve a SteadyState "
+                "objective: its sensitivities are redrawn at random every step and never "
+                "settle. Use it with nd.Trajectory(...) or nd.online.fit_online, or "
+                "nd.RTRL(nd.rtrl.Exact()) / nd.RBP() for a steady state."
+            )
         r0 = net.init_state(x[0] if trajectory else x)
         n = r0.shape[0]
-        mask = sensitivity_mask(self.sensitivity, params, static, n, net.n_in, r0.dtype)
-        init, step = joint_step(options.solver, params, static, self.sensitivity, mask)
-        state0 = (r0, zero_sensitivities(params, n))
+        sens = self.sensitivity
+        aux = sensitivity_aux(sens, params, static, n, net.n_in, r0.dtype)
+        init, step = joint_step(options.solver, params, static, sens, aux)
+        state0 = (r0, zero_sensitivities(sens, params, n, aux))
+        contract_p = ft.partial(contract, sens, aux=aux)
         if trajectory:
-            return _trajectory(params, static, x, y, objective, options, step, state0)
-        return _steady_state(params, static, x, y, objective, options, init, step, state0)
+            return _trajectory(params, static, x, y, objective, options, step, state0, contract_p)
+        return _steady_state(params, static, x, y, objective, options, init, step, state0, contract_p)
 
 
-def _trajectory(params, static, x, y, objective, options, step, state0):
+def _trajectory(params, static, x, y, objective, options, step, state0, contract):
     grid = time_grid(objective.ts, options.dt0, options.max_steps, x.dtype)
     alphas = objective.alphas(x.dtype)
 
@@ -226,7 +196,7 @@ def _trajectory(params, static, x, y, objective, options, step, state0):
     return loss, grads, info
 
 
-def _steady_state(params, static, x, y, objective, options, init, step, state0):
+def _steady_state(params, static, x, y, objective, options, init, step, state0, contract):
     dt = jnp.asarray(options.dt0, state0[0].dtype)
     big = jnp.asarray(jnp.finfo(dt.dtype).max, dt.dtype)
     # The solver state is carried across steps (as `nd.relax` does): the relaxation is

@@ -1,21 +1,111 @@
 import abc
 from collections.abc import Callable
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
 
 class AbstractSensitivity(eqx.Module):
-    r"""How RTRL propagates the sensitivities `p = dr/dw` along `dp/dt = J(r) p + dF/dw`.
+    r"""How RTRL represents and propagates the sensitivities `p = dr/dw` along
+    `dp/dt = J(r) p + dF/dw`.
 
-    `p` is a pytree with the structure of the parameters, each leaf of shape
-    `(n, *w_leaf.shape)` (a leading state axis): `p[i, ...] = dr_i / dw_leaf[...]`. A
-    strategy decides which entries of `p` are kept (`mask`) and how `J p` is formed
-    (`propagate`); the estimator adds the immediate term `dF/dw` and steps the joint
-    system `(r, p)` with the diffrax solver.
+    A strategy owns the layout of `p` (the dense `(n, *w.shape)` leaves of exact RTRL, one
+    entry per parameter for `SparseSnAp1`, the rank-one factors of `UORO`) and how it is
+    stepped with the state. The estimator (`nd.RTRL`) and online learning (`nd.online`)
+    call, in order:
+
+    - `prepare` once per run: whatever the strategy reads from the network's structure
+      (a mask, the unit each parameter feeds), `aux`;
+    - `zeros` for `p = 0` at the start, `restart` at an episode boundary;
+    - `stepper` for the joint `(r, p)` solver step;
+    - `contract` for the gradient through the state, `g_r^T p`.
+    """
+
+    @abc.abstractmethod
+    def prepare(self, params, static, n: int, n_in: int, dtype) -> PyTree:
+        """What the strategy reads from the network once per run (`aux`, a pytree or None).
+
+        **Arguments:**
+
+        - `params`, `static`: the network partitioned by `eqx.is_inexact_array`.
+        - `n`, `n_in`, `dtype`: the state size, the input size and the floating dtype.
+        """
+
+    @abc.abstractmethod
+    def zeros(self, params, n: int, aux) -> PyTree:
+        """The sensitivities `p = 0` in this strategy's layout."""
+
+    @abc.abstractmethod
+    def restart(self, p, aux) -> PyTree:
+        """`p = 0` at an episode boundary of a stream (`nd.online`): like `zeros`, but a
+        strategy that draws random numbers keeps its stream running."""
+
+    @abc.abstractmethod
+    def stepper(self, solver: diffrax.AbstractSolver, params, static, aux):
+        """`(init, step)` for `solver` on the joint system `(r, p)`:
+        `init(state, x, t0, dt) -> solver_state` and
+        `step(state, x, t0, dt, solver_state=None) -> (state, solver_state)`, where
+        `solver_state=None` starts the solver afresh (at the start of an interval, where
+        the input jumps), as `nd.rollout` does."""
+
+    @abc.abstractmethod
+    def contract(self, p, g_r: Array, aux) -> PyTree:
+        """`g_r^T p`, the gradient through the state, shaped like the parameters."""
+
+
+class AbstractFieldSensitivity(AbstractSensitivity):
+    """A strategy whose `p` follows a vector field integrated jointly with `r` by the
+    diffrax solver: the solver steps `(r, p)` with `(F(r), dp/dt)`, so for explicit
+    Runge-Kutta solvers `p` is the derivative of the discretised trajectory (exactly, for
+    `Exact`)."""
+
+    @abc.abstractmethod
+    def derivative(self, F_r: Callable, F_w: Callable, params, r: Array, p, aux):
+        """`(F(r), dp/dt)`, with `F_r: r -> F(r, w)` and `F_w: w -> F(r, w)`."""
+
+    def stepper(self, solver, params, static, aux):
+        def init(state, x, t0, dt):
+            return solver.init(_JOINT, t0, t0 + dt, state, (params, static, x, self, aux))
+
+        def step(state, x, t0, dt, solver_state=None):
+            args = (params, static, x, self, aux)
+            if solver_state is None:
+                solver_state = init(state, x, t0, dt)
+            out, _, _, solver_state, _ = solver.step(_JOINT, t0, t0 + dt, state, args, solver_state, False)
+            return out, solver_state
+
+        return init, step
+
+
+def _joint_field(t, state, args):
+    # dr/dt = F(r), dp/dt from the strategy, for a diffrax solver.
+    params, static, x, sensitivity, aux = args
+    r, p = state
+
+    def F_r(r):
+        return eqx.combine(params, static)(t, r, x)
+
+    def F_w(params):
+        return eqx.combine(params, static)(t, r, x)
+
+    return sensitivity.derivative(F_r, F_w, params, r, p, aux)
+
+
+_JOINT = diffrax.ODETerm(_joint_field)
+
+
+class AbstractDenseSensitivity(AbstractFieldSensitivity):
+    r"""`p` stored densely: each leaf `(n, *w_leaf.shape)` (a leading state axis),
+    `p[i, ...] = dr_i / dw_leaf[...]`. A strategy decides which entries of `p` are kept
+    (`mask`) and how `J p` is formed (`propagate`); the immediate term `dF/dw` is a VJP of
+    `F` batched over the `n` units.
+
+    Memory O(nm) for `p` and `dF/dw`, whatever the strategy.
     """
 
     @abc.abstractmethod
@@ -31,6 +121,44 @@ class AbstractSensitivity(eqx.Module):
     @abc.abstractmethod
     def propagate(self, jvp: Callable[[Array], Array], r: Array, p: PyTree[Array]) -> PyTree[Array]:
         """`J p`, possibly approximated, with `jvp: v -> J(r) v` the linearised vector field."""
+
+    def prepare(self, params, static, n, n_in, dtype):
+        # dF/dw at random states and inputs (random so that no zero input or state hides a
+        # connection).
+        def immediate(i):
+            kr, kx = jr.split(jr.fold_in(jr.PRNGKey(0), i))
+            r, x = jr.normal(kr, (n,), dtype), jr.normal(kx, (n_in,), dtype)
+            return jax.jacrev(lambda p: eqx.combine(p, static)(0.0, r, x))(params)
+
+        return self.mask(immediate)
+
+    def zeros(self, params, n, aux):
+        del aux
+        return jtu.tree_map(lambda w: jnp.zeros((n,) + w.shape, w.dtype), params)
+
+    def restart(self, p, aux):
+        del aux
+        return jtu.tree_map(jnp.zeros_like, p)
+
+    def derivative(self, F_r, F_w, params, r, p, aux):
+        # One linearisation gives F(r) and the JVP that the strategy vmaps over p's columns.
+        dr, jvp = jax.linearize(F_r, r)
+        # dF/dw, leaves (n, *w.shape): a VJP batched over the n units, O(n cost(F)) time.
+        immediate = jax.jacrev(F_w)(params)
+        dp = jtu.tree_map(jnp.add, self.propagate(jvp, r, p), immediate)
+        if aux is not None:
+            dp = jtu.tree_map(lambda d, k: jnp.where(k, d, jnp.zeros((), d.dtype)), dp, aux)
+        return dr, dp
+
+    def contract(self, p, g_r, aux):
+        del aux
+        return jtu.tree_map(lambda a: jnp.tensordot(g_r.astype(a.dtype), a, axes=1), p)
+
+
+class AbstractStochasticSensitivity(AbstractSensitivity):
+    """A strategy that draws random numbers at every step (UORO): its `p` is an unbiased
+    random estimate that never settles, so it serves trajectory objectives and online
+    learning, not a steady state."""
 
 
 def jvp_columns(jvp: Callable[[Array], Array], p: PyTree[Array]) -> PyTree[Array]:

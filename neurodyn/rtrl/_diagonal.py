@@ -1,7 +1,7 @@
-from ._base import AbstractSensitivity, jacobian_diagonal, scale_rows
+from ._base import AbstractDenseSensitivity, jacobian_diagonal, scale_rows
 
 
-class Diagonal(AbstractSensitivity):
+class Diagonal(AbstractDenseSensitivity):
     r"""The diagonal, e-prop-like approximation: only `diag(J)` in the recursion,
 
     `dp/dt = diag(J(r)) p + dF/dw`,

@@ -1,7 +1,7 @@
-from ._base import AbstractSensitivity, jvp_columns
+from ._base import AbstractDenseSensitivity, jvp_columns
 
 
-class Exact(AbstractSensitivity):
+class Exact(AbstractDenseSensitivity):
     r"""Exact RTRL: the whole `n x m` sensitivity `p = dr/dw` propagated with the exact
     `J p`, formed as a JVP of the linearised vector field vmapped over the `m` parameter
     columns (no `n x n` Jacobian, no one-hot tangents).

@@ -1,9 +1,9 @@
 import jax.tree_util as jtu
 
-from ._base import AbstractSensitivity, jvp_columns
+from ._base import AbstractDenseSensitivity, jvp_columns
 
 
-class SnAp1(AbstractSensitivity):
+class SnAp1(AbstractDenseSensitivity):
     r"""SnAp-1 (Menick et al. 2021): keep only `dr_i/dw_j` for the units `i` that `w_j`
     acts on immediately (the sparsity pattern of `dF/dw`), and drop every other entry of
     `p` at every step:
