@@ -111,15 +111,28 @@ def _batch_grad(params, static, xb, yb, objective, estimator, l2, options):
 
 
 def _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options, batch_sharding):
+    def batch_grad(params, xb, yb):
+        return _batch_grad(params, static, xb, yb, objective, estimator, l2, options)
+
+    if batch_sharding is not None:
+        # Data parallel: each device runs batch_value_and_grad on its slice of the batch (its
+        # own relaxations, whose loops stop when its own examples have converged), and the
+        # slices' mean loss and gradient are averaged across devices: one all-reduce per
+        # mini-batch. Equal slices, so the mean of the means is the batch mean.
+        def local(params, xb, yb):
+            return jax.lax.pmean(_batch_grad(params, static, xb, yb, objective, estimator, l2, options), "data")
+
+        data = PartitionSpec("data")
+        batch_grad = jax.shard_map(local, mesh=batch_sharding.mesh, in_specs=(PartitionSpec(), data, data),
+                                   out_specs=PartitionSpec(), check_vma=False)
+
     def step(carry, idx):
         params, opt_state = carry
         xb, yb = X[idx], Y[idx]
         if batch_sharding is not None:
-            # Data parallel: each device relaxes its slice of the batch; the batch-mean gradient
-            # of batch_value_and_grad is then a cross-device sum that XLA inserts (an all-reduce).
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
             yb = jax.lax.with_sharding_constraint(yb, batch_sharding)
-        loss, grads, conv = _batch_grad(params, static, xb, yb, objective, estimator, l2, options)
+        loss, grads, conv = batch_grad(params, xb, yb)
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -389,8 +402,9 @@ def fit(
       mini-batch is sharded over the devices with
       `NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data"))`, the parameters and
       the optimiser state are replicated, and the batch gradient (`nd.batch_value_and_grad`,
-      a mean over the batch) is reduced across devices by XLA: the same numbers as one
-      device up to the order of the float sums. See "Data parallel" below.
+      a mean over the batch) is averaged across devices (`jax.shard_map` with one
+      `lax.pmean` per mini-batch: each device relaxes its own examples): the same numbers
+      as one device up to the order of the float sums. See "Data parallel" below.
     - `**options`: integration options passed to every relaxation.
 
     **Returns:** `(net, history)`; `history` is a list of per-epoch rows: `epoch`,
