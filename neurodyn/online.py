@@ -68,8 +68,9 @@ def fit_online(
       independent sequences; the parameters and optimiser state carry on).
     - `update_every`: apply the accumulated gradient every this many inputs.
     - `sensitivity`: `nd.rtrl.Exact()` (default), `nd.rtrl.SnAp1()`,
-      `nd.rtrl.SparseSnAp1()` (O(m) memory), `nd.rtrl.Diagonal()` or `nd.rtrl.UORO(key)`
-      (unbiased rank-one, O(n + m) memory and O(cost(F) + m) time per step).
+      `nd.rtrl.SparseSnAp1()` (O(m) memory), `nd.rtrl.Diagonal()`, `nd.rtrl.RFLO()` (O(m)
+      memory and O(m + cost(F)) time per step) or `nd.rtrl.UORO(key)` (unbiased rank-one,
+      O(n + m) memory and O(cost(F) + m) time per step).
     - `solver`, `dt0`, `steps_per_input`: each input is held for `steps_per_input` steps of
       `dt0` (the default Euler, `dt0 = 1`, one step: the discrete-time network).
 
@@ -90,7 +91,7 @@ def fit_online(
     if not isinstance(sensitivity, AbstractSensitivity):
         raise ValueError(
             f"sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1(), nd.rtrl.SparseSnAp1(), "
-            f"nd.rtrl.Diagonal() or nd.rtrl.UORO(key), got {sensitivity!r}."
+            f"nd.rtrl.Diagonal(), nd.rtrl.RFLO() or nd.rtrl.UORO(key), got {sensitivity!r}."
         )
     if int(update_every) < 1 or int(steps_per_input) < 1:
         raise ValueError(

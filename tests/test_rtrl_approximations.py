@@ -45,11 +45,15 @@ def test_sparse_snap1_equals_the_dense_masked_layout(form):
     assert rel_error(sparse, exact) > 1e-6
 
 
-def test_sparse_snap1_with_tsit5_and_at_a_steady_state():
+@pytest.mark.slow
+def test_sparse_snap1_with_tsit5():
     tsit5 = dict(solver=diffrax.Tsit5(), dt0=0.5)
     _, dense, _ = _grad(NET, nd.rtrl.SnAp1(), **tsit5)
     _, sparse, _ = _grad(NET, nd.rtrl.SparseSnAp1(), **tsit5)
     assert_tree_close(sparse, dense, rtol=1e-12, atol=1e-14)
+
+
+def test_sparse_snap1_at_a_steady_state():
     ss = nd.SteadyState()
     _, dense, _ = _grad(NET, nd.rtrl.SnAp1(), ss, XS[0], YS[0], dt0=1.0)
     _, sparse, info = _grad(NET, nd.rtrl.SparseSnAp1(), ss, XS[0], YS[0], dt0=1.0)
@@ -57,9 +61,9 @@ def test_sparse_snap1_with_tsit5_and_at_a_steady_state():
     assert_tree_close(sparse, dense, rtol=1e-8, atol=1e-12)
 
 
-def _slope(sens):
+def _slope(sens, sizes=(8, 16, 32)):
     ms, peaks = [], []
-    for n in (8, 16, 32):
+    for n in sizes:
         net = nd.networks.CTRNN(n, 2, 2, key=jr.PRNGKey(0))
         fn = eqx.filter_jit(
             lambda net, xs, ys: nd.value_and_grad(
@@ -74,9 +78,20 @@ def _slope(sens):
 
 
 def test_sparse_snap1_memory_is_linear_in_the_parameters():
+    # Observed (CPU, float64, n = 8, 16, m = 106, 338): sparse 4.4, 13.4 kB (log-log slope
+    # 0.95); dense (p is n x m ~ m^1.5) 20.7, 129 kB (slope 1.58). Three sizes, and UORO,
+    # in the slow test below.
+    sparse, ms, sparse_peaks = _slope(nd.rtrl.SparseSnAp1(), sizes=(8, 16))
+    dense, _, dense_peaks = _slope(nd.rtrl.SnAp1(), sizes=(8, 16))
+    print(f"planned peak bytes vs m = {ms}: SparseSnAp1 {sparse_peaks} (log-log slope {sparse:.2f}), "
+          f"SnAp1 dense {dense_peaks} (slope {dense:.2f})")
+    assert sparse < 1.3 and dense > 1.4
+
+
+@pytest.mark.slow
+def test_memory_slopes_over_three_sizes():
     # Observed (CPU, float64, n = 8, 16, 32, m = 106, 338, 1186): sparse 4.4, 13.4, 46.7 kB,
-    # slope 0.97; dense (p is n x m ~ m^1.5) 20.7, 129, 918 kB, slope 1.57; UORO 5.0,
-    # 10.9, 32.0 kB, slope 0.77.
+    # slope 0.97; dense 20.7, 129, 918 kB, slope 1.57; UORO 5.0, 10.9, 32.0 kB, slope 0.77.
     sparse, ms, sparse_peaks = _slope(nd.rtrl.SparseSnAp1())
     dense, _, dense_peaks = _slope(nd.rtrl.SnAp1())
     uoro, _, uoro_peaks = _slope(nd.rtrl.UORO(0))
@@ -146,3 +161,31 @@ def test_uoro_online_with_one_update_is_a_step_with_its_trajectory_gradient():
 def test_uoro_refuses_a_steady_state():
     with pytest.raises(ValueError, match="cannot serve a SteadyState objective: its sensitivities are redrawn"):
         nd.value_and_grad(NET, XS[0], YS[0], objective=nd.SteadyState(), estimator=nd.RTRL(nd.rtrl.UORO(0)))
+
+
+# ---------------------------------------------------------------------------------------
+# RFLO
+# ---------------------------------------------------------------------------------------
+
+
+def test_rflo_is_exact_without_recurrence():
+    # W = 0: J = -I, the leak alone, which is all RFLO keeps.
+    net = eqx.tree_at(lambda m: m.W, NET, jnp.zeros_like(NET.W))
+    _, exact, _ = _grad(net, nd.rtrl.Exact())
+    _, rflo, info = _grad(net, nd.rtrl.RFLO())
+    assert bool(info["converged"])
+    assert float(jnp.max(jnp.abs(exact.W))) > 1e-3
+    assert_tree_close(rflo, exact, rtol=1e-10, atol=1e-12)
+
+
+def test_rflo_is_biased_but_aligned():
+    # Observed on this CTRNN: cosine to exact RTRL 0.977 (SparseSnAp1 0.984); RFLO differs
+    # from SnAp-1 by the dropped self-coupling f'(h_i) W_ii.
+    from helpers import cosine
+
+    _, exact, _ = _grad(NET, nd.rtrl.Exact())
+    _, rflo, _ = _grad(NET, nd.rtrl.RFLO())
+    _, snap, _ = _grad(NET, nd.rtrl.SparseSnAp1())
+    c, cs = cosine(rflo, exact), cosine(snap, exact)
+    print(f"cosine to exact RTRL: RFLO {c:.4f}, SparseSnAp1 {cs:.4f}")
+    assert 0.5 < c < 1 - 1e-6 and rel_error(rflo, snap) > 1e-6

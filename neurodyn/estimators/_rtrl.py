@@ -109,7 +109,8 @@ class RTRL(AbstractGradientResidualEstimator):
     - `sensitivity`: `nd.rtrl.Exact()` (default), or an approximation, each documented
       with its cost: `nd.rtrl.SnAp1()` (dense layout, any network), `nd.rtrl.SparseSnAp1()`
       (the same gradient in O(m) memory, one unit per parameter), `nd.rtrl.Diagonal()`,
-      `nd.rtrl.UORO(key)` (unbiased rank-one, trajectories only).
+      `nd.rtrl.RFLO()` (leak-only eligibility traces, O(m)), `nd.rtrl.UORO(key)` (unbiased
+      rank-one, trajectories only).
 
     !!! warning
 
@@ -125,7 +126,7 @@ class RTRL(AbstractGradientResidualEstimator):
         if not isinstance(self.sensitivity, AbstractSensitivity):
             raise ValueError(
                 f"RTRL's sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1(), "
-                f"nd.rtrl.SparseSnAp1(), nd.rtrl.Diagonal() or nd.rtrl.UORO(key), got "
+                f"nd.rtrl.SparseSnAp1(), nd.rtrl.Diagonal(), nd.rtrl.RFLO() or nd.rtrl.UORO(key), got "
                 f"{self.sensitivity!r}."
             )
 

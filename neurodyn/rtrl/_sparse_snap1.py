@@ -69,7 +69,7 @@ class SparseSnAp1(AbstractFieldSensitivity):
         return jtu.tree_map(lambda a, u: g_r[u].astype(a.dtype) * a, p, aux)
 
 
-def _units(params, static, n, n_in, dtype):
+def _units(params, static, n, n_in, dtype, who="nd.rtrl.SparseSnAp1()"):
     """For every parameter the unit it feeds (int32 leaves shaped like the parameters; 0
     for parameters that feed none, whose sensitivity stays 0), or a ValueError."""
     leaves, treedef = jtu.tree_flatten(params)
@@ -92,9 +92,9 @@ def _units(params, static, n, n_in, dtype):
                 sums = [jtu.tree_leaves(vjp(a * idx**k)[0]) for k in range(3)]
                 sums = [[np.asarray(s, np.float64) for s in ss] for ss in sums]
             except jax.errors.ConcretizationTypeError as e:
-                raise _traced_error() from e
+                raise _traced_error(who) from e
             except (TypeError, jax.errors.TracerArrayConversionError) as e:
-                raise _traced_error() from e
+                raise _traced_error(who) from e
             for j, (s0, s1, s2) in enumerate(zip(*sums)):
                 scale = np.maximum(np.abs(s1) ** 2, np.abs(s0 * s2))
                 tol = 1e-3 if np.dtype(dtype).itemsize < 8 else 1e-7
@@ -107,20 +107,20 @@ def _units(params, static, n, n_in, dtype):
                 bad = fed & (~one | ~whole | (s0 == 0)) | clash
                 if np.any(bad):
                     raise ValueError(
-                        f"nd.rtrl.SparseSnAp1() keeps one sensitivity per parameter, for "
+                        f"{who} keeps one sensitivity per parameter, for "
                         f"networks whose parameters each feed one unit immediately; in "
                         f"{type(eqx.combine(params, static)).__name__}, {int(np.sum(bad))} "
                         f"parameters of {paths[j]} feed several units (a symmetric "
                         "Hopfield W_ij feeds units i and j). Use nd.rtrl.SnAp1(), which "
-                        "keeps their block of J in the dense layout."
+                        "keeps their block of J in the dense layout, or nd.rtrl.Diagonal()."
                     )
                 units[j] = np.where(fed, u, units[j])
     return jtu.tree_unflatten(treedef, [jnp.asarray(np.maximum(u, 0), jnp.int32) for u in units])
 
 
-def _traced_error():
+def _traced_error(who):
     return ValueError(
-        "nd.rtrl.SparseSnAp1() reads the pattern of dF/dw (which unit each parameter "
+        f"{who} reads the pattern of dF/dw (which unit each parameter "
         "feeds) at trace time, but this network's structure is traced (integer leaves "
         "such as sparse connectivity indices, passed through jax.jit). Use "
         "nd.rtrl.SnAp1(), which reads the pattern inside the computation, or close "
