@@ -94,3 +94,18 @@ def test_non_holomorphic_activation_is_refused(getkey):
     net = nd.networks.Hopfield(3, 5, 2, nd.activations.relu, key=getkey())
     with pytest.raises(ValueError, match="needs a holomorphic activation.*ReLU"):
         nd.value_and_grad(net, X, Y, objective=SS, estimator=nd.EP(0.1, "holomorphic"))
+
+
+def test_a_traced_beta_sweep_compiles_once():
+    # beta is an array field: a vmapped sweep over it is one compilation. Observed relative
+    # errors at N = 4: 3.9e-5 (beta = 0.1), 3.2e-3 (beta = 0.3).
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=1)
+    def sweep(betas):
+        est = lambda b: nd.EP(b, "holomorphic", points=4)  # noqa: E731
+        return jax.vmap(lambda b: nd.value_and_grad(NET, X, Y, objective=SS, estimator=est(b))[1])(betas)
+
+    gs = sweep(jnp.array([0.1, 0.3]))
+    sweep(jnp.array([0.2, 0.4]))
+    errs = [rel_error(jax.tree.map(lambda a: a[i], gs), _ref()) for i in range(2)]
+    assert errs[0] < 4e-4 and errs[1] < 3e-2

@@ -91,8 +91,9 @@ class RTRL(AbstractGradientResidualEstimator):
     `p` (XLA runs it as a matrix product), `dF/dw` a VJP batched over the `n` units; nothing
     runs backwards in time, so the gradient is available at every step (`nd.online`).
 
-    `p` is a pytree shaped like the parameters with a leading state axis
-    (leaves `(n, *w.shape)`).
+    The sensitivity strategy owns the layout of `p`: for `Exact`, `SnAp1` and `Diagonal` a
+    pytree shaped like the parameters with a leading state axis (leaves `(n, *w.shape)`);
+    one entry per parameter for `SparseSnAp1` and `RFLO`; rank-one factors for `UORO`.
 
     For a `nd.Trajectory` the loss gradient is accumulated while the trajectory runs
     (nothing stored per time). For a `nd.SteadyState` `r` and `p` relax together until
@@ -100,7 +101,7 @@ class RTRL(AbstractGradientResidualEstimator):
     then `p* = -J^-1 dF/dw` and the gradient is the implicit one. `info` reports
     `converged`, `steps` (solver steps), `result`, and for steady states `residual`.
 
-    Cost: time O(n^2 m) per step, memory O(nm + n^2), independent of the trajectory length
+    Cost (exact): time O(n^2 m) per step, memory O(nm + n^2), independent of the trajectory length
     (Williams & Zipser 1989), with `m` the number of parameters. Exact (to rounding,
     for the discretised system) with `sensitivity=nd.rtrl.Exact()`.
 

@@ -23,14 +23,15 @@ class SnAp1(AbstractDenseSensitivity):
     Cost of this implementation: time O(n^2 m) and memory O(nm) per step, like exact RTRL:
     the kept entries are stored inside the dense `(n, *w.shape)` layout and `J p` is the
     exact product, masked. It reproduces SnAp-1's gradient (its bias, for comparisons and
-    online learning), not its savings; a compressed layout (O(m) memory, O(m + n cost(F))
-    time) needs the pattern as static indices, which a network with traced integer
-    leaves (sparse connectivity) cannot give at trace time.
+    online learning), not its savings, on any network (parameters feeding several units,
+    traced connectivity indices). `nd.rtrl.SparseSnAp1()` is the compressed layout (O(m)
+    memory, O(m + n cost(F)) time, the same gradient) for networks whose parameters each
+    feed one unit (CTRNN).
 
     !!! warning
 
-        Use it to study the approximation; for speed on large networks use
-        `nd.rtrl.Diagonal()` (O(nm) time) or BPTT.
+        Use it to study the approximation; for memory and speed on large networks use
+        `nd.rtrl.SparseSnAp1()` where it applies, `nd.rtrl.Diagonal()` (O(nm) time) or BPTT.
     """
 
     def mask(self, immediate):
