@@ -13,7 +13,8 @@ in `--out` (default `runs/report`):
   ONLY the settings that differ between the runs (the configs flattened to dotted keys);
 - `figures/curves.{png,pdf}`: the learning curves overlaid, one colour per (run, estimator),
   the mean over seeds with a band from the lowest to the highest seed; the training loss and
-  `--metric` (default: the first of test_accuracy, test_mse, valid_accuracy logged).
+  `--metric` (default: the first of test_accuracy, test_mse, valid_accuracy logged); for
+  sweeps (no curves), `figures/sweep.{png,pdf}`: `--metric` against the learning rate.
 
 A directory that is not a run directory (no `config.yaml`, no `metrics.jsonl` nor
 `summary.csv`, unreadable files) ends the command with one line and exit code 2.
@@ -51,6 +52,10 @@ def _number(v):
             return v
         return int(f) if f.is_integer() and v.strip().lstrip("-").isdigit() else f
     return v
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def read_run(path) -> dict:
@@ -246,8 +251,13 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "report.md", md)
     atomic_write(out / "report.csv", to_csv(columns, rows))
+    swept = [r for r in rows if _is_number(r.get("learning_rate")) and _is_number(r.get(metric))]
     if crows and metric is not None:
         files = ndp.save(curves_figure(crows, metric), out / "figures" / "curves")
+        print(f"wrote {out / 'report.md'}, {out / 'report.csv'} and {files[0]}", file=sys.stderr)
+    elif swept:  # sweeps: no learning curves, the metric against the learning rate instead
+        group = ("run", "estimator") if len(runs) > 1 else ("estimator",)
+        files = ndp.save(ndp.sweep_curves(swept, x="learning_rate", metric=metric, group=group), out / "figures" / "sweep")
         print(f"wrote {out / 'report.md'}, {out / 'report.csv'} and {files[0]}", file=sys.stderr)
     else:
         print(f"wrote {out / 'report.md'} and {out / 'report.csv'} (no learning curves in these runs: no figure)", file=sys.stderr)

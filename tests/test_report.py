@@ -101,3 +101,22 @@ def test_flatten_and_differing_settings():
     configs = [{"a": {"b": 1, "c": [1, 2]}, "d": "x"}, {"a": {"b": 2, "c": [1, 2]}, "d": "x", "e": 0}]
     keys, values = report.differing_settings(configs)
     assert keys == ["a.b", "e"] and values == [{"a.b": 1, "e": "-"}, {"a.b": 2, "e": 0}]
+
+
+def test_sweep_runs_get_the_metric_against_the_learning_rate(tmp_path, capsys):
+    """A sweep's run directory (written here by hand: config.yaml and summary.csv, as
+    experiments.sweep writes them) has no learning curves: its figure is the sweep's."""
+    runs = []
+    for steps in (30, 60):
+        run = tmp_path / f"sweep-{steps}"
+        run.mkdir()
+        (run / "config.yaml").write_text(f"config:\n  experiment: sweep\n  steps: {steps}\n  n_data: 512\n")
+        lines = ["estimator,hidden,seed,learning_rate,final_loss,test_accuracy"]
+        lines += [f"rbp,16,{s},{lr},0.1,{0.8 + lr + 0.01 * s}" for s in (0, 1) for lr in (0.01, 0.03, 0.1)]
+        (run / "summary.csv").write_text("\n".join(lines) + "\n")
+        runs.append(str(run))
+    report.main([*runs, "--out", str(tmp_path / "r")])
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == "| run | steps | estimator | hidden | seed | learning_rate | final_loss | test_accuracy |"
+    assert len(printed.splitlines()) == 2 + 12
+    assert os.path.getsize(tmp_path / "r" / "figures" / "sweep.png") > 1000
