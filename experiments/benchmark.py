@@ -23,7 +23,7 @@ import jax
 from experiments.benchmarks._timing import device_name
 
 
-SECTIONS = ["bptt", "rbp", "ep", "rtrl", "sparse", "sweep"]
+SECTIONS = ["bptt", "rbp", "ep", "rtrl", "sparse", "sweep", "scaling"]
 
 
 def _markdown(rows):

@@ -37,6 +37,7 @@ import time
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
@@ -120,7 +121,10 @@ def _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, o
         # slices' mean loss and gradient are averaged across devices: one all-reduce per
         # mini-batch. Equal slices, so the mean of the means is the batch mean.
         def local(params, xb, yb):
-            return jax.lax.pmean(_batch_grad(params, static, xb, yb, objective, estimator, l2, options), "data")
+            # One flat vector, so the step costs one all-reduce, not one per parameter array.
+            flat, unflatten = jax.flatten_util.ravel_pytree(_batch_grad(params, static, xb, yb, objective, estimator,
+                                                                        l2, options))
+            return unflatten(jax.lax.pmean(flat, "data"))
 
         data = PartitionSpec("data")
         batch_grad = jax.shard_map(local, mesh=batch_sharding.mesh, in_specs=(PartitionSpec(), data, data),
@@ -195,6 +199,25 @@ def _global(x, sharding):
         return x
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _same_checkpoint_everywhere(run, meta):
+    """Under `jax.distributed`: every process must resume from process 0's checkpoint (a
+    collective: every process calls `fit`). Process 0 alone writes the run directory, so a
+    directory the other processes do not see (a node-local path) is refused here instead of
+    training on from different epochs."""
+    from jax.experimental import multihost_utils
+
+    from .runs import RunDirError
+
+    ours = np.asarray([-1 if meta is None else int(meta["step"]), 0 if meta is None else len(meta["history"])], np.int64)
+    first = np.asarray(multihost_utils.broadcast_one_to_all(ours))
+    if not np.array_equal(ours, first):
+        raise RunDirError(
+            f"process {jax.process_index()} finds {run.path} at epoch {max(int(ours[0]), 0)}, process 0 at epoch "
+            f"{max(int(first[0]), 0)}: the run directory must be on a file system every process sees (shared), "
+            "written by this job alone"
+        )
 
 
 def _global_tree(tree, sharding):
@@ -460,6 +483,8 @@ def fit(
         settings = fit_settings(net, (X, Y), objective=objective, estimator=estimator, optimizer=optimizer,
                                 batch_size=batch_size, key=key, l2=l2, valid=valid, test=test, **options)
         restored, meta = run.checkpoint((params, opt_state), expect=dict(settings=settings))
+        if jax.process_count() > 1:
+            _same_checkpoint_everywhere(run, meta)
         if restored is not None:
             params, opt_state = restored
             history, start = meta["history"], meta["step"]

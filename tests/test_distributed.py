@@ -284,3 +284,40 @@ def test_killed_process_ends_the_other_and_a_rerun_resumes(tmp_path):
     _wait(procs, log)
     for x, y in zip(_checkpoint(out / "rbp-seed0"), _checkpoint(tmp_path / "straight" / "rbp-seed0")):
         np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_a_process_that_sees_another_run_directory_is_refused(tmp_path):
+    # Every process resumes from process 0's checkpoint; a process whose view of the run
+    # directory differs (a node-local path) stops with one line instead of training on from
+    # another epoch.
+    script = textwrap.dedent(
+        """
+        import sys
+        import jax
+        i, port, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=i,
+                                   heartbeat_timeout_seconds=10)
+        import jax.random as jr, numpy as np
+        import neurodyn as nd
+        X, y = nd.data.double_moon(jr.PRNGKey(0), 64, distance=-1.0)
+        net = nd.networks.Layered((2, 4, 2), nd.activations.tanh, key=jr.PRNGKey(1))
+        kw = dict(objective=nd.SteadyState(nd.losses.squared_error), estimator=nd.RBP(), batch_size=16,
+                  optimizer=nd.config.optimizer("sgd", 0.05), key=jr.PRNGKey(2), progress=False)
+        train = (np.asarray(X), np.asarray(nd.training.one_hot_targets(y, 2)))
+        nd.training.fit(net, train, epochs=1, run=nd.runs.RunDir(f"{root}/shared"), **kw)
+        try:
+            nd.training.fit(net, train, epochs=2, run=nd.runs.RunDir(f"{root}/shared" if i == 0 else f"{root}/local"), **kw)
+        except nd.runs.RunDirError as e:
+            print("REFUSED", e, flush=True)
+            import os; os._exit(2)
+        """
+    )
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(port), str(tmp_path)], env=_env(2), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert procs[1].returncode == 2, outs[1][1][-2000:]
+    assert f"REFUSED process 1 finds {tmp_path}/local at epoch 0, process 0 at epoch 1: the run directory must be on a " \
+           "file system every process sees" in outs[1][0]
+    assert procs[0].returncode != 0  # it cannot go on alone
