@@ -189,3 +189,21 @@ def test_rflo_is_biased_but_aligned():
     c, cs = cosine(rflo, exact), cosine(snap, exact)
     print(f"cosine to exact RTRL: RFLO {c:.4f}, SparseSnAp1 {cs:.4f}")
     assert 0.5 < c < 1 - 1e-6 and rel_error(rflo, snap) > 1e-6
+
+
+@pytest.mark.parametrize("sens", [nd.rtrl.SparseSnAp1(), nd.rtrl.UORO(1), nd.rtrl.RFLO()], ids=["sparse-snap1", "uoro", "rflo"])
+def test_batch_path_is_the_mean_of_the_examples(sens, getkey):
+    xs, ys = jr.uniform(getkey(), (3, T, 3)), jr.normal(getkey(), (3, T, 2))
+    loss, g, info = nd.batch_value_and_grad(NET, xs, ys, objective=OBJ, estimator=nd.RTRL(sens), **EULER1)
+    per = [_grad(NET, sens, xs=xs[i], ys=ys[i]) for i in range(3)]
+    np.testing.assert_allclose(loss, np.mean([p[0] for p in per]), rtol=1e-12)
+    assert_tree_close(g, jax.tree.map(lambda *a: sum(a) / 3, *[p[1] for p in per]), rtol=1e-10, atol=1e-13)
+    assert bool(jnp.all(info["converged"]))
+
+
+def test_sparse_layout_refuses_traced_connectivity(getkey):
+    # A sparse CTRNN's connectivity indices are traced under jit: the pattern is unknown
+    # at trace time.
+    net = nd.networks.CTRNN(6, 3, 2, density=0.5, key=getkey())
+    with pytest.raises(ValueError, match=r"nd\.rtrl\.RFLO\(\) reads the pattern of dF/dw .* structure is traced"):
+        _grad(net, nd.rtrl.RFLO())
