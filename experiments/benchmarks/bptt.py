@@ -113,7 +113,7 @@ def _trajectory(n, B, repeats):
     t_ours, t_fwd, t_old, t_through, t_peer_fwd, t_peer = time_side_by_side(
         [(ours, net, xs, ys), (forward, net, xs), (old, net, xs, ys), (through, net, xs, ys),
          (peer_forward, net, xs, ys), (peer, net, xs, ys)],
-        repeats=repeats, min_time=0.0,
+        repeats=repeats,
     )
     steps = int(round(ts[-1] / dt))
     problem = f"CTRNN n={n} B={B}, Euler {steps} steps, {len(ts)} saves"
@@ -166,5 +166,5 @@ def run(quick: bool = False, large: bool = False):
     for n, B in sizes:
         rows += _trajectory(n, B, repeats)
     steady = (64, 8) if quick else ((1024, 256) if large else (256, 32))
-    rows += _steady(*steady, repeats)
+    rows += _steady(*steady, 3 if quick else 15)
     return rows

@@ -46,7 +46,7 @@ def _cosine(a, b):
 def run(quick: bool = False, large: bool = False):
     rows = []
     sizes = [(64, 8)] if quick else ([(1024, 256)] if large else [(256, 32)])
-    repeats = 3 if quick else 9
+    repeats = 3 if quick else 15
     n_in, n_out = 64, 10
     for n, B in sizes:
         k1, k2, k3 = jr.split(jr.PRNGKey(0), 3)
