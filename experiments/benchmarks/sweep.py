@@ -21,6 +21,7 @@ import optax
 
 import neurodyn as nd
 from experiments.sweep import Config, Grid, Optimizer, SweepAxes
+from experiments.sweep import make_problem as sweep_make_problem
 
 from ._timing import row, time_side_by_side
 
@@ -100,9 +101,11 @@ def run(quick: bool = False, large: bool = False):
         return [nd.sweeps.run(fn, p) for p in points]
 
     # Both compute the same 64 trainings: the vmapped sweep equals the loop of single runs,
-    # and the old path's sweep.
+    # the old path's sweep, and experiments.sweep's own training run (this copy must not drift).
     together, alone, old = sweep_many(), jax.block_until_ready(loop()), sweep_many_old()
+    theirs = nd.sweeps.run(sweep_make_problem(cfg, hidden, nd.RBP()), many)
     for k in together:
+        np.testing.assert_allclose(np.asarray(together[k]), np.asarray(theirs[k]), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
             np.asarray(together[k]), np.concatenate([np.asarray(a[k]) for a in alone]), rtol=2e-3, atol=2e-4
         )
