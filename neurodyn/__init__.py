@@ -16,6 +16,11 @@ from . import (
 )
 from ._batch import batch_value_and_grad as batch_value_and_grad
 from ._dynamics import relax as relax, rollout as rollout
+from ._iterate import (
+    AbstractIterativeSolver as AbstractIterativeSolver,
+    iterate as iterate,
+    Solution as Solution,
+)
 from ._misc import batch_mean as batch_mean
 from ._objectives import (
     AbstractObjective as AbstractObjective,

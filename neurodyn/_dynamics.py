@@ -80,47 +80,36 @@ def relax_loop(
     `kind` is the equinox while-loop kind: `"lax"` (no reverse mode, fastest) or
     `"checkpointed"` (reverse mode, for BPTT through the relaxation).
     """
-    from .relaxation import FixedStep
+    from .relaxation import AbstractSteppingRelaxation, FixedStep
 
     if forcing is not None:
         net = _Nudged(net, forcing)
     relaxation = opts.relaxation
     if relaxation is None:
         relaxation = _default_relaxation() if kind == "lax" else FixedStep()
-    elif kind != "lax" and not isinstance(relaxation, FixedStep):
+    elif kind != "lax" and not isinstance(relaxation, AbstractSteppingRelaxation):
         raise ValueError(
             f"relaxation={relaxation!r} cannot be differentiated through: BPTT "
             "differentiates the fixed-step loop itself. Use relaxation=nd.relaxation."
             "FixedStep() (the default) with nd.BPTT(), or nd.RBP()/nd.EP(), which only need "
             "the steady state, with any relaxation."
         )
-    r, steps, res = relaxation.relax(
-        _TERM, (net, x), r0, opts, kind=kind, checkpoints=checkpoints
-    )
-    return r, relax_info(net, x, r, steps, res, opts)
+    sol = relaxation.relax(_TERM, (net, x), r0, opts, kind=kind, checkpoints=checkpoints)
+    return sol.value, relax_info(net, x, sol.value, sol.steps, sol.residual, opts, sol.result == RESULTS.stagnated)
 
 
-def relax_info(net, x, r, steps, res, opts) -> dict:
+def relax_info(net, x, r, steps, res, opts, stagnated=False) -> dict:
     """The `info` of a relaxation that stopped at `r` after `steps` solver steps, its last
     stopping quantity `res` (step difference over `dt0`) judged against the tolerance."""
+    from ._iterate import classify
+
     tol = opts.atol + opts.rtol * rms_norm(r)
-    residual = rms_norm(_vector_field(steps.astype(r.dtype) * opts.dt0, r, (net, x)))
+    residual = rms_norm(_vector_field(steps.astype(r.real.dtype) * opts.dt0, r, (net, x)))
     # The loop stops early on a non-finite step difference: that is divergence even when
     # the state itself has not yet overflowed.
     finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual) & jnp.isfinite(res)
     converged = finite & (res <= tol)
-    # A finite, unconverged relaxation that stopped before max_steps was stopped by the
-    # strategy's stagnation test.
-    stopped_early = steps < opts.max_steps
-    result = RESULTS.where(
-        converged,
-        RESULTS.successful,
-        RESULTS.where(
-            finite,
-            RESULTS.where(stopped_early, RESULTS.stagnated, RESULTS.max_steps_reached),
-            RESULTS.nonfinite,
-        ),
-    )
+    result = classify(converged, finite, stagnated)
     return dict(result=result, converged=converged, steps=steps, residual=residual)
 
 

@@ -8,9 +8,10 @@ def rms_norm(x: Array) -> Array:
 
     Scaled by the largest entry so that it does not overflow before the state does, and
     safe at zero (its gradient there is zero, not NaN)."""
-    m = jnp.max(jnp.abs(x))
+    a = jnp.abs(x)  # complex states (holomorphic EP) are measured by their modulus
+    m = jnp.max(a)
     safe_m = jnp.where(m > 0, m, 1)
-    sq = jnp.mean(jnp.square(x / safe_m))
+    sq = jnp.mean(jnp.square(a / safe_m))
     safe = jnp.where(sq > 0, sq, 1)
     value = jnp.where(sq == 0, 0, safe_m * jnp.sqrt(safe))
     # inf/NaN entries give inf: a diverged state never looks converged.

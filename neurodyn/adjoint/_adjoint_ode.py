@@ -1,8 +1,10 @@
+from typing import Any
+
 import diffrax
 import equinox as eqx
-import equinox.internal as eqxi
 import jax.numpy as jnp
 
+from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
 from ._base import AbstractAdjointSolve
 from ._common import adjoint_info, default_rtol, relative_residual
@@ -11,6 +13,9 @@ from ._common import adjoint_info, default_rtol, relative_residual
 def _adjoint_field(t, v, args):
     matvec, g = args
     return matvec(v) + g
+
+
+_TERM = diffrax.ODETerm(_adjoint_field)
 
 
 class AdjointODE(AbstractAdjointSolve):
@@ -43,36 +48,35 @@ class AdjointODE(AbstractAdjointSolve):
         del jacobian, symmetric
         rtol = default_rtol(g.dtype) if self.rtol is None else self.rtol
         atol = 0.0 if self.atol is None else self.atol
-        term = diffrax.ODETerm(_adjoint_field)
-        args = (matvec, g)
         dt = dt if self.dt0 is None else self.dt0
-        scale = rms_norm(g)
-        big = jnp.asarray(jnp.finfo(g.dtype).max, g.dtype)
-
-        def tol(v):
-            # Relative to the adjoint state as well as to g, as the forward test is relative to
-            # r: rounding leaves a residual ~ eps ||J|| |v|, which for |v| >> |g| (large
-            # weights) sits above rtol |g| and would run the loop to max_steps.
-            return rtol * (scale + rms_norm(v)) + atol
-
-        def cond(carry):
-            v, _, step, res = carry
-            # `<=`: with g = 0 exactly (a saturated loss) v stays 0 and res = tol = 0.
-            return (step < self.max_steps) & ~(res <= tol(v)) & jnp.isfinite(res)
-
-        def body(carry):
-            v, s, step, _ = carry
-            t = step.astype(g.dtype) * dt
-            v1, _, _, s1, _ = self.solver.step(term, t, t + dt, v, args, s, False)
-            return v1, s1, step + 1, rms_norm(v1 - v) / dt
-
-        dt = jnp.asarray(dt, g.dtype)
-        v0 = jnp.zeros_like(g)
-        s0 = self.solver.init(term, 0.0, dt, v0, args)
-        v, _, steps, _ = eqxi.while_loop(
-            cond, body, (v0, s0, jnp.asarray(0), big), max_steps=self.max_steps, kind="lax"
-        )
+        it = _AdjointIteration(self.solver, dt, rtol, atol, rms_norm(g))
+        sol = iterate(it, jnp.zeros_like(g), (matvec, g), max_iterations=self.max_steps)
+        v = sol.value
         res = relative_residual(matvec, v, g)
         # The loop tests the step difference; allow a factor 10 for the exact residual.
-        converged = jnp.isfinite(res) & (res * scale <= 10 * tol(v))
-        return v, adjoint_info(converged, steps, res)
+        converged = jnp.isfinite(res) & (res * it.scale <= 10 * it.tolerance(v, None))
+        return v, adjoint_info(converged, sol.iterations, res)
+
+
+class _AdjointIteration(AbstractIterativeSolver):
+    solver: diffrax.AbstractSolver
+    dt: float = eqx.field(static=True)
+    rtol: Any
+    atol: Any
+    scale: Any
+
+    def init(self, v0, args):
+        return self.solver.init(_TERM, 0.0, self.dt, v0, args)
+
+    def step(self, v, s, args, step):
+        t = step.astype(v.dtype) * self.dt
+        v1, _, _, s1, _ = self.solver.step(_TERM, t, t + self.dt, v, args, s, False)
+        return v1, s1, rms_norm(v1 - v) / self.dt
+
+    def tolerance(self, v, args):
+        del args
+        # Relative to the adjoint state as well as to g, as the forward test is relative to
+        # r: rounding leaves a residual ~ eps ||J|| |v|, which for |v| >> |g| (large
+        # weights) sits above rtol |g| and would run the loop to max_steps. (`<=` in the
+        # loop: with g = 0 exactly, a saturated loss, v stays 0 and res = tol = 0.)
+        return self.rtol * (self.scale + rms_norm(v)) + self.atol

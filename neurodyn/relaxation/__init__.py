@@ -1,6 +1,10 @@
 """Forward relaxation strategies (pass one as the `relaxation=` integration option)."""
 
 from ._anderson import Anderson as Anderson
-from ._base import AbstractRelaxation as AbstractRelaxation
+from ._base import (
+    AbstractRelaxation as AbstractRelaxation,
+    AbstractSteppingRelaxation as AbstractSteppingRelaxation,
+    RelaxationSolution as RelaxationSolution,
+)
 from ._fixed_step import FixedStep as FixedStep
 from ._newton_krylov import NewtonKrylov as NewtonKrylov

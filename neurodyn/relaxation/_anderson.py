@@ -1,9 +1,12 @@
+from typing import Any
+
+import diffrax
 import equinox as eqx
-import equinox.internal as eqxi
 import jax.numpy as jnp
 
+from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
-from ._base import AbstractRelaxation, tolerance
+from ._base import AbstractRelaxation, RelaxationSolution
 
 
 class Anderson(AbstractRelaxation):
@@ -44,47 +47,56 @@ class Anderson(AbstractRelaxation):
             raise ValueError(f"Anderson needs a history of m >= 1 iterates, got m={self.m}.")
 
     def relax(self, term, args, r0, opts, *, kind, checkpoints):
-        solver, dt = opts.solver, opts.dt0
-        m, dtype = self.m, r0.dtype
-        state0 = solver.init(term, 0.0, dt, r0, args)
-        big = jnp.asarray(jnp.finfo(dtype).max, dtype=dtype)
+        it = _AndersonIteration(term, opts.solver, opts.dt0, self.m, self.beta, self.lam, opts.rtol, opts.atol)
+        # The iterate is the pair (r, Phi(r_prev)): the reported state is the last image,
+        # whose step difference was measured.
+        sol = iterate(it, (r0, r0), args, max_iterations=opts.max_steps, kind=kind, checkpoints=checkpoints)
+        return RelaxationSolution(sol.value[1], sol.iterations, sol.residual, sol.result)
 
-        def phi(r):
-            # made_jump: the iterates jump, so FSAL solvers must not reuse a stale F.
-            r1, _, _, _, _ = solver.step(term, 0.0, dt, r, args, state0, True)
-            return r1
 
-        def cond(carry):
-            _, _, _, step, res, g = carry
-            return (step < opts.max_steps) & ~(res <= tolerance(opts, g)) & jnp.isfinite(res)
+class _AndersonIteration(AbstractIterativeSolver):
+    term: diffrax.AbstractTerm
+    solver: diffrax.AbstractSolver
+    dt: float = eqx.field(static=True)
+    m: int = eqx.field(static=True)
+    beta: Any
+    lam: Any
+    rtol: Any
+    atol: Any
 
-        def body(carry):
-            r, X, G, step, _, _ = carry
-            g = phi(r)
-            res = rms_norm(g - r) / dt
-            slot = step % m
-            X = X.at[slot].set(r)
-            G = G.at[slot].set(g)
-            valid = (jnp.arange(m) <= step).astype(dtype)
-            Fh = (G - X) * valid[:, None]
-            H = Fh @ Fh.T
-            scale = jnp.max(jnp.diag(H))
-            scale = jnp.where(scale > 0, scale, 1)
-            eye = jnp.eye(m, dtype=dtype)
-            # Unused slots get a unit diagonal and no constraint weight, so their a_i = 0.
-            H = H / scale + self.lam * eye * valid[:, None] + eye * (1 - valid)[:, None]
-            A = jnp.zeros((m + 1, m + 1), dtype)
-            A = A.at[0, 1:].set(valid).at[1:, 0].set(valid).at[1:, 1:].set(H)
-            rhs = jnp.zeros((m + 1,), dtype).at[0].set(1)
-            a = jnp.linalg.solve(A, rhs)[1:]
-            r_new = a @ ((1 - self.beta) * X + self.beta * G)
-            # A degenerate mixing (singular system in float32) falls back to the plain step.
-            r_new = jnp.where(jnp.all(jnp.isfinite(r_new)), r_new, g)
-            return r_new, X, G, step + 1, res, g
+    def init(self, y0, args):
+        r0, _ = y0
+        X0 = jnp.zeros((self.m,) + r0.shape, r0.dtype)
+        return X0, X0, self.solver.init(self.term, 0.0, self.dt, r0, args)
 
-        X0 = jnp.zeros((m,) + r0.shape, dtype)
-        init = (r0, X0, X0, jnp.asarray(0), big, r0)
-        _, _, _, steps, res, g = eqxi.while_loop(
-            cond, body, init, max_steps=opts.max_steps, kind=kind, checkpoints=checkpoints
-        )
-        return g, steps, res
+    def step(self, y, state, args, step):
+        r, _ = y
+        X, G, state0 = state
+        m, dtype, dt = self.m, r.dtype, self.dt
+        # made_jump: the iterates jump, so FSAL solvers must not reuse a stale F.
+        g, _, _, _, _ = self.solver.step(self.term, 0.0, dt, r, args, state0, True)
+        res = rms_norm(g - r) / dt
+        slot = step % m
+        X = X.at[slot].set(r)
+        G = G.at[slot].set(g)
+        valid = (jnp.arange(m) <= step).astype(dtype)
+        Fh = (G - X) * valid[:, None]
+        H = Fh @ Fh.T
+        scale = jnp.max(jnp.diag(H))
+        scale = jnp.where(scale > 0, scale, 1)
+        eye = jnp.eye(m, dtype=dtype)
+        # Unused slots get a unit diagonal and no constraint weight, so their a_i = 0.
+        H = H / scale + self.lam * eye * valid[:, None] + eye * (1 - valid)[:, None]
+        A = jnp.zeros((m + 1, m + 1), dtype)
+        A = A.at[0, 1:].set(valid).at[1:, 0].set(valid).at[1:, 1:].set(H)
+        rhs = jnp.zeros((m + 1,), dtype).at[0].set(1)
+        a = jnp.linalg.solve(A, rhs)[1:]
+        r_new = a @ ((1 - self.beta) * X + self.beta * G)
+        # A degenerate mixing (singular system in float32) falls back to the plain step.
+        r_new = jnp.where(jnp.all(jnp.isfinite(r_new)), r_new, g)
+        return (r_new, g), (X, G, state0), res
+
+    def tolerance(self, y, args):
+        del args
+        # Judged at the image g = Phi(r) the residual was measured at.
+        return self.atol + self.rtol * rms_norm(y[1])

@@ -1,6 +1,34 @@
 import abc
 
 import equinox as eqx
+from jaxtyping import Array, Float, Int
+
+from .._iterate import Solution
+from .._outcome import RESULTS
+
+
+class RelaxationSolution(eqx.Module):
+    """What a relaxation strategy returns (a typed seam, not a tuple).
+
+    - `value`: the final state `r`.
+    - `steps`: evaluations of the solver's step map (Newton steps for `NewtonKrylov`).
+    - `residual`: the stopping quantity, `~ rms(F(r))` (the last step difference over `dt0`).
+    - `result`: an `nd.RESULTS`; the caller re-checks convergence against the tolerance.
+    """
+
+    value: Float[Array, " n"]
+    steps: Int[Array, ""]
+    residual: Float[Array, ""]
+    result: RESULTS
+
+    @classmethod
+    def from_iterate(cls, solution: Solution, steps=None) -> "RelaxationSolution":
+        return cls(
+            solution.value,
+            solution.iterations if steps is None else steps,
+            solution.residual,
+            solution.result,
+        )
 
 
 class AbstractRelaxation(eqx.Module):
@@ -10,17 +38,24 @@ class AbstractRelaxation(eqx.Module):
     (steady-state objectives). Every strategy iterates the map of one step of the chosen
     diffrax `solver` with step `dt0`, `Phi(r) = r + dt0 F(r) + O(dt0^2)`, whose fixed
     points are exactly the zeros of `F`; they differ in how they combine those steps.
+
+    A strategy writes its iteration as an `nd.AbstractIterativeSolver` and runs it with
+    `nd.iterate`, which handles the budget, non-finite values, stagnation and the outcome.
     """
 
     @abc.abstractmethod
-    def relax(self, term, args, r0, opts, *, kind, checkpoints):
-        """Returns `(r, steps, res)`: the final state, the number of step-map evaluations
-        and the stopping quantity `res ~ rms(F(r))` (the last step difference over `dt0`),
-        such that the caller declares convergence when `res <= atol + rtol rms(r)` (`<=`: with
-        `atol = 0` a steady state at `r = 0` must still stop).
+    def relax(self, term, args, r0, opts, *, kind, checkpoints) -> RelaxationSolution:
+        """Returns a `RelaxationSolution`. Converged means `residual <= atol + rtol rms(r)`
+        (`<=`: with `atol = 0` a steady state at `r = 0` must still stop).
 
         `kind`/`checkpoints` are the equinox while-loop kind (`"lax"`, or
         `"checkpointed"` when the caller differentiates through the loop)."""
+
+
+class AbstractSteppingRelaxation(AbstractRelaxation):
+    """A relaxation that applies the solver's step map one step at a time, so the loop is
+    the discretised dynamics itself: BPTT can differentiate through it and RTRL's joint
+    `(r, p)` loop reproduces it (a capability, asked with `isinstance`)."""
 
 
 def tolerance(opts, r):

@@ -1,11 +1,14 @@
+from typing import Any
+
+import diffrax
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 from jax.scipy.sparse.linalg import gmres
 
+from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
-from ._base import AbstractRelaxation, tolerance
+from ._base import AbstractRelaxation, RelaxationSolution
 
 
 class NewtonKrylov(AbstractRelaxation):
@@ -52,31 +55,40 @@ class NewtonKrylov(AbstractRelaxation):
 
     def relax(self, term, args, r0, opts, *, kind, checkpoints):
         del checkpoints
-        dtype = r0.dtype
-        big = jnp.asarray(jnp.finfo(dtype).max, dtype=dtype)
+        it = _NewtonIteration(term, opts.dt0, self.inner_rtol, self.restart, self.inner_restarts, opts.rtol, opts.atol)
+        sol = iterate(it, r0, args, max_iterations=opts.max_steps, kind=kind)
+        return RelaxationSolution.from_iterate(sol)
+
+
+class _NewtonIteration(AbstractIterativeSolver):
+    term: diffrax.AbstractTerm
+    dt: float = eqx.field(static=True)
+    inner_rtol: Any
+    restart: int = eqx.field(static=True)
+    inner_restarts: int = eqx.field(static=True)
+    rtol: Any
+    atol: Any
+
+    def init(self, r0, args):
+        return self.term.vf(0.0, r0, args)
+
+    def step(self, r, f, args, iteration):
+        del iteration
 
         def fn(r):
-            return term.vf(0.0, r, args)
+            return self.term.vf(0.0, r, args)
 
-        def cond(carry):
-            r, _, step, res = carry
-            return (step < opts.max_steps) & ~(res <= tolerance(opts, r)) & jnp.isfinite(res)
+        _, jvp = jax.linearize(fn, r)
+        # Inexact Newton needs a decrease, not a converged inner solve, so the iterate is
+        # used whatever the inner solve reports.
+        d, _ = gmres(jvp, -f, tol=self.inner_rtol, atol=0.0, restart=self.restart,
+                     maxiter=self.inner_restarts, solve_method="incremental")
+        # A failed inner solve (non-finite) falls back to an explicit Euler step.
+        d = jnp.where(jnp.all(jnp.isfinite(d)), d, self.dt * f)
+        r1 = r + d
+        f1 = fn(r1)
+        return r1, f1, rms_norm(f1)
 
-        def body(carry):
-            r, f, step, _ = carry
-            _, jvp = jax.linearize(fn, r)
-            # Inexact Newton needs a decrease, not a converged inner solve, so the iterate is
-            # used whatever the inner solve reports.
-            d, _ = gmres(jvp, -f, tol=self.inner_rtol, atol=0.0, restart=self.restart,
-                         maxiter=self.inner_restarts, solve_method="incremental")
-            # A failed inner solve (non-finite) falls back to an explicit Euler step.
-            d = jnp.where(jnp.all(jnp.isfinite(d)), d, opts.dt0 * f)
-            r1 = r + d
-            f1 = fn(r1)
-            return r1, f1, step + 1, rms_norm(f1)
-
-        f0 = fn(r0)
-        r, _, steps, res = eqxi.while_loop(
-            cond, body, (r0, f0, jnp.asarray(0), big), max_steps=opts.max_steps, kind=kind
-        )
-        return r, steps, res
+    def tolerance(self, r, args):
+        del args
+        return self.atol + self.rtol * rms_norm(r)

@@ -1,0 +1,138 @@
+"""One loop under every iterative solve: relaxations and iterative adjoint solves.
+
+A solve is a small Module implementing `AbstractIterativeSolver` (`init`, `step`,
+`tolerance`); `iterate` drives it and handles, once for all of them, the iteration budget,
+non-finite values, stagnation and the outcome (as optimistix's `iterative_solve` does for
+its root finders). Its result is a typed `Solution`, never a positional tuple.
+"""
+
+import abc
+from typing import Any, Literal
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+from ._outcome import RESULTS
+
+
+class AbstractIterativeSolver(eqx.Module):
+    """One iterative solve, `y_{k+1} = step(y_k)`, until its stopping quantity `res` falls to
+    `tolerance(y)`.
+
+    Implement `init`, `step` and `tolerance`; call `nd.iterate(solver, y0, args, ...)`.
+    `iterate` starts `res` at the largest finite float (a solver never writes its own start
+    value), so an infinite or NaN `res` always means divergence.
+    """
+
+    @abc.abstractmethod
+    def init(self, y0: PyTree, args: Any) -> PyTree:
+        """The solver's state before the first step (a pytree of arrays)."""
+
+    @abc.abstractmethod
+    def step(self, y: PyTree, state: PyTree, args: Any, iteration: Int[Array, ""]) -> tuple[PyTree, PyTree, Float[Array, ""]]:
+        """One iteration: `(y, state, res)`, with `res` the stopping quantity after it (e.g. the
+        step difference over the step size, or `rms(F(y))`)."""
+
+    @abc.abstractmethod
+    def tolerance(self, y: PyTree, args: Any) -> Float[Array, ""]:
+        """The iteration has converged when `res <= tolerance(y)` (`<=`: a zero tolerance
+        at a zero residual still stops)."""
+
+
+class Solution(eqx.Module):
+    """The outcome of `iterate`.
+
+    - `value`: the final iterate `y`.
+    - `state`: the solver's final state.
+    - `iterations`: iterations taken.
+    - `residual`: the last stopping quantity `res`.
+    - `result`: an `nd.RESULTS` (`successful`, `max_steps_reached`, `nonfinite`,
+      `stagnated`).
+    """
+
+    value: PyTree
+    state: PyTree
+    iterations: Int[Array, ""]
+    residual: Float[Array, ""]
+    result: RESULTS
+
+    @property
+    def converged(self) -> Bool[Array, ""]:
+        return self.result == RESULTS.successful
+
+
+def classify(converged, finite, stagnated) -> RESULTS:
+    """The outcome of an iterative solve from its three flags (converged wins; non-finite
+    beats stagnation; otherwise the budget ran out)."""
+    return RESULTS.where(
+        converged,
+        RESULTS.successful,
+        RESULTS.where(
+            finite,
+            RESULTS.where(stagnated, RESULTS.stagnated, RESULTS.max_steps_reached),
+            RESULTS.nonfinite,
+        ),
+    )
+
+
+def iterate(
+    solver: AbstractIterativeSolver,
+    y0: PyTree,
+    args: Any,
+    *,
+    max_iterations: int,
+    patience: int | None = None,
+    kind: Literal["lax", "checkpointed", "bounded"] = "lax",
+    checkpoints: int | None = None,
+) -> Solution:
+    """Runs `solver` from `y0` until `res <= tolerance(y)`, a non-finite `res`, `max_iterations`,
+    or (with `patience`) `patience` iterations without `res` falling by 1%.
+
+    A residual far above (10x) the last improvement is divergence, not stagnation: it is left
+    to run into the non-finite test. `kind`/`checkpoints` choose the equinox while loop
+    (`"checkpointed"` for reverse mode through the iterations, as BPTT needs).
+    """
+    # The stopping quantity is real even for complex iterates.
+    dtype = jnp.finfo(_dtype(y0)).dtype
+    big = jnp.asarray(jnp.finfo(dtype).max, dtype)
+
+    def cond(carry):
+        y, _, it, res, (_, since) = carry
+        go = (it < max_iterations) & ~(res <= solver.tolerance(y, args)) & jnp.isfinite(res)
+        if patience is not None:
+            go = go & (since < patience)
+        return go
+
+    def body(carry):
+        y, state, it, _, (anchor, since) = carry
+        y, state, res = solver.step(y, state, args, it)
+        res = jnp.asarray(res, dtype)
+        better = res < 0.99 * anchor
+        stalled = ~better & (res <= 10 * anchor)
+        stall = (jnp.where(better, res, anchor), jnp.where(better, 0, since + stalled.astype(since.dtype)))
+        return y, state, it + 1, res, stall
+
+    init = (y0, solver.init(y0, args), jnp.asarray(0), big, (big, jnp.asarray(0)))
+    y, state, it, res, (_, since) = eqxi.while_loop(
+        cond, body, init, max_steps=max_iterations, kind=kind, checkpoints=checkpoints
+    )
+    converged = jnp.isfinite(res) & (res <= solver.tolerance(y, args))
+    finite = jnp.isfinite(res) & _all_finite(y)
+    stagnated = jnp.asarray(False) if patience is None else (since >= patience)
+    return Solution(y, state, it, res, classify(converged, finite, stagnated))
+
+
+def _dtype(tree):
+    import jax
+
+    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    return leaves[0].dtype if leaves else jnp.result_type(float)
+
+
+def _all_finite(tree):
+    import jax
+
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
