@@ -325,13 +325,13 @@ def _implicit_relax_bwd(r, g_out, perturbed, diff, static, r0, opts, adjoint):
     _, vjp_r = jax.vjp(lambda r: F(diff, r), r)
     net = eqx.combine(diff, static)[0]
     # dr*/dw = -J^-1 dF/dw, so the cotangent of (w, x) is v dF/d(w, x) with v J = -g_r.
-    v, _ = adjoint.solve(
+    v = adjoint.solve(
         lambda u: vjp_r(u)[0],
         g_r,
         lambda: jax.jacfwd(lambda r: F(diff, r))(r),
         isinstance(net, AbstractEnergyNetwork),
         opts.dt0,
-    )
+    ).value
     _, vjp_w = jax.vjp(lambda d: F(d, r), diff)
     return vjp_w(v)[0]
 

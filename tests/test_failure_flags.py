@@ -206,9 +206,10 @@ def test_adjoint_ode_tolerance_is_relative_to_the_adjoint_state():
     A = ((q * -jnp.geomspace(1e-3, 1.9, n)[None, :]) @ q.T).astype(jnp.float32)
     g = jr.normal(jr.PRNGKey(2), (n,)).astype(jnp.float32)
     solver = nd.adjoint.AdjointODE()
-    v, info = jax.jit(lambda A, g: solver.solve(lambda u: A.T @ u, g, None, True, 1.0))(A, g)
-    assert bool(info["adjoint_converged"])
-    assert int(info["adjoint_steps"]) < 0.6 * solver.max_steps
+    sol = jax.jit(lambda A, g: solver.solve(lambda u: A.T @ u, g, None, True, 1.0))(A, g)
+    v = sol.value
+    assert bool(sol.converged)
+    assert int(sol.steps) < 0.6 * solver.max_steps
     v_ref = np.linalg.solve(np.asarray(A, np.float64).T, -np.asarray(g, np.float64))
     assert np.linalg.norm(np.asarray(v, np.float64) - v_ref) < 2e-2 * np.linalg.norm(v_ref)
 

@@ -121,8 +121,7 @@ class UserAdjoint(nd.adjoint.AbstractAdjointSolve):
     def solve(self, matvec, g, jacobian, symmetric, dt):
         del matvec, symmetric, dt
         v = jnp.linalg.solve(jacobian().T, -g)
-        return v, dict(adjoint_converged=jnp.asarray(True), adjoint_steps=jnp.asarray(1),
-                       adjoint_residual=jnp.asarray(0.0, g.dtype))
+        return nd.adjoint.AdjointSolution(v, jnp.asarray(True), jnp.asarray(1), jnp.asarray(0.0, g.dtype))
 
 
 def test_user_written_relaxation_and_adjoint_through_the_public_api(getkey):

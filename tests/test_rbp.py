@@ -83,9 +83,9 @@ def test_layered_adjoint_is_backprop(getkey):
         return vjp(v)[0]
 
     for adj in (nd.adjoint.Krylov(), nd.adjoint.Neumann(K=3), nd.adjoint.DenseLU()):
-        v, info = adj.solve(matvec, g, lambda: jax.jacfwd(lambda r: net(0.0, r, x))(r), False, 1.0)
+        v = adj.solve(matvec, g, lambda: jax.jacfwd(lambda r: net(0.0, r, x))(r), False, 1.0).value
         np.testing.assert_allclose(v, backprop, rtol=1e-9, atol=1e-12)
-    v2, _ = nd.adjoint.Neumann(K=2).solve(matvec, g, None, False, 1.0)
+    v2 = nd.adjoint.Neumann(K=2).solve(matvec, g, None, False, 1.0).value
     assert float(jnp.max(jnp.abs(v2 - backprop))) > 1e-3  # two sweeps do not reach layer 1
     _, grads, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP())
     mlp_grads = eqx.filter_grad(lambda n: nd.losses.squared_error(n.readout(n.forward(x)), y))(net)
@@ -173,8 +173,9 @@ def test_adjoint_ode_stops_at_once_when_the_loss_gradient_is_zero(getkey):
     net = nd.networks.CTRNN(6, 3, 2, key=getkey())
     r, x = jr.normal(getkey(), (6,)), jr.normal(getkey(), (3,))
     _, vjp = jax.vjp(lambda r: net(0.0, r, x), r)
-    v, info = nd.adjoint.AdjointODE().solve(lambda u: vjp(u)[0], jnp.zeros(6), None, False, 1.0)
-    assert int(info["adjoint_steps"]) <= 1 and bool(info["adjoint_converged"])
+    sol = nd.adjoint.AdjointODE().solve(lambda u: vjp(u)[0], jnp.zeros(6), None, False, 1.0)
+    v = sol.value
+    assert int(sol.steps) <= 1 and bool(sol.converged)
     np.testing.assert_array_equal(v, 0.0)
 
 

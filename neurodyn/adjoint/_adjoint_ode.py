@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
 from ._base import AbstractAdjointSolve
-from ._common import adjoint_info, default_rtol, relative_residual
+from ._common import adjoint_solution, default_rtol, relative_residual
 
 
 def _adjoint_field(t, v, args):
@@ -55,7 +55,7 @@ class AdjointODE(AbstractAdjointSolve):
         res = relative_residual(matvec, v, g)
         # The loop tests the step difference; allow a factor 10 for the exact residual.
         converged = jnp.isfinite(res) & (res * it.scale <= 10 * it.tolerance(v, None))
-        return v, adjoint_info(converged, sol.iterations, res)
+        return adjoint_solution(v, converged, sol.iterations, res)
 
 
 class _AdjointIteration(AbstractIterativeSolver):

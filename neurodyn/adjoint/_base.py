@@ -1,20 +1,40 @@
 import abc
 
 import equinox as eqx
+from jaxtyping import Array, Bool, Float, Int
+
+
+class AdjointSolution(eqx.Module):
+    """What an adjoint solve returns (a typed seam, not a dict).
+
+    - `value`: `v` with `J^T v ~= -g`.
+    - `converged`: the solve met its tolerance.
+    - `steps`: iterations (VJPs) taken; `-1` where the solver does not report them.
+    - `residual`: `rms(J^T v + g) / rms(g)`.
+    """
+
+    value: Float[Array, " n"]
+    converged: Bool[Array, ""]
+    steps: Int[Array, ""]
+    residual: Float[Array, ""]
+
+    def info(self) -> dict:
+        """The entries RBP adds to its `info`."""
+        return dict(adjoint_converged=self.converged, adjoint_steps=self.steps, adjoint_residual=self.residual)
 
 
 class AbstractAdjointSolve(eqx.Module):
     """A strategy for RBP's adjoint equation `J^T v = -(dl/dr*)^T` at the steady state.
 
-    `solve(matvec, g, r)` gets `matvec(v) = J^T v` (one VJP of F, matrix-free), the loss
-    gradient `g = (dl/dr*)^T` and the state (for strategies that need it, e.g. a dense
-    Jacobian), and returns `(v, info)` with `info` holding `adjoint_converged`,
-    `adjoint_steps` and `adjoint_residual` (`rms(J^T v + g) / rms(g)`).
+    `solve(matvec, g, jacobian, symmetric, dt)` gets `matvec(v) = J^T v` (one VJP of F,
+    matrix-free), the loss gradient `g = (dl/dr*)^T`, a function building the dense `J` on
+    demand (for dense strategies), whether the network declares `J = J^T`, and the forward
+    relaxation's step; it returns an `AdjointSolution`.
     """
 
     @abc.abstractmethod
-    def solve(self, matvec, g, jacobian, symmetric: bool, dt: float):
-        """Returns `(v, info)` with `J^T v ~= -g`. `jacobian()` builds the dense J on demand;
-        `symmetric` says the network declares `J = J^T` (energy networks); `dt` is the
-        forward relaxation's step, a step the adjoint dynamics are stable with too (J^T
+    def solve(self, matvec, g, jacobian, symmetric: bool, dt: float) -> AdjointSolution:
+        """Returns an `AdjointSolution` with `J^T v ~= -g`. `jacobian()` builds the dense J
+        on demand; `symmetric` says the network declares `J = J^T` (energy networks); `dt` is
+        the forward relaxation's step, a step the adjoint dynamics are stable with too (J^T
         has the eigenvalues of J)."""

@@ -13,5 +13,7 @@ def relative_residual(matvec, v, g):
     return rms_norm(matvec(v) + g) / jnp.where(scale > 0, scale, 1)
 
 
-def adjoint_info(converged, steps, residual):
-    return dict(adjoint_converged=converged, adjoint_steps=jnp.asarray(steps), adjoint_residual=residual)
+def adjoint_solution(v, converged, steps, residual):
+    from ._base import AdjointSolution
+
+    return AdjointSolution(v, jnp.asarray(converged), jnp.asarray(steps), residual)

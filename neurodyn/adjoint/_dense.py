@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 
 from ._base import AbstractAdjointSolve
-from ._common import adjoint_info, relative_residual
+from ._common import adjoint_solution, relative_residual
 
 
 class DenseLU(AbstractAdjointSolve):
@@ -20,4 +20,4 @@ class DenseLU(AbstractAdjointSolve):
         J = jacobian()
         v = jnp.linalg.solve(J.T, -g)
         res = relative_residual(matvec, v, g)
-        return v, adjoint_info(jnp.isfinite(res), 1, res)
+        return adjoint_solution(v, jnp.isfinite(res), 1, res)

@@ -7,7 +7,7 @@ import jax.scipy.sparse.linalg as jsla
 import lineax as lx
 
 from ._base import AbstractAdjointSolve
-from ._common import adjoint_info, default_rtol, relative_residual
+from ._common import adjoint_solution, default_rtol, relative_residual
 
 
 class Krylov(AbstractAdjointSolve):
@@ -95,7 +95,7 @@ class Krylov(AbstractAdjointSolve):
         # Judge convergence by the true residual: lineax reports breakdown as failure when a
         # small Krylov space is exhausted at the exact solution.
         converged = jnp.isfinite(res) & (res <= tol)
-        return v, adjoint_info(converged, steps, res)
+        return adjoint_solution(v, converged, steps, res)
 
     def _solve_jax(self, method, matvec, g, rtol, atol, tol):
         # jax.scipy.sparse.linalg: fixed-shape loops without lineax's per-iteration
@@ -121,7 +121,7 @@ class Krylov(AbstractAdjointSolve):
             )
         converged = jnp.isfinite(res) & (res <= tol)
         # jax.scipy does not report its iteration count.
-        return v, adjoint_info(converged, jnp.asarray(-1), res)
+        return adjoint_solution(v, converged, jnp.asarray(-1), res)
 
     def _jax_gmres(self, matvec, g, rtol, atol, x0=None):
         restarts = max(1, -(-self.max_steps // self.restart))

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 
 from ._base import AbstractAdjointSolve
-from ._common import adjoint_info, default_rtol, relative_residual
+from ._common import adjoint_solution, default_rtol, relative_residual
 
 
 class Neumann(AbstractAdjointSolve):
@@ -37,4 +37,4 @@ class Neumann(AbstractAdjointSolve):
         v, _ = jax.lax.scan(body, jnp.zeros_like(g), None, length=self.K)
         res = relative_residual(matvec, v, g)
         converged = jnp.isfinite(res) & (res < 1e3 * default_rtol(g.dtype))
-        return v, adjoint_info(converged, self.K, res)
+        return adjoint_solution(v, converged, self.K, res)

@@ -75,11 +75,12 @@ class RBP(AbstractSurrogateEstimator):
             return jax.jacfwd(F_r)(r)
 
         symmetric = isinstance(net, AbstractEnergyNetwork)
-        v, ainfo = self.adjoint.solve(matvec, g_r, jacobian, symmetric, options.dt0)
+        adjoint = self.adjoint.solve(matvec, g_r, jacobian, symmetric, options.dt0)
+        v, ainfo = adjoint.value, adjoint.info()
 
         # An adjoint that blows up, or makes no progress at all, signals an unstable equilibrium.
-        unstable = ~jnp.isfinite(ainfo["adjoint_residual"]) | (
-            ~ainfo["adjoint_converged"] & (ainfo["adjoint_residual"] >= 1)
+        unstable = ~jnp.isfinite(adjoint.residual) | (
+            ~adjoint.converged & (adjoint.residual >= 1)
         )
         extra = {}
         if self.stability_check:
@@ -87,7 +88,7 @@ class RBP(AbstractSurrogateEstimator):
             unstable = unstable | (lam >= 0)
             extra["leading_eigenvalue"] = lam
         forward_ok = info["converged"]
-        converged = forward_ok & ainfo["adjoint_converged"] & ~unstable
+        converged = forward_ok & adjoint.converged & ~unstable
         result = RESULTS.where(
             ~forward_ok,
             info["result"],
