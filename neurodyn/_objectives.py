@@ -28,6 +28,12 @@ class AbstractObjective(eqx.Module):
     def options(self, dtype, **given) -> IntegrationOptions:
         """The integration options, with this objective's defaults for the unset ones."""
 
+    @abc.abstractmethod
+    def value(self, net, r, y) -> Float[Array, ""]:
+        """The scalar loss at the state(s) `r` the estimators solved for (the steady state
+        `(n,)`, or the states at the save times `(T, n)`), every estimator's one call into
+        the objective."""
+
 
 def _check_target(net, y, loss, lead: tuple[int, ...], what: str) -> Array:
     y = jnp.asarray(y)
