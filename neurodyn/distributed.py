@@ -35,7 +35,8 @@ import jax
 
 from .config import ConfigError
 
-__all__ = ["initialize", "is_initialized", "replicate", "global_array"]
+
+__all__ = ["initialize", "is_initialized", "global_array"]
 
 _STATE = {"tag": None}
 
@@ -109,28 +110,6 @@ def initialize(
     _STATE["tag"] = f"process {jax.process_index()}/{jax.process_count()}"
     if tidy_errors:
         _tidy_stderr(_STATE["tag"])
-
-
-def replicate(tree, devices):
-    """`tree`'s array leaves as global arrays replicated over `devices` (all processes'
-    devices allowed): each process supplies its own devices' copies from its local value,
-    which must be the same on every process."""
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    sharding = NamedSharding(Mesh(np.asarray(devices), ("data",)), PartitionSpec())
-
-    def put(x):
-        if not isinstance(x, (jax.Array, np.ndarray)):
-            return x
-        if isinstance(x, jax.Array) and x.sharding == sharding:
-            return x
-        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree.map(put, tree)
 
 
 def global_array(local, sharding, shape=None):

@@ -201,6 +201,24 @@ def _global(x, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def _digest_view(x):
+    """What `fit_settings` digests for a data array: the array itself, or for a global array
+    of several processes (no process holds all of it) the sorted table of its blocks' offsets
+    and content digests, gathered from every process: the same on every process, and no
+    process gathers the data."""
+    if not (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return x
+    from jax.experimental import multihost_utils
+
+    rows = []
+    for shard in sorted(x.addressable_shards, key=lambda sh: sh.device.id):
+        offsets = [sl.start or 0 for sl in shard.index]
+        digest = int(_digest([np.asarray(shard.data)]), 16)
+        rows.append(offsets + [digest >> 32, digest & 0xFFFFFFFF])
+    table = np.asarray(multihost_utils.process_allgather(np.asarray(rows, np.int64))).reshape(-1, len(rows[0]))
+    return np.unique(table, axis=0)  # sorted, replicas once
+
+
 def _same_checkpoint_everywhere(run, meta):
     """Under `jax.distributed`: every process must resume from process 0's checkpoint (a
     collective: every process calls `fit`). Process 0 alone writes the run directory, so a
@@ -450,9 +468,9 @@ def fit(
     for that, in a multi-process job, is passed as a global `jax.Array` that each process
     built from only its own rows (`nd.distributed.global_array(load_rows, sharding,
     shape=...)`, rows sharded over the devices): `fit` uses it as it is (the checkpoint
-    fingerprint then digests each process's rows only). Validation and test accuracies are
-    computed by every process on its own first device. The returned network lives on this
-    process's first device, as with one device. Under `jax.distributed` every process calls
+    fingerprint then digests each block where it lives and gathers only the digests).
+    Validation and test accuracies are computed by every process on its own first device.
+    The returned network lives on this process's first device, as with one device. Under `jax.distributed` every process calls
     `fit` with the same arguments (run directories are written by process 0 only and read by
     all, so a killed job rerun with the same command resumes everywhere from one epoch).
 
@@ -480,8 +498,9 @@ def fit(
     tag = "/".join(str(extra[k]) for k in ("estimator", "seed") if k in extra) or type(estimator).__name__
     history, start = [], 0
     if run is not None:
-        settings = fit_settings(net, (X, Y), objective=objective, estimator=estimator, optimizer=optimizer,
-                                batch_size=batch_size, key=key, l2=l2, valid=valid, test=test, **options)
+        settings = fit_settings(net, (_digest_view(X), _digest_view(Y)), objective=objective, estimator=estimator,
+                                optimizer=optimizer, batch_size=batch_size, key=key, l2=l2, valid=valid, test=test,
+                                **options)
         restored, meta = run.checkpoint((params, opt_state), expect=dict(settings=settings))
         if jax.process_count() > 1:
             _same_checkpoint_everywhere(run, meta)

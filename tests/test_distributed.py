@@ -287,7 +287,7 @@ def test_killed_process_ends_the_other_and_a_rerun_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_process_that_sees_another_run_directory_is_refused(tmp_path):
+def test_global_array_data_and_a_process_that_sees_another_run_directory(tmp_path):
     # Every process resumes from process 0's checkpoint; a process whose view of the run
     # directory differs (a node-local path) stops with one line instead of training on from
     # another epoch.
@@ -300,11 +300,25 @@ def test_a_process_that_sees_another_run_directory_is_refused(tmp_path):
                                    heartbeat_timeout_seconds=10)
         import jax.random as jr, numpy as np
         import neurodyn as nd
+        import neurodyn.distributed
         X, y = nd.data.double_moon(jr.PRNGKey(0), 64, distance=-1.0)
         net = nd.networks.Layered((2, 4, 2), nd.activations.tanh, key=jr.PRNGKey(1))
         kw = dict(objective=nd.SteadyState(nd.losses.squared_error), estimator=nd.RBP(), batch_size=16,
                   optimizer=nd.config.optimizer("sgd", 0.05), key=jr.PRNGKey(2), progress=False)
         train = (np.asarray(X), np.asarray(nd.training.one_hot_targets(y, 2)))
+        # a data set each process loads only its rows of (a global array): the same training
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        rows = NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), PartitionSpec("data"))
+        Xg, Yg = [nd.distributed.global_array(lambda index, a=a: a[index], rows, shape=a.shape) for a in train]
+        assert not Xg.is_fully_addressable
+        a, ha = nd.training.fit(net, (Xg, Yg), epochs=2, run=nd.runs.RunDir(f"{root}/global"), **kw)
+        b, hb = nd.training.fit(net, train, epochs=2, **kw)
+        for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
+        c, hc = nd.training.fit(net, (Xg, Yg), epochs=2, run=nd.runs.RunDir(f"{root}/global"), **kw)  # resumes
+        drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # timings are each process's
+        assert drop(hc) == drop(ha), (hc, ha)
+        print("GLOBAL OK", flush=True)
         nd.training.fit(net, train, epochs=1, run=nd.runs.RunDir(f"{root}/shared"), **kw)
         try:
             nd.training.fit(net, train, epochs=2, run=nd.runs.RunDir(f"{root}/shared" if i == 0 else f"{root}/local"), **kw)
@@ -318,6 +332,7 @@ def test_a_process_that_sees_another_run_directory_is_refused(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert procs[1].returncode == 2, outs[1][1][-2000:]
+    assert "GLOBAL OK" in outs[0][0] and "GLOBAL OK" in outs[1][0]
     assert f"REFUSED process 1 finds {tmp_path}/local at epoch 0, process 0 at epoch 1: the run directory must be on a " \
            "file system every process sees" in outs[1][0]
     assert procs[0].returncode != 0  # it cannot go on alone

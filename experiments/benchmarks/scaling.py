@@ -117,7 +117,10 @@ def _launch(processes: int, devices: int, sizes: dict, timeout: float = 1200) ->
 def run(quick: bool = False, large: bool = False):
     sizes = _sizes(quick, large)
     cores = os.cpu_count() or 1
-    results = {layout: _launch(*layout, sizes) for layout in LAYOUTS}
+    results = {}
+    for layout in LAYOUTS:
+        results[layout] = _launch(*layout, sizes)
+        results[layout]["load_average"] = os.getloadavg()[0]  # other work on the machine during the run
     base = results[(1, 1)]
     rows = []
     for (procs, devs), r in results.items():
@@ -129,12 +132,12 @@ def run(quick: bool = False, large: bool = False):
             "scaling", f"fit, double moon, Layered (2,{sizes['hidden']},{sizes['hidden']},2), B={sizes['batch']}",
             name, "1 device", r["epoch_s"], base["epoch_s"], bound,
             examples_per_s=r["examples_per_epoch"] / r["epoch_s"], train_loss=r["train_loss"],
-            loss_diff=abs(r["train_loss"] - base["train_loss"]), devices=D,
+            loss_diff=abs(r["train_loss"] - base["train_loss"]), devices=D, load_average=r["load_average"],
         ))
         rows.append(row(
             "scaling", f"sweep, {r['points']} points x {sizes['steps']} steps (experiments.sweep)", name, "1 device",
             r["sweep_s"], base["sweep_s"], bound, points_per_s=r["points"] / r["sweep_s"],
-            compile_s=r["sweep_compile_s"], same_results=bool(same), devices=D,
+            compile_s=r["sweep_compile_s"], same_results=bool(same), devices=D, load_average=r["load_average"],
         ))
     return rows
 
