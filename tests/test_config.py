@@ -183,7 +183,7 @@ def test_overrides_reach_maps_lists_and_new_spec_arguments(tmp_path):
     cfg = ndc.load(
         f, WithSpecs,
         overrides=["--estimators.ep.beta", "0.02", "--estimator.adjoint.kind", "Neumann", "--estimator.adjoint.K", "7",
-                   "--sizes.1", "9", "--inner.beta", "0.05", "--estimators.rbp.adjoint", "{kind: Krylov}", "--flag"],
+                   "--sizes.1", "9", "--inner.beta", "0.05", "--estimators.rbp.adjoint", "{kind: JaxGMRES}", "--flag"],
     )
     assert cfg.estimators["ep"]["beta"] == 0.02 and cfg.sizes == (3, 9) and cfg.inner.beta == 0.05 and cfg.flag
     assert cfg.estimator == {"kind": "RBP", "adjoint": {"kind": "Neumann", "K": 7}}

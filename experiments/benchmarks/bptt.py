@@ -135,7 +135,7 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
     xs, ys = jr.uniform(k2, (B, n_in)), jr.uniform(k3, (B, n_out))
     est = nd.BPTT()
     relax, ours = ours_functions(est)
-    _, ref = ours_functions(nd.RBP(adjoint=nd.adjoint.Krylov(rtol=1e-6)), rtol=1e-6, atol=1e-7)
+    _, ref = ours_functions(nd.RBP(adjoint=nd.adjoint.JaxGMRES(rtol=1e-6)), rtol=1e-6, atol=1e-7)
     _, peer = peer_functions()
     (_, g_ours, info), (_, g_ref, _), (_, g_peer) = ours(net, xs, ys), ref(net, xs, ys), peer(net, xs, ys)
     assert bool(jnp.all(info["converged"])), "BPTT's relaxation did not converge on the benchmark problem"

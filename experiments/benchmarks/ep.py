@@ -54,7 +54,7 @@ def run(quick: bool = False, large: bool = False):
         xs, ys = jr.uniform(k2, (B, n_in)), jr.uniform(k3, (B, n_out))
         est = nd.EP(beta=BETA, variant="centered")
         relax, ours = ours_functions(est)
-        _, ref = ours_functions(nd.RBP(adjoint=nd.adjoint.Krylov(rtol=1e-6)), rtol=1e-6, atol=1e-7)
+        _, ref = ours_functions(nd.RBP(adjoint=nd.adjoint.JaxGMRES(rtol=1e-6)), rtol=1e-6, atol=1e-7)
         _, peer = peer_functions()
         import lineax as lx
 

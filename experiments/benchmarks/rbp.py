@@ -150,6 +150,24 @@ def _relaxations(n, B, dtype, repeats, quick=False, gain=0.5):
     return rows
 
 
+def _tolerances(dtype):
+    return (1e-10, 1e-12) if jnp.dtype(dtype) == jnp.float64 else (1e-5, 1e-6)
+
+
+def _lx_gmres(dtype, restart):
+    import lineax as lx
+
+    rtol, atol = _tolerances(dtype)
+    return lx.GMRES(rtol=rtol, atol=atol, max_steps=500, restart=restart)
+
+
+def _lx_bicgstab(dtype):
+    import lineax as lx
+
+    rtol, atol = _tolerances(dtype)
+    return lx.BiCGStab(rtol=rtol, atol=atol, max_steps=500)
+
+
 def _adjoints(n, B, dtype, repeats, quick=False):
     """The adjoint strategies inside nd.RBP, timed against the default (the first row)."""
     rows = []
@@ -160,18 +178,18 @@ def _adjoints(n, B, dtype, repeats, quick=False):
         ("AdjointODE()", nd.adjoint.AdjointODE()),
         ("Neumann(K=10)", nd.adjoint.Neumann(K=10)),
         ("Neumann(K=20)", nd.adjoint.Neumann(K=20)),
-        ("Krylov(gmres, restart=40)", nd.adjoint.Krylov(method="gmres")),
-        ("Krylov(gmres, restart=5)", nd.adjoint.Krylov(method="gmres", restart=5)),
-        ("Krylov(bicgstab)", nd.adjoint.Krylov(method="bicgstab")),
-        ("Krylov(bicgstab, jax)", nd.adjoint.Krylov(method="bicgstab", implementation="jax")),
-        ("Krylov(gmres, restart=10, jax)", nd.adjoint.Krylov(method="gmres", restart=10, implementation="jax")),
+        ("Linear() (lineax GMRES, restart=40)", nd.adjoint.Linear()),
+        ("Linear(lx.GMRES(restart=5))", nd.adjoint.Linear(_lx_gmres(dtype, restart=5))),
+        ("Linear(lx.BiCGStab, fallback GMRES)", nd.adjoint.Linear(_lx_bicgstab(dtype), fallback=_lx_gmres(dtype, restart=40))),
+        ("JaxBiCGStab()", nd.adjoint.JaxBiCGStab()),
+        ("JaxGMRES(restart=10)", nd.adjoint.JaxGMRES(restart=10)),
         ("DenseLU()", nd.adjoint.DenseLU()),
     ]
     if quick:
         candidates = [candidates[0], candidates[3], candidates[6]]
     if n > 256:
         # A batched dense LU and GMRES(40) at n = 1024, B = 256 compile for minutes.
-        candidates = [c for c in candidates if c[0] not in ("DenseLU()", "Krylov(gmres, restart=40)")]
+        candidates = [c for c in candidates if c[0] not in ("DenseLU()", "Linear() (lineax GMRES, restart=40)")]
     fns = [_rbp_fn(nd.RBP(adjoint=adj)) for _, adj in candidates]
     outs = [f(net, xs, ys) for f in fns]
     times = time_side_by_side([(f, net, xs, ys) for f in fns], repeats=repeats)

@@ -6,5 +6,10 @@ from ._base import (
     AdjointSolution as AdjointSolution,
 )
 from ._dense import DenseLU as DenseLU
-from ._krylov import Krylov as Krylov
+from ._linear import (
+    JaxBiCGStab as JaxBiCGStab,
+    JaxCG as JaxCG,
+    JaxGMRES as JaxGMRES,
+    Linear as Linear,
+)
 from ._neumann import Neumann as Neumann

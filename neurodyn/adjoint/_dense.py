@@ -12,7 +12,7 @@ class DenseLU(AbstractAdjointSolve):
     !!! warning
 
         Never the default: at n = 4096 the Jacobian alone is 128 MiB in float64 and the
-        factorisation dominates everything else. Use `Krylov` for anything but tiny networks.
+        factorisation dominates everything else. Use `Linear`, `JaxBiCGStab` or `AdjointODE` for anything but tiny networks.
     """
 
     def solve(self, matvec, g, jacobian, symmetric, dt):

@@ -30,10 +30,12 @@ class RBP(AbstractSurrogateEstimator):
     **Arguments:**
 
     - `adjoint`: the adjoint solve, an `nd.adjoint` strategy: `AdjointODE()` (default: the
-      adjoint dynamics of Almeida (1987) and Pineda (1987) with the forward relaxation's solver step, chosen by
-      measurement: on CPU at n = 256, B = 32 it took 1.6 ms against 19 ms for lineax GMRES
-      with restart 40 and 4 ms with restart 5, see the README), `Krylov()` (CG on energy
-      networks, GMRES otherwise; fewest iterations), `Neumann(K)`, `DenseLU()`.
+      adjoint dynamics of Almeida (1987) and Pineda (1987) with the forward relaxation's
+      solver step, the fastest on the CPU in the README's adjoint table), `Linear(solver)`
+      (any lineax solver, matrix-free: CG on energy networks and GMRES otherwise by default),
+      `JaxBiCGStab()`, `JaxGMRES()`, `JaxCG()` (jax.scipy's Krylov solves, faster than
+      lineax's under `vmap`), `Neumann(K)`, `DenseLU()`, or your own
+      `nd.adjoint.AbstractAdjointSolve`.
     - `stability_check`: if True, estimate the eigenvalue of J with the largest real part
       by power iteration on `I + dt J` (JVPs only) and report it in
       `info["leading_eigenvalue"]`; an equilibrium with a non-negative one is flagged.
