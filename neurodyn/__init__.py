@@ -32,6 +32,7 @@ from ._outcome import RESULTS as RESULTS
 from ._value_and_grad import value_and_grad as value_and_grad
 from .estimators import (
     AbstractEstimator as AbstractEstimator,
+    AbstractSurrogateEstimator as AbstractSurrogateEstimator,
     BPTT as BPTT,
     EP as EP,
     RBP as RBP,

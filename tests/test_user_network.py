@@ -8,7 +8,7 @@ import pytest
 
 import neurodyn as nd
 from neurodyn import config as ndc
-from neurodyn.estimators._base import AbstractSurrogateEstimator
+from neurodyn import AbstractSurrogateEstimator
 
 
 class TauRNN(nd.networks.AbstractNetwork):
