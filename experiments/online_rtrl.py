@@ -9,7 +9,6 @@ steps), `metrics.jsonl` (the running loss along the stream) and `figures/trainin
 """
 
 import dataclasses
-import json
 import sys
 
 import equinox as eqx
@@ -20,7 +19,7 @@ import optax
 import neurodyn as nd
 import neurodyn.plotting as ndp
 from neurodyn import config as ndc
-from neurodyn.runs import atomic_write, RunDir
+from neurodyn.runs import RunDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +53,8 @@ def main(argv=None):
         for sens in cfg.sensitivities:
             # One stream per (sensitivity, seed), saved when it ends: a re-run skips it.
             done_key = f"rtrl-{sens}-seed{seed}"
-            result_file = run.path / "checkpoints" / f"{done_key}.json"
-            if run.done(done_key):
-                result = json.loads(result_file.read_text())
+            result = run.load_result(done_key) if run.done(done_key) else None
+            if result is not None:
                 print(f"{done_key}: done already, not recomputed", file=sys.stderr)
             else:
                 student = nd.networks.CTRNN(cfg.n_student, cfg.n_in, 1, gain=0.5, key=jr.PRNGKey(seed))
@@ -72,8 +70,7 @@ def main(argv=None):
                 summary = dict(sensitivity=sens, seed=seed, first_loss=float(L[:w].mean()), last_loss=float(L[-w:].mean()),
                                ratio=float(L[-w:].mean() / L[:w].mean()))
                 result = dict(curve=curve, summary=summary)
-                if run.writer:
-                    atomic_write(result_file, json.dumps(result))
+                run.save_result(done_key, result)  # checksummed; a damaged one is recomputed
                 run.mark_done(done_key)
             curves += result["curve"]
             rows.append(result["summary"])

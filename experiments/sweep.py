@@ -24,7 +24,6 @@ recomputes no finished chunk.
 """
 
 import dataclasses
-import json
 import sys
 from typing import Any
 
@@ -38,7 +37,7 @@ import optax
 import neurodyn as nd
 import neurodyn.distributed  # noqa: F401  (nd.distributed)
 from neurodyn import config as ndc
-from neurodyn.runs import atomic_write, RunDir
+from neurodyn.runs import RunDir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,9 +156,9 @@ def main(argv=None):
             fn = make_problem(cfg, hidden, est, estimator_axes)
             for start in range(0, P, cfg.chunk):
                 key = f"{ndc.check_name(name, 'estimators', key=True)}-hidden{hidden}-points{start}-{min(start + cfg.chunk, P)}"
-                result_file = run.path / "checkpoints" / f"{key}.json"
-                if run.done(key):
-                    chunk_rows = json.loads(result_file.read_text())
+                # A chunk's rows are a checksummed result: a damaged one is named and recomputed.
+                chunk_rows = run.load_result(key) if run.done(key) else None
+                if chunk_rows is not None:
                     print(f"{key}: done already, not recomputed", file=sys.stderr)
                 else:
                     sub = {k: v[start : start + cfg.chunk] for k, v in points.items()}
@@ -169,12 +168,16 @@ def main(argv=None):
                              **{k: float(np.asarray(v)[i]) for k, v in out.items()})
                         for i in range(nd.sweeps.n_points(sub))
                     ]
-                    if run.writer:
-                        atomic_write(result_file, json.dumps(chunk_rows))
-                    run.mark_done(key)  # after the results file: a done marker always has its results
+                    run.save_result(key, chunk_rows)
+                    run.mark_done(key)  # after the result: a done marker always has its results
                 rows += chunk_rows
     run.replace_rows(rows)  # rebuilt from the chunks: never duplicated by a resumed run
     run.write_summary(rows)
+    if run.writer:
+        import neurodyn.plotting as ndp
+
+        group = ("estimator", "hidden", *[f"estimator.{k}" for k in estimator_axes])
+        ndp.save(ndp.sweep_curves(rows, x="learning_rate", metric="test_accuracy", group=group), run.figures / "sweep")
     best = max(rows, key=lambda r: r["test_accuracy"])
     print(f"{len(rows)} sweep points on {len(jax.devices())} device(s); best: {best}")
 
