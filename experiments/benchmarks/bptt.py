@@ -110,8 +110,8 @@ def _trajectory(n, B, repeats):
         raise AssertionError(f"nd.BPTT disagrees with the lax.scan reference (rel err {err:.2e})")
     old, through = per_example_functions(est, obj, **opts), through_grad_function(est, obj, **opts)
     d_old, d_through = check_batch_path("bptt", net, xs, ys, ours, old, through)
-    t_ours, t_fwd, t_old, t_through, t_peer_fwd, t_peer = time_side_by_side(
-        [(ours, net, xs, ys), (forward, net, xs), (old, net, xs, ys), (through, net, xs, ys),
+    t_ours, t_through, t_fwd, t_old, t_peer_fwd, t_peer = time_side_by_side(
+        [(ours, net, xs, ys), (through, net, xs, ys), (forward, net, xs), (old, net, xs, ys),
          (peer_forward, net, xs, ys), (peer, net, xs, ys)],
         repeats=repeats,
     )
@@ -144,8 +144,8 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
                  stored_steps=est.stored_steps, stored_path=steps <= est.stored_steps)
     old, through = per_example_functions(est), through_grad_function(est)
     d_old, d_through = check_batch_path("bptt", net, xs, ys, ours, old, through)
-    t_ours, t_relax, t_old, t_through, t_peer = time_side_by_side(
-        [(ours, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (through, net, xs, ys), (peer, net, xs, ys)],
+    t_ours, t_through, t_relax, t_old, t_peer = time_side_by_side(
+        [(ours, net, xs, ys), (through, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (peer, net, xs, ys)],
         repeats=repeats,
     )
     problem = f"Hopfield n={n} B={B} float32, steady state (BPTT of the relaxation)"

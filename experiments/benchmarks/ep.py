@@ -74,8 +74,8 @@ def run(quick: bool = False, large: bool = False):
         )
         old, through = per_example_functions(est), through_grad_function(est)
         d_old, d_through = check_batch_path("ep", net, xs, ys, ours, old, through)
-        t_ours, t_relax, t_old, t_through, t_peer, t_opt = time_side_by_side(
-            [(ours, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (through, net, xs, ys), (peer, net, xs, ys),
+        t_ours, t_through, t_relax, t_old, t_peer, t_opt = time_side_by_side(
+            [(ours, net, xs, ys), (through, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (peer, net, xs, ys),
              (opeer, net, xs, ys)],
             repeats=repeats,
         )

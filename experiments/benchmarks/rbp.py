@@ -106,8 +106,8 @@ def _head(kind, n, B, large, repeats):
         peers = peers[1:]  # a batched dense n x n LU per example: B n^2 floats, minutes to compile
     opeers = [optimistix_peer_functions(linear_solver=solver)[1] for _, solver in peers]
     e_opt = [rel(opeer(net, xs, ys)[1], g_ref) for opeer in opeers]
-    t_ours, t_relax, t_old, t_through, t_peer, *t_opt = time_side_by_side(
-        [(ours, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (through, net, xs, ys), (peer, net, xs, ys)]
+    t_ours, t_through, t_relax, t_old, t_peer, *t_opt = time_side_by_side(
+        [(ours, net, xs, ys), (through, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (peer, net, xs, ys)]
         + [(opeer, net, xs, ys) for opeer in opeers],
         repeats=repeats,
     )
