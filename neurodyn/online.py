@@ -18,14 +18,15 @@ import optax
 from . import losses as _losses
 from ._dynamics import check_input
 from ._misc import tree_dtype
-from .estimators._rtrl import (
+from .rtrl import (
+    AbstractSensitivity,
     contract,
+    Exact,
     integrate_interval_joint,
     joint_step,
     sensitivity_aux,
     zero_sensitivities,
 )
-from .rtrl import AbstractSensitivity, Exact
 
 
 def fit_online(
