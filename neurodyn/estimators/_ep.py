@@ -29,11 +29,11 @@ class EP(AbstractSurrogateEstimator):
 
     `dr/dt = F(r) - beta (dl/dr)^T`,
 
-    so `beta > 0` pulls the state towards lower loss. DESIGN.md writes the same dynamics
-    with the opposite sign of the nudge, `F + b (dl/dr)^T`: its `b` is our `-beta`. Let
+    so `beta > 0` pulls the state towards lower loss. (Written as `F + b (dl/dr)^T`, with the
+    opposite sign of the nudge, `b` is our `-beta`.) Let
     `r^beta` be the nudged equilibrium and `J = dF/dr` at the free one `r^0 = r*`. Then
 
-    `dr^beta/dbeta = J^-1 (dl/dr)^T` (DESIGN's `dr*/db = -J^-1 (dl/dr)^T`),
+    `dr^beta/dbeta = J^-1 (dl/dr)^T` (in the other sign convention `dr*/db = -J^-1 (dl/dr)^T`),
 
     while the exact gradient is `dl/dw = -dl/dr J^-1 dF/dw` (plus the readout's direct
     term). When `J` is symmetric, `-dl/dr J^-1 = -(dr^beta/dbeta)^T`, so
@@ -72,13 +72,13 @@ class EP(AbstractSurrogateEstimator):
     `hard_logistic`, `PReLU`, `Maxout`) are not, and are refused with a `ValueError` (a
     plain callable such as `jnp.tanh` is taken on trust). The loss must be holomorphic too
     (`squared_error` is; `softmax_cross_entropy` is, near the real axis). On a network
-    without an energy the seed formula below uses `delta = Re sum_k c_k r^{beta_k}`; it is
+    without an energy the general formula below uses `delta = Re sum_k c_k r^{beta_k}`; it is
     biased when `J` is not symmetric, as for the other variants.
 
     On an energy network (`nd.networks.AbstractEnergyNetwork`, `F = -dE/dr`) the update is the
     classic one: `dl/dw ~ (dE/dw(r^beta) - dE/dw(r^-beta)) / (2 beta)` (centered) or
     `(dE/dw(r^beta) - dE/dw(r^0)) / beta` (one-sided), which needs no `dF/dw` and no Jacobian.
-    On any other network it is the seed formula `-((r^a - r^b)/(a - b))^T dF/dw(r*)` (one VJP
+    On any other network it is the general formula (Scellier & Bengio 2019) `-((r^a - r^b)/(a - b))^T dF/dw(r*)` (one VJP
     of F), biased however small beta is when `J` is not symmetric: `info["asymmetry"]` then
     reports `||J - J^T||_F / ||J||_F`, estimated from random probes (one JVP and one VJP of F
     each, no dense `J`). Parameters of the readout get their direct gradient at `r*`.
