@@ -218,7 +218,8 @@ def _checkpoint(run: pathlib.Path) -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_two_processes_sweep_and_training_equal_one_process(tmp_path):
-    sweep = ["--config", "configs/sweep_double_moon.yaml", "--quick", "--steps", "10"]
+    sweep = ["--config", "configs/sweep_double_moon.yaml", "--quick", "--steps", "10", "--sweep.seed", "[0, 1]",
+             "--sweep.learning_rate", "[0.03, 0.1]"]
     cfg = tmp_path / "train.yaml"
     cfg.write_text(TRAIN_CONFIG)
     train = ["--config", str(cfg)]
