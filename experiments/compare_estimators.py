@@ -65,8 +65,9 @@ class Part:
     )
     sweeps: tuple[Sweep, ...] = ndc.field((), help="knob sweeps of the variants")
     measure: tuple[str, ...] = ndc.field(
-        (), help="the variants measured on their own (default: all; the quick run measures fewer); sweeps may "
-        "name any variant"
+        (),
+        help="the variants measured on their own (default: all; the quick run measures fewer); sweeps may "
+        "name any variant",
     )
 
 
@@ -76,7 +77,9 @@ class Scaling:
     sizes: tuple[int, ...] = ndc.field((16, 32, 64), help="network sizes n", ge=2, nonempty=True)
     batch: int = ndc.field(8, help="examples in the batch", ge=1)
     dtype: str = ndc.field("float32", help="the dtype timed", choices=("float32", "float64"))
-    variants: tuple[str, ...] = ndc.field(("bptt", "rbp", "ep-centered", "rtrl"), help="variants of the steady part timed")
+    variants: tuple[str, ...] = ndc.field(
+        ("bptt", "rbp", "ep-centered", "rtrl"), help="variants of the steady part timed"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,10 +125,14 @@ def check(cfg: Config):
             ndc.check_network(spec, f"{name}.network.")
         for sw in part.sweeps:
             if sw.variant not in part.variants:
-                raise ndc.ConfigError(f"{name}.sweeps: '{sw.variant}' is not a variant (variants: {', '.join(part.variants)})")
+                raise ndc.ConfigError(
+                    f"{name}.sweeps: '{sw.variant}' is not a variant (variants: {', '.join(part.variants)})"
+                )
         for v in part.measure:
             if v not in part.variants:
-                raise ndc.ConfigError(f"{name}.measure names '{v}', not a variant (variants: {', '.join(part.variants)})")
+                raise ndc.ConfigError(
+                    f"{name}.measure names '{v}', not a variant (variants: {', '.join(part.variants)})"
+                )
     if cfg.scaling.enabled:
         for v in cfg.scaling.variants:
             if v not in cfg.steady.variants:
@@ -196,7 +203,10 @@ def run_part(part_name: str, part: Part, seed: int, run: RunDir):
         row = _row(part_name, name, m, stats, **knobs)
         run.log(dict(row, **{k: v for k, v in stats.items() if k not in row}))
         rows.append(row)
-        print(f"[{part_name}] {name} {knobs or ''}: cosine {stats['cosine']:.6f}, rel err {stats['rel_error']:.2e}, {1e3 * m['time_s']:.2f} ms", file=sys.stderr)
+        print(
+            f"[{part_name}] {name} {knobs or ''}: cosine {stats['cosine']:.6f}, rel err {stats['rel_error']:.2e}, {1e3 * m['time_s']:.2f} ms",
+            file=sys.stderr,
+        )
         return m
 
     for name, spec in part.variants.items():
@@ -204,7 +214,9 @@ def run_part(part_name: str, part: Part, seed: int, run: RunDir):
             grads[name] = evaluate(name, spec)["grads"]
     for sw in part.sweeps:
         if sw.variant not in part.variants:
-            raise ndc.ConfigError(f"sweep over '{sw.knob}' names the unknown variant '{sw.variant}' (variants: {', '.join(part.variants)})")
+            raise ndc.ConfigError(
+                f"sweep over '{sw.knob}' names the unknown variant '{sw.variant}' (variants: {', '.join(part.variants)})"
+            )
         column = sw.knob.replace(".", "_")
         for v in sw.values:
             spec = _with_knob(part.variants[sw.variant], sw.knob, v)
@@ -230,8 +242,16 @@ def run_scaling(cfg: Config, run: RunDir):
                 raise ndc.ConfigError(f"scaling.variants names '{name}', not a variant of the steady part")
             est = ndc.build_object(part.variants[name], f"steady.variants.{name}.", family="estimators")
             m = fid.measure(est, net, xs, ys, objective)
-            row = dict(part="scaling", estimator=name, n=n, time_s=m["time_s"], compile_s=m["compile_s"],
-                       peak_bytes=m["peak_bytes"], converged_fraction=m["converged_fraction"], dtype=sc.dtype)
+            row = dict(
+                part="scaling",
+                estimator=name,
+                n=n,
+                time_s=m["time_s"],
+                compile_s=m["compile_s"],
+                peak_bytes=m["peak_bytes"],
+                converged_fraction=m["converged_fraction"],
+                dtype=sc.dtype,
+            )
             run.log(row)
             rows.append(row)
             print(f"[scaling] n={n} {name}: {1e3 * m['time_s']:.2f} ms, peak {m['peak_bytes']} B", file=sys.stderr)
@@ -255,16 +275,33 @@ def plot(run_dir) -> list[str]:
             srows = [r for r in prows if r.get("sweep") == column]
             names = {r["estimator"] for r in srows}
             slopes = THEORY.get(column)
-            label = {"beta": "nudging strength beta", "adjoint_K": "Neumann terms K", "truncation": "truncation depth h (intervals or steps)", "adjoint_rtol": "Krylov tolerance rtol"}.get(column, column)
-            fig = ndp.fidelity_vs_knob(srows, column, slopes=slopes, knob_label=label, logx=column in LOG_KNOBS,
-                                       title=f"{part}: {', '.join(sorted(names))} against {column}")
+            label = {
+                "beta": "nudging strength beta",
+                "adjoint_K": "Neumann terms K",
+                "truncation": "truncation depth h (intervals or steps)",
+                "adjoint_rtol": "Krylov tolerance rtol",
+            }.get(column, column)
+            fig = ndp.fidelity_vs_knob(
+                srows,
+                column,
+                slopes=slopes,
+                knob_label=label,
+                logx=column in LOG_KNOBS,
+                title=f"{part}: {', '.join(sorted(names))} against {column}",
+            )
             files += ndp.save(fig, run.figures / f"{part}-fidelity-vs-{column}")
         for r in rows:
             if r.get("part") == part and r.get("kind") == "alignment":
-                files += ndp.save(ndp.alignment(r["names"], np.array(r["matrix"]), title=f"{part}: gradient alignment"), run.figures / f"{part}-alignment")
+                files += ndp.save(
+                    ndp.alignment(r["names"], np.array(r["matrix"]), title=f"{part}: gradient alignment"),
+                    run.figures / f"{part}-alignment",
+                )
     srows = [r for r in rows if r.get("part") == "scaling"]
     if srows:
-        files += ndp.save(ndp.cost_vs_n(srows, title=f"Cost against n ({srows[0].get('dtype', '')}, batch of examples)"), run.figures / "cost-vs-n")
+        files += ndp.save(
+            ndp.cost_vs_n(srows, title=f"Cost against n ({srows[0].get('dtype', '')}, batch of examples)"),
+            run.figures / "cost-vs-n",
+        )
     trows = [r for r in rows if r.get("part") == "training"]
     if trows:
         files += ndp.save(ndp.training_curves(trows), run.figures / "training")
@@ -293,13 +330,25 @@ def main(argv=None):
             rows += run_part(name, part, cfg.seed, run)
     if cfg.scaling.enabled:
         rows += run_scaling(cfg, run)
-    columns = ["part", "estimator", "cosine", "rel_error", "sign_agreement", "time_s", "compile_s", "peak_bytes", "converged_fraction"]
+    columns = [
+        "part",
+        "estimator",
+        "cosine",
+        "rel_error",
+        "sign_agreement",
+        "time_s",
+        "compile_s",
+        "peak_bytes",
+        "converged_fraction",
+    ]
     run.write_summary(rows, columns + sorted({k for r in rows for k in r} - set(columns)))
     files = plot(run.path)
     print(f"wrote {run.path / 'summary.csv'} and {len(files)} figure files in {run.figures}")
     for r in rows:
         if r["part"] != "scaling" and "sweep" not in r:
-            print(f"  {r['part']:>10} {r['estimator']:<16} cosine {r['cosine']:.6f}  rel_error {r['rel_error']:.2e}  {1e3 * r['time_s']:8.2f} ms")
+            print(
+                f"  {r['part']:>10} {r['estimator']:<16} cosine {r['cosine']:.6f}  rel_error {r['rel_error']:.2e}  {1e3 * r['time_s']:8.2f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ class Config:
     learning_rate: float = ndc.field(3e-3, help="Adam's learning rate", gt=0)
     update_every: int = ndc.field(1, help="update the weights every this many steps", ge=1)
     sensitivities: tuple[str, ...] = ndc.field(
-        ("Exact", "SnAp1", "Diagonal"), help="RTRL sensitivity kinds (nd.rtrl); each is part of a file name",
-        names=True, nonempty=True,
+        ("Exact", "SnAp1", "Diagonal"),
+        help="RTRL sensitivity kinds (nd.rtrl); each is part of a file name",
+        names=True,
+        nonempty=True,
     )
     seeds: tuple[int, ...] = ndc.field((0,), help="one stream per seed", ge=0, nonempty=True)
     window: int = ndc.field(300, help="steps of the running loss reported first and last", ge=1)
@@ -59,16 +61,32 @@ def main(argv=None):
             else:
                 student = nd.networks.CTRNN(cfg.n_student, cfg.n_in, 1, gain=0.5, key=jr.PRNGKey(seed))
                 _, losses = eqx.filter_jit(nd.online.fit_online)(
-                    student, xs, ys, optimizer=optax.adam(cfg.learning_rate), update_every=cfg.update_every,
+                    student,
+                    xs,
+                    ys,
+                    optimizer=optax.adam(cfg.learning_rate),
+                    update_every=cfg.update_every,
                     sensitivity=ndc.build_object({"kind": sens}, "sensitivities.", family="sensitivities"),
                 )
                 L = np.asarray(losses)
                 w = min(cfg.window, len(L) // 2)
-                curve = [dict(part="training", estimator=f"rtrl-{sens}", seed=seed, epoch=i + 1,
-                              train_loss=float(np.mean(L[max(0, i - w) : i + 1])))
-                         for i in range(0, len(L), max(len(L) // 50, 1))]
-                summary = dict(sensitivity=sens, seed=seed, first_loss=float(L[:w].mean()), last_loss=float(L[-w:].mean()),
-                               ratio=float(L[-w:].mean() / L[:w].mean()))
+                curve = [
+                    dict(
+                        part="training",
+                        estimator=f"rtrl-{sens}",
+                        seed=seed,
+                        epoch=i + 1,
+                        train_loss=float(np.mean(L[max(0, i - w) : i + 1])),
+                    )
+                    for i in range(0, len(L), max(len(L) // 50, 1))
+                ]
+                summary = dict(
+                    sensitivity=sens,
+                    seed=seed,
+                    first_loss=float(L[:w].mean()),
+                    last_loss=float(L[-w:].mean()),
+                    ratio=float(L[-w:].mean() / L[:w].mean()),
+                )
                 result = dict(curve=curve, summary=summary)
                 run.save_result(done_key, result)  # checksummed; a damaged one is recomputed
                 run.mark_done(done_key)
@@ -78,7 +96,10 @@ def main(argv=None):
             print(f"{sens} seed {seed}: online loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}", file=sys.stderr)
     run.replace_rows(curves)
     run.write_summary(rows)
-    ndp.save(ndp.training_curves(curves, metrics=("train_loss",), title="Online RTRL: running loss on the stream"), run.figures / "training")
+    ndp.save(
+        ndp.training_curves(curves, metrics=("train_loss",), title="Online RTRL: running loss on the stream"),
+        run.figures / "training",
+    )
     for r in rows:
         print(r)
 

@@ -69,7 +69,9 @@ def read_run(path) -> dict:
     try:
         doc = yaml.safe_load(cfg_file.read_text())
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-        raise ReportError(f"{cfg_file} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise ReportError(
+            f"{cfg_file} cannot be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise ReportError(f"{cfg_file} is not a run's config (no 'config:' mapping)")
     metrics_file, summary_file = path / "metrics.jsonl", path / "summary.csv"
@@ -87,7 +89,9 @@ def read_run(path) -> dict:
     summary = []
     if summary_file.is_file():
         try:
-            summary = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(summary_file.read_text()))]
+            summary = [
+                {k: _number(v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(summary_file.read_text()))
+            ]
         except (csv.Error, UnicodeDecodeError) as e:
             raise ReportError(f"{summary_file} cannot be read: {e}") from None
     if not summary:  # a sub-run: its last logged row per (estimator, seed)
@@ -193,7 +197,9 @@ def pick_metric(rows: list[dict], metric: str | None) -> str | None:
 
 def curves_figure(rows: list[dict], metric: str):
     """Learning curves overlaid: one colour per (run, estimator), mean over seeds, band min..max."""
-    metrics = list(dict.fromkeys(m for m in ("train_loss", metric) if any(isinstance(r.get(m), (int, float)) for r in rows)))
+    metrics = list(
+        dict.fromkeys(m for m in ("train_loss", metric) if any(isinstance(r.get(m), (int, float)) for r in rows))
+    )
     fig, axes = ndp._subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
     groups = defaultdict(list)
     for r in rows:
@@ -225,12 +231,20 @@ def curves_figure(rows: list[dict], metric: str):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or sub-runs) to compare")
-    p.add_argument("--out", default="runs/report", help="where report.md, report.csv and figures/ go (default: runs/report)")
-    p.add_argument("--metric", default=None, help="the metric plotted next to the training loss (default: "
-                   + ", ".join(DEFAULT_METRICS[:-1]) + ", whichever is logged first)")
+    p.add_argument(
+        "--out", default="runs/report", help="where report.md, report.csv and figures/ go (default: runs/report)"
+    )
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="the metric plotted next to the training loss (default: "
+        + ", ".join(DEFAULT_METRICS[:-1])
+        + ", whichever is logged first)",
+    )
     args = p.parse_args(argv)
     try:
         runs = [read_run(r) for r in args.runs]
@@ -242,7 +256,9 @@ def main(argv=None):
         metric = pick_metric(crows or rows, args.metric)
         if args.metric is not None and not any(args.metric in r for r in crows + rows):
             known = sorted({k for r in crows for k, v in r.items() if isinstance(v, (int, float))} - {"epoch", "seed"})
-            raise ReportError(f"--metric {args.metric}: no run logged it (logged: {', '.join(known) or 'nothing numeric'})")
+            raise ReportError(
+                f"--metric {args.metric}: no run logged it (logged: {', '.join(known) or 'nothing numeric'})"
+            )
     except ReportError as e:
         print(f"report: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -257,10 +273,15 @@ def main(argv=None):
         print(f"wrote {out / 'report.md'}, {out / 'report.csv'} and {files[0]}", file=sys.stderr)
     elif swept:  # sweeps: no learning curves, the metric against the learning rate instead
         group = ("run", "estimator") if len(runs) > 1 else ("estimator",)
-        files = ndp.save(ndp.sweep_curves(swept, x="learning_rate", metric=metric, group=group), out / "figures" / "sweep")
+        files = ndp.save(
+            ndp.sweep_curves(swept, x="learning_rate", metric=metric, group=group), out / "figures" / "sweep"
+        )
         print(f"wrote {out / 'report.md'}, {out / 'report.csv'} and {files[0]}", file=sys.stderr)
     else:
-        print(f"wrote {out / 'report.md'} and {out / 'report.csv'} (no learning curves in these runs: no figure)", file=sys.stderr)
+        print(
+            f"wrote {out / 'report.md'} and {out / 'report.csv'} (no learning curves in these runs: no figure)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ from neurodyn.runs import RunDir
 @dataclasses.dataclass(frozen=True)
 class Task:
     name: str = ndc.field(
-        "copy", help="the task: generated (copy, adding, delayed_xor) or a data set read as sequences (mnist1d: the "
-        "40 values one per step, the class at the last step)", choices=("copy", "adding", "delayed_xor", "mnist1d"),
+        "copy",
+        help="the task: generated (copy, adding, delayed_xor) or a data set read as sequences (mnist1d: the "
+        "40 values one per step, the class at the last step)",
+        choices=("copy", "adding", "delayed_xor", "mnist1d"),
     )
     length: int = ndc.field(4, help="copy: symbols to recall", ge=1)
     n_symbols: int = ndc.field(4, help="copy: alphabet size", ge=2)
@@ -52,7 +54,9 @@ class Config:
     estimators: dict[str, Any] = ndc.field(
         default_factory=lambda: {"bptt": {"kind": "BPTT"}},
         help="name -> {kind: estimator class, **arguments}; each name is a sub-run folder",
-        spec="estimators", names=True, nonempty=True,
+        spec="estimators",
+        names=True,
+        nonempty=True,
     )
     learning_rate: float = ndc.field(3e-3, help="Adam's learning rate", gt=0)
     steps: int = ndc.field(2000, help="training steps", ge=1)
@@ -98,7 +102,8 @@ def sampler(task: Task, train=None):
 def main(argv=None):
     cfg, args = ndc.cli(Config, argv, description=__doc__)
     estimators = {
-        name: ndc.build_object(spec, f"estimators.{name}.", family="estimators") for name, spec in cfg.estimators.items()
+        name: ndc.build_object(spec, f"estimators.{name}.", family="estimators")
+        for name, spec in cfg.estimators.items()
     }
     run = RunDir(args.out, cfg)
     train, test = mnist1d_sequences() if cfg.task.name == "mnist1d" else (None, None)
@@ -156,16 +161,36 @@ def main(argv=None):
             for i in range(start, cfg.steps):
                 params, opt_state, lval = step(params, opt_state, jr.fold_in(key, i))
                 if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.steps:
-                    row = dict(part="training", estimator=name, seed=seed, epoch=i + 1, train_loss=float(lval),
-                               **{metric_name: float(evaluate(params, jr.PRNGKey(999), test))})
+                    row = dict(
+                        part="training",
+                        estimator=name,
+                        seed=seed,
+                        epoch=i + 1,
+                        train_loss=float(lval),
+                        **{metric_name: float(evaluate(params, jr.PRNGKey(999), test))},
+                    )
                     history.append(row)
                     sub.save_checkpoint((params, opt_state), dict(step=i + 1, history=history))
                     sub.log(row)
             last = history[-1]
             curves += history
-            rows.append(dict(estimator=name, seed=seed, steps=cfg.steps, train_loss=last["train_loss"],
-                             **{("test_mse" if not classify else "recall_accuracy" if test is None else "test_accuracy"): last[metric_name]}))
-            print(f"{name} seed {seed}: loss {last['train_loss']:.4f}, {metric_name} {last[metric_name]:.4f}", file=sys.stderr)
+            rows.append(
+                dict(
+                    estimator=name,
+                    seed=seed,
+                    steps=cfg.steps,
+                    train_loss=last["train_loss"],
+                    **{
+                        ("test_mse" if not classify else "recall_accuracy" if test is None else "test_accuracy"): last[
+                            metric_name
+                        ]
+                    },
+                )
+            )
+            print(
+                f"{name} seed {seed}: loss {last['train_loss']:.4f}, {metric_name} {last[metric_name]:.4f}",
+                file=sys.stderr,
+            )
     run.replace_rows(curves)
     run.write_summary(rows)
     ndp.save(ndp.training_curves(curves, metrics=("train_loss", metric_name)), run.figures / "training")

@@ -42,7 +42,9 @@ from neurodyn.runs import RunDir
 
 @dataclasses.dataclass(frozen=True)
 class SweepAxes:
-    seed: tuple[int, ...] = ndc.field((0, 1, 2, 3), help="the seeds (initialisation and mini-batches)", ge=0, nonempty=True)
+    seed: tuple[int, ...] = ndc.field(
+        (0, 1, 2, 3), help="the seeds (initialisation and mini-batches)", ge=0, nonempty=True
+    )
     learning_rate: tuple[float, ...] = ndc.field((0.01, 0.03), help="the learning rates", gt=0, nonempty=True)
     estimator: dict[str, tuple[float, ...]] = ndc.field(
         default_factory=dict, help="array field of the estimators (beta, adjoint.rtol) -> its values"
@@ -69,14 +71,17 @@ class Config:
     estimators: dict[str, Any] = ndc.field(
         default_factory=lambda: {"rbp": {"kind": "RBP"}},
         help="name -> {kind: estimator class, **arguments}; each name is part of a checkpoint file name",
-        spec="estimators", names=True, nonempty=True,
+        spec="estimators",
+        names=True,
+        nonempty=True,
     )
     optimizer: Optimizer = ndc.field(Optimizer(), help="the optimiser")
     sweep: SweepAxes = ndc.field(SweepAxes(), help="numeric axes, run together as one jit(vmap)")
     grid: Grid = ndc.field(Grid(), help="static axes, one compile each")
     chunk: int = ndc.field(64, help="points per saved chunk", ge=1)
     distributed: bool = ndc.field(
-        False, help="jax.distributed.initialize() from the cluster's environment (SLURM); the --distributed flag is the same"
+        False,
+        help="jax.distributed.initialize() from the cluster's environment (SLURM); the --distributed flag is the same",
     )
 
 
@@ -137,9 +142,12 @@ def main(argv=None):
     if cfg.distributed:
         nd.distributed.initialize()  # the config field: from the cluster's environment (SLURM)
     if cfg.batch_size > (n := n_train(cfg)):
-        raise ndc.ConfigError(f"'batch_size' = {cfg.batch_size} is larger than the training set ({n} examples): must be <= {n}")
+        raise ndc.ConfigError(
+            f"'batch_size' = {cfg.batch_size} is larger than the training set ({n} examples): must be <= {n}"
+        )
     estimators = {
-        name: ndc.build_object(spec, f"estimators.{name}.", family="estimators") for name, spec in cfg.estimators.items()
+        name: ndc.build_object(spec, f"estimators.{name}.", family="estimators")
+        for name, spec in cfg.estimators.items()
     }
     estimator_axes = tuple(cfg.sweep.estimator)
     for name, est in estimators.items():
@@ -164,8 +172,12 @@ def main(argv=None):
                     sub = {k: v[start : start + cfg.chunk] for k, v in points.items()}
                     out = nd.sweeps.run(fn, sub)
                     chunk_rows = [
-                        dict(estimator=name, hidden=hidden, **{k: np.asarray(v)[i].item() for k, v in sub.items()},
-                             **{k: float(np.asarray(v)[i]) for k, v in out.items()})
+                        dict(
+                            estimator=name,
+                            hidden=hidden,
+                            **{k: np.asarray(v)[i].item() for k, v in sub.items()},
+                            **{k: float(np.asarray(v)[i]) for k, v in out.items()},
+                        )
                         for i in range(nd.sweeps.n_points(sub))
                     ]
                     run.save_result(key, chunk_rows)

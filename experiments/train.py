@@ -38,8 +38,10 @@ class Data:
     distance: float = ndc.field(-1.0, help="double_moon: vertical distance between the moons (negative: interleaved)")
     valid_fraction: float = ndc.field(0.1, help="fraction of the data held out for validation", ge=0, lt=1)
     test_fraction: float = ndc.field(
-        0.2, help="fraction of the data held out for testing (mnist1d: its generator's test split, the last 20%)",
-        ge=0, lt=1,
+        0.2,
+        help="fraction of the data held out for testing (mnist1d: its generator's test split, the last 20%)",
+        ge=0,
+        lt=1,
     )
 
 
@@ -54,7 +56,9 @@ class Optimizer:
 class StoppingConfig:
     grad_norm: float | None = ndc.field(None, help="stop when the gradient norm falls below this", gt=0)
     rel_loss_change: float | None = ndc.field(None, help="stop when the relative loss change falls below this", gt=0)
-    patience: int | None = ndc.field(None, help="stop after this many epochs without a better validation accuracy", ge=1)
+    patience: int | None = ndc.field(
+        None, help="stop after this many epochs without a better validation accuracy", ge=1
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +72,8 @@ class Config:
         spec="networks",
     )
     init: str = ndc.field(
-        "default", help="default, or transition: input fields' std at init_scale (seed 003)",
+        "default",
+        help="default, or transition: input fields' std at init_scale (seed 003)",
         choices=("default", "transition"),
     )
     init_scale: float = ndc.field(1.0, help="init: transition: the induced local fields' standard deviation", gt=0)
@@ -76,13 +81,17 @@ class Config:
     estimators: dict[str, Any] = ndc.field(
         default_factory=lambda: {"bptt": {"kind": "BPTT"}},
         help="name -> {kind: estimator class, **arguments}; each name is a sub-run folder",
-        spec="estimators", names=True, nonempty=True,
+        spec="estimators",
+        names=True,
+        nonempty=True,
     )
     optimizer: Optimizer = ndc.field(Optimizer(), help="the optimiser")
     epochs: int = ndc.field(20, help="passes over the training set", ge=1)
     batch_size: int = ndc.field(32, help="examples per mini-batch (at most the training set)", ge=1)
     l2: float = ndc.field(0.0, help="weight decay added to the gradient", ge=0)
-    seeds: tuple[int, ...] = ndc.field((0,), help="one run per seed (initialisation, split, batches)", ge=0, nonempty=True)
+    seeds: tuple[int, ...] = ndc.field(
+        (0,), help="one run per seed (initialisation, split, batches)", ge=0, nonempty=True
+    )
     stopping: StoppingConfig = ndc.field(StoppingConfig(), help="early stopping")
     train_subset: int = ndc.field(0, help="use only the first N training examples (0: all)", ge=0)
     dt0: float | None = ndc.field(None, help="the solver's step (default: the library's)", gt=0)
@@ -101,7 +110,9 @@ def load_data(d: Data, seed: int):
         # the training part, split by the run's seed.
         X, y = _mnist1d(d.n)
         n_train = int(0.8 * len(y))
-        train, valid, _ = nd.data.split(X[:n_train], y[:n_train], seed=seed, valid_fraction=d.valid_fraction, test_fraction=0.0)
+        train, valid, _ = nd.data.split(
+            X[:n_train], y[:n_train], seed=seed, valid_fraction=d.valid_fraction, test_fraction=0.0
+        )
         test = (X[n_train:], y[n_train:])
         return _preprocess(d, train, valid, test)
     elif d.name in ("mnist", "fashion_mnist"):
@@ -154,7 +165,9 @@ def check(cfg: Config):
     train, _, _ = load_data(d, cfg.seeds[0])
     n = len(train[0]) if not cfg.train_subset else min(len(train[0]), cfg.train_subset)
     if cfg.batch_size > n:
-        raise ndc.ConfigError(f"'batch_size' = {cfg.batch_size} is larger than the training set ({n} examples): must be <= {n}")
+        raise ndc.ConfigError(
+            f"'batch_size' = {cfg.batch_size} is larger than the training set ({n} examples): must be <= {n}"
+        )
 
 
 def make_optimizer(o: Optimizer):
@@ -167,7 +180,8 @@ def main(argv=None):
     check(cfg)
     # Built before the run directory exists: a bad estimator leaves nothing behind.
     estimators = {
-        name: ndc.build_object(spec, f"estimators.{name}.", family="estimators") for name, spec in cfg.estimators.items()
+        name: ndc.build_object(spec, f"estimators.{name}.", family="estimators")
+        for name, spec in cfg.estimators.items()
     }
     top = RunDir(args.out, cfg)
     loss = ndc.loss(cfg.loss)
@@ -185,22 +199,45 @@ def main(argv=None):
             # Each (estimator, seed) is its own resumable run: a finished one is not retrained.
             sub = RunDir(top.path / f"{ndc.check_name(name, 'estimators', key=True)}-seed{seed}", cfg)
             net, history = nd.training.fit(
-                net, (train[0], targets), objective=nd.SteadyState(loss), estimator=est,
-                optimizer=optimizer, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                key=jr.PRNGKey(1000 + seed), valid=valid, test=test, l2=cfg.l2,
-                stopping=nd.training.Stopping(**dataclasses.asdict(cfg.stopping)), run=sub,
-                log_extra=dict(estimator=name, seed=seed), **options,
+                net,
+                (train[0], targets),
+                objective=nd.SteadyState(loss),
+                estimator=est,
+                optimizer=optimizer,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                key=jr.PRNGKey(1000 + seed),
+                valid=valid,
+                test=test,
+                l2=cfg.l2,
+                stopping=nd.training.Stopping(**dataclasses.asdict(cfg.stopping)),
+                run=sub,
+                log_extra=dict(estimator=name, seed=seed),
+                **options,
             )
             curves += [dict(row, part="training") for row in history]
             last = history[-1]
             # Early stopping's model selection: the epoch where validation accuracy peaked.
             best = max(history, key=lambda r: (r.get("valid_accuracy") or 0.0, -r["epoch"]))
-            rows.append(dict(estimator=name, seed=seed, epochs=last["epoch"], stopped=last.get("stopped"),
-                             best_epoch=best["epoch"], train_loss=last["train_loss"],
-                             valid_accuracy=best.get("valid_accuracy"), test_accuracy=best.get("test_accuracy"),
-                             last_test_accuracy=last.get("test_accuracy"), converged_rate=last["converged_rate"]))
-            print(f"{name} seed {seed}: test accuracy {best.get('test_accuracy'):.4f} at the best validation "
-                  f"epoch {best['epoch']} of {last['epoch']}", file=sys.stderr)
+            rows.append(
+                dict(
+                    estimator=name,
+                    seed=seed,
+                    epochs=last["epoch"],
+                    stopped=last.get("stopped"),
+                    best_epoch=best["epoch"],
+                    train_loss=last["train_loss"],
+                    valid_accuracy=best.get("valid_accuracy"),
+                    test_accuracy=best.get("test_accuracy"),
+                    last_test_accuracy=last.get("test_accuracy"),
+                    converged_rate=last["converged_rate"],
+                )
+            )
+            print(
+                f"{name} seed {seed}: test accuracy {best.get('test_accuracy'):.4f} at the best validation "
+                f"epoch {best['epoch']} of {last['epoch']}",
+                file=sys.stderr,
+            )
     # The top-level table is rebuilt from the sub-runs' histories (never appended twice on resume).
     top.replace_rows(curves)
     top.write_summary(rows)

@@ -49,7 +49,18 @@ except importlib.metadata.PackageNotFoundError:  # run from a source tree withou
 # The research layer (configs, run directories, training, sweeps, plotting, the fidelity
 # harness, data sets, online learning) is imported on first use, so `import neurodyn` loads
 # the numerical core only (and never matplotlib): `nd.training.fit` works as before.
-_LAZY = ("config", "data", "fidelity", "online", "plotting", "preprocessing", "runs", "sweeps", "training")
+_LAZY = (
+    "config",
+    "data",
+    "distributed",
+    "fidelity",
+    "online",
+    "plotting",
+    "preprocessing",
+    "runs",
+    "sweeps",
+    "training",
+)
 
 
 def __getattr__(name):

@@ -163,9 +163,7 @@ def batch_value_and_grad(
     """
     check_option_names(options)
     if not isinstance(estimator, AbstractEstimator):
-        raise ValueError(
-            f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}."
-        )
+        raise ValueError(f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}.")
     estimator.check_objective(objective)
     xs, ys, weights = _check_batch(net, objective, xs, ys, weights)
     opts = objective.options(tree_dtype(net), **options)

@@ -39,9 +39,7 @@ _TERM = diffrax.ODETerm(_vector_field)
 
 def solver_step(solver, net, r, x, t0, dt, solver_state, made_jump):
     """One step of `solver` on `dr/dt = F(r, w, x)` from `t0` to `t0 + dt`."""
-    r1, _, _, solver_state, _ = solver.step(
-        _TERM, t0, t0 + dt, r, (net, x), solver_state, made_jump
-    )
+    r1, _, _, solver_state, _ = solver.step(_TERM, t0, t0 + dt, r, (net, x), solver_state, made_jump)
     return r1, solver_state
 
 
@@ -184,9 +182,7 @@ def time_grid(ts: tuple[float, ...], dt0: float, max_steps: int, dtype) -> TimeG
             f"The rollout needs {n_sub * len(ts)} steps ({len(ts)} intervals x {n_sub} steps of "
             f"at most dt0={dt0}), more than max_steps={max_steps}. Raise `max_steps` or `dt0`."
         )
-    return TimeGrid(
-        jnp.asarray(starts, dtype=dtype), jnp.asarray(gaps / n_sub, dtype=dtype), n_sub
-    )
+    return TimeGrid(jnp.asarray(starts, dtype=dtype), jnp.asarray(gaps / n_sub, dtype=dtype), n_sub)
 
 
 def integrate_interval(solver, net, r, x, t0, dt, n_sub: int):
@@ -246,14 +242,16 @@ def rollout_loop(
 def check_input(net: AbstractNetwork, x, *, sequence: bool, what: str = "x") -> Array:
     """Casts `x` to the network's dtype and checks its shape; raises a clear ValueError."""
     if not isinstance(net, AbstractNetwork):
-        raise ValueError(
-            f"expected a neurodyn network (an `nd.networks.AbstractNetwork`), got {type(net).__name__}."
-        )
+        raise ValueError(f"expected a neurodyn network (an `nd.networks.AbstractNetwork`), got {type(net).__name__}.")
     # The network rule (docs/bring_your_own.md): sizes are static Python ints, else JAX traces
     # them inside the estimators, where a traced size cannot shape an array.
     for name in ("n_state", "n_in", "n_out"):
         f, v = type(net).__dataclass_fields__.get(name), getattr(net, name)
-        if (f is not None and not f.metadata.get("static")) or isinstance(v, bool) or not isinstance(v, int | np.integer):
+        if (
+            (f is not None and not f.metadata.get("static"))
+            or isinstance(v, bool)
+            or not isinstance(v, int | np.integer)
+        ):
             raise ValueError(
                 f"{type(net).__name__}.{name} = {v!r}: a network's sizes must be Python ints in static fields, "
                 f"declared `{name}: int = eqx.field(static=True)` (JAX traces non-static fields inside the "

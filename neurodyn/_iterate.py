@@ -31,7 +31,9 @@ class AbstractIterativeSolver(eqx.Module):
         """The solver's state before the first step (a pytree of arrays)."""
 
     @abc.abstractmethod
-    def step(self, y: PyTree, state: PyTree, args: Any, iteration: Int[Array, ""]) -> tuple[PyTree, PyTree, Float[Array, ""]]:
+    def step(
+        self, y: PyTree, state: PyTree, args: Any, iteration: Int[Array, ""]
+    ) -> tuple[PyTree, PyTree, Float[Array, ""]]:
         """One iteration: `(y, state, res)`, with `res` the stopping quantity after it (e.g. the
         step difference over the step size, or `rms(F(y))`)."""
 

@@ -42,10 +42,7 @@ def check_option_names(options: dict) -> None:
         if name not in OPTION_NAMES:
             close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
             hint = f" Did you mean `{close[0]}`?" if close else ""
-            raise TypeError(
-                f"Unknown integration option `{name}`.{hint} The options are "
-                f"{', '.join(OPTION_NAMES)}."
-            )
+            raise TypeError(f"Unknown integration option `{name}`.{hint} The options are {', '.join(OPTION_NAMES)}.")
 
 
 def steady_state_options(
@@ -68,9 +65,7 @@ def steady_state_options(
             f"nd.relaxation.FixedStep() or nd.relaxation.Anderson(), got {relaxation!r}."
         )
     opts = _resolve(dtype, diffrax.Euler(), 1.0, 10_000, solver, dt0, rtol, atol, max_steps)
-    return IntegrationOptions(
-        opts.solver, opts.dt0, opts.rtol, opts.atol, opts.max_steps, relaxation
-    )
+    return IntegrationOptions(opts.solver, opts.dt0, opts.rtol, opts.atol, opts.max_steps, relaxation)
 
 
 def trajectory_options(
@@ -103,9 +98,7 @@ def _resolve(dtype, default_solver, default_dt0, default_max_steps, solver, dt0,
 
 def _validate(opts: IntegrationOptions) -> None:
     if not isinstance(opts.solver, diffrax.AbstractSolver):
-        raise ValueError(
-            f"`solver` must be a diffrax solver such as `diffrax.Euler()`, got {opts.solver!r}."
-        )
+        raise ValueError(f"`solver` must be a diffrax solver such as `diffrax.Euler()`, got {opts.solver!r}.")
     if not opts.dt0 > 0:
         raise ValueError(f"`dt0` must be positive, got dt0={opts.dt0}.")
     if opts.max_steps < 1:

@@ -83,9 +83,7 @@ def value_and_grad(
     """
     check_option_names(options)
     if not isinstance(estimator, AbstractEstimator):
-        raise ValueError(
-            f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}."
-        )
+        raise ValueError(f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}.")
     estimator.check_objective(objective)
     x, y = objective.check_data(net, x, y)
     opts = objective.options(tree_dtype(net), **options)

@@ -162,16 +162,12 @@ class Maxout(AbstractParametricActivation):
         return jnp.max(self.a * z[..., None] + self.c, axis=-1)
 
 
-def materialise(
-    activation: AbstractActivation | Callable, n: int, key: PRNGKeyArray
-) -> AbstractActivation | Callable:
+def materialise(activation: AbstractActivation | Callable, n: int, key: PRNGKeyArray) -> AbstractActivation | Callable:
     """Sizes a learnable activation's parameters to a layer of `n` units; others pass through."""
     if isinstance(activation, AbstractParametricActivation):
         return activation.materialise(n, key)
     if not callable(activation):
-        raise ValueError(
-            f"activation must be a callable such as `nd.activations.tanh`, got {activation!r}."
-        )
+        raise ValueError(f"activation must be a callable such as `nd.activations.tanh`, got {activation!r}.")
     return activation
 
 

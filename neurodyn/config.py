@@ -226,8 +226,12 @@ def _check_number(meta, value, where):
         return
     if isinstance(value, float) and math.isnan(value):
         raise ConfigError(f"'{where}' = nan is not a number")
-    rules = [(">=", meta.get("ge"), value >= (meta.get("ge") or 0)), (">", meta.get("gt"), value > (meta.get("gt") or 0)),
-             ("<=", meta.get("le"), value <= (meta.get("le") or 0)), ("<", meta.get("lt"), value < (meta.get("lt") or 0))]
+    rules = [
+        (">=", meta.get("ge"), value >= (meta.get("ge") or 0)),
+        (">", meta.get("gt"), value > (meta.get("gt") or 0)),
+        ("<=", meta.get("le"), value <= (meta.get("le") or 0)),
+        ("<", meta.get("lt"), value < (meta.get("lt") or 0)),
+    ]
     active = [(op, bound, ok) for op, bound, ok in rules if bound is not None]
     if not all(ok for _, _, ok in active):
         allowed = " and ".join(f"{op} {_fmt(bound)}" for op, bound, _ in active)
@@ -586,7 +590,9 @@ def _help_lines(schema, values, prefix="") -> list[str]:
     return lines
 
 
-def print_help(schema, *, prog: str, description: str | None, config: str | None, error: str | None = None, values=None):
+def print_help(
+    schema, *, prog: str, description: str | None, config: str | None, error: str | None = None, values=None
+):
     """The `--help` text: usage, options, and every field of the config with its value (the
     loaded config's when `config` is given and loads) and its one-line description."""
     print(f"usage: {prog} --config FILE [--quick] [--out DIR] [--FIELD.PATH VALUE ...]\n")
@@ -608,8 +614,10 @@ def print_help(schema, *, prog: str, description: str | None, config: str | None
             source = f"values from {config}"
         else:
             source = f"defaults ({config} does not load: {error})"
-    print(f"\nconfig fields ({source}); each is also an override, --FIELD.PATH VALUE, into maps and lists too"
-          " (e.g. --estimators.ep.beta 0.02):")
+    print(
+        f"\nconfig fields ({source}); each is also an override, --FIELD.PATH VALUE, into maps and lists too"
+        " (e.g. --estimators.ep.beta 0.02):"
+    )
     print("\n".join(_help_lines(schema, values)))
 
 
@@ -672,7 +680,9 @@ def _split_cli(argv):
                 raise ConfigError(f"{name} {val!r}: must be an integer") from None
             if name == "--coordinator-address" and val.rpartition(":")[2] in ("", val):
                 raise ConfigError(f"--coordinator-address {val!r}: give HOST:PORT (e.g. 127.0.0.1:12345)")
-            if name != "--coordinator-address" and value < (1 if name in ("--num-processes", "--heartbeat-timeout") else 0):
+            if name != "--coordinator-address" and value < (
+                1 if name in ("--num-processes", "--heartbeat-timeout") else 0
+            ):
                 raise ConfigError(f"{name} {val}: must be >= {1 if name != '--process-id' else 0}")
             known["launch"][name[2:].replace("-", "_")] = value
             known["distributed"] = True  # any launch option implies --distributed
@@ -689,7 +699,9 @@ def _split_cli(argv):
     return known, rest
 
 
-def cli(schema, argv=None, *, description: str | None = None, default_config: str | None = None, prog: str | None = None):
+def cli(
+    schema, argv=None, *, description: str | None = None, default_config: str | None = None, prog: str | None = None
+):
     """Parses `--config PATH [--quick] [--out DIR] [overrides...]` and returns `(cfg, args)`.
 
     **Arguments:**
@@ -743,16 +755,19 @@ def cli(schema, argv=None, *, description: str | None = None, default_config: st
         check_out(out)
     except ConfigError as e:
         _fail(e)
-    args = types.SimpleNamespace(config=config, quick=known["quick"], out=out, distributed=known["distributed"],
-                                 launch=dict(known["launch"]))
+    args = types.SimpleNamespace(
+        config=config, quick=known["quick"], out=out, distributed=known["distributed"], launch=dict(known["launch"])
+    )
     if known["distributed"]:
         # Before anything touches JAX (the experiment's own code runs after cli returns).
         from .distributed import initialize
 
         launch = dict(known["launch"])
         try:
-            initialize(**{k: launch.pop(k, None) for k in ("coordinator_address", "num_processes", "process_id")},
-                       heartbeat_timeout=launch.pop("heartbeat_timeout", None))
+            initialize(
+                **{k: launch.pop(k, None) for k in ("coordinator_address", "num_processes", "process_id")},
+                heartbeat_timeout=launch.pop("heartbeat_timeout", None),
+            )
         except ConfigError as e:
             _fail(e)
     return cfg, args
@@ -911,11 +926,19 @@ def resolve(kind, family: str | tuple[str, ...], where: str = "kind") -> type:
             hint = f"; did you mean '{table[close][0]}'?" if close else ""
             known = ", ".join(v[0] for v in table.values())
             kinds = what if len(search) == len(families) else fams[search[0]].what
-            raise ConfigError(f"unknown kind '{kind}' at '{where}'{hint} (known {kinds} kinds: {known}; or 'package.module:Class')")
+            raise ConfigError(
+                f"unknown kind '{kind}' at '{where}'{hint} (known {kinds} kinds: {known}; or 'package.module:Class')"
+            )
         attr, obj = table[_norm(name)]
     bases = tuple(fams[f].base() for f in families)
     if attr.startswith("_") or not isinstance(obj, type) or not issubclass(obj, bases):
-        got = "a module" if isinstance(obj, types.ModuleType) else "another class" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        got = (
+            "a module"
+            if isinstance(obj, types.ModuleType)
+            else "another class"
+            if isinstance(obj, type)
+            else f"a {type(obj).__name__}"
+        )
         got = "a private name" if attr.startswith("_") else got
         raise ConfigError(
             f"kind '{kind}' at '{where}' is {got}, not {_a(what)} class (a subclass of "
@@ -940,7 +963,9 @@ def _import_class(kind: str, what: str, where: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 (the user's module: any failure is one line)
-        raise ConfigError(f"kind '{kind}' at '{where}': cannot import {module_name} ({type(e).__name__}: {e})") from None
+        raise ConfigError(
+            f"kind '{kind}' at '{where}': cannot import {module_name} ({type(e).__name__}: {e})"
+        ) from None
     if attr not in vars(module):
         close = _closest(attr, [k for k in vars(module) if not k.startswith("_")])
         hint = f"; did you mean '{module_name}:{close}'?" if close else ""
@@ -963,7 +988,9 @@ class Plan:
             return self.cls(**kwargs, **extra)
         except (TypeError, ValueError) as e:
             line = " ".join(str(e).split())
-            raise ConfigError(f"cannot build '{self.where.rstrip('.') or self.cls.__name__}' ({self.cls.__name__}): {line}") from None
+            raise ConfigError(
+                f"cannot build '{self.where.rstrip('.') or self.cls.__name__}' ({self.cls.__name__}): {line}"
+            ) from None
 
 
 def _construct(v):
@@ -981,7 +1008,9 @@ def _signature_params(cls):
         return None
 
 
-def plan(spec, family: str | tuple[str, ...] = CLASS_FAMILIES, where: str = "", *, injected: tuple[str, ...] = ()) -> Plan:
+def plan(
+    spec, family: str | tuple[str, ...] = CLASS_FAMILIES, where: str = "", *, injected: tuple[str, ...] = ()
+) -> Plan:
     """Checks a `{kind: ..., **arguments}` spec without calling anything: `kind` resolves
     in `family` (`resolve`), each argument is a parameter of the constructor (an unknown one
     names the closest), every required parameter is given (except `injected` ones, which
@@ -1002,13 +1031,21 @@ def plan(spec, family: str | tuple[str, ...] = CLASS_FAMILIES, where: str = "", 
         for key in spec:
             if not isinstance(key, str) or (not takes_any and key not in valid):
                 close = _closest(key, valid)
-                hint = f"; did you mean '{close}'?" if close else f"; {cls.__name__} takes {', '.join(valid) or 'no arguments'}"
+                hint = (
+                    f"; did you mean '{close}'?"
+                    if close
+                    else f"; {cls.__name__} takes {', '.join(valid) or 'no arguments'}"
+                )
                 raise ConfigError(f"unknown key '{where}{key}' for {cls.__name__}{hint}")
             if key in injected:
                 raise ConfigError(f"'{where}{key}' is set by the experiment (from the data), not by the config")
         missing = [
-            n for n, p in params.items()
-            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in spec and n not in injected
+            n
+            for n, p in params.items()
+            if p.default is p.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            and n not in spec
+            and n not in injected
         ]
         if missing:
             raise ConfigError(f"'{label}' ({cls.__name__}) needs '{missing[0]}'")

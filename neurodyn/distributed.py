@@ -93,8 +93,11 @@ def initialize(
         kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout)
     if initialization_timeout is not None:
         kwargs["initialization_timeout"] = int(initialization_timeout)
-    given = [f"--{k.replace('_', '-')} {v}" for k, v in kwargs.items() if v is not None and k in (
-        "coordinator_address", "num_processes", "process_id")]
+    given = [
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in kwargs.items()
+        if v is not None and k in ("coordinator_address", "num_processes", "process_id")
+    ]
     try:
         jax.distributed.initialize(**kwargs)
     except (ValueError, RuntimeError, TypeError) as e:
@@ -138,7 +141,7 @@ def global_array(local, sharding, shape=None):
 # One line instead of JAX's abort page when another process dies.
 # ---------------------------------------------------------------------------------------
 
-_FILTER = r'''
+_FILTER = r"""
 import os, re, select, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)   # the main process reports Ctrl-C; we pass it on
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # and exit at end of input (the main process gone)
@@ -193,7 +196,7 @@ while True:
 if not done:
     emit(held)
     out.write(buf)
-'''
+"""
 
 
 def _tidy_stderr(tag: str) -> None:
@@ -203,7 +206,10 @@ def _tidy_stderr(tag: str) -> None:
         sys.stderr.flush()
         filt = subprocess.Popen(
             [sys.executable, "-c", _FILTER, tag, _PEER_LOST, "\x1f".join(_FATAL_MARKERS)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True, start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
         )
         os.dup2(filt.stdin.fileno(), 2)
         filt.stdin.close()

@@ -32,7 +32,12 @@ from ._options import steady_state_options
 
 def _steady_state_reference(net, x, y, objective: SteadyState, newton_steps: int = 8):
     dtype = tree_dtype(net)
-    opts = steady_state_options(dtype, rtol=1e-12 if dtype == jnp.float64 else 1e-6, atol=1e-13 if dtype == jnp.float64 else 1e-7, max_steps=100_000)
+    opts = steady_state_options(
+        dtype,
+        rtol=1e-12 if dtype == jnp.float64 else 1e-6,
+        atol=1e-13 if dtype == jnp.float64 else 1e-7,
+        max_steps=100_000,
+    )
     r, _ = relax_loop(net, x, net.init_state(x), opts)
 
     def F(r):
@@ -69,6 +74,7 @@ def _trajectory_reference(net, xs, y, objective: Trajectory, substeps: int = 100
             def rk4(r, _):
                 def f(r):
                     return net(0.0, r, x)
+
                 k1 = f(r)
                 k2 = f(r + 0.5 * h * k1)
                 k3 = f(r + 0.5 * h * k2)

@@ -108,7 +108,9 @@ def fidelity_vs_knob(
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(knob_label or knob)
-    ax.set_ylabel({"rel_error": "relative error ||g - g*|| / ||g*||", "cosine": "cosine to exact gradient"}.get(metric, metric))
+    ax.set_ylabel(
+        {"rel_error": "relative error ||g - g*|| / ||g*||", "cosine": "cosine to exact gradient"}.get(metric, metric)
+    )
     ax.set_title(title or f"Gradient fidelity against {knob}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -148,15 +150,24 @@ def alignment(names: Sequence[str], M: np.ndarray, *, title: str | None = None):
     ax.set_yticks(range(k), names, fontsize=8)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{M[i, j]:.3f}", ha="center", va="center", fontsize=7,
-                    color="white" if abs(M[i, j]) > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{M[i, j]:.3f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if abs(M[i, j]) > 0.6 else "black",
+            )
     fig.colorbar(im, ax=ax, label="cosine similarity")
     ax.set_title(title or "Gradient alignment between estimators")
     fig.tight_layout()
     return fig
 
 
-def training_curves(rows: Sequence[Mapping], *, metrics: Sequence[str] = ("train_loss", "test_accuracy"), title: str | None = None):
+def training_curves(
+    rows: Sequence[Mapping], *, metrics: Sequence[str] = ("train_loss", "test_accuracy"), title: str | None = None
+):
     """Training curves per estimator with a band (min..max and mean) over seeds.
 
     `rows` carry `estimator`, `seed`, `epoch` and the metrics."""

@@ -144,10 +144,16 @@ def provenance() -> dict:
         except md.PackageNotFoundError:
             versions[pkg] = None
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=pathlib.Path(__file__).resolve().parent,
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=pathlib.Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return dict(
@@ -327,9 +333,14 @@ class RunDir:
                         "choose another --out (or delete the directory) to start a new run"
                     )
                 keys = _differing_keys(old, cfg)
-                raise StaleRunError(f"{self.path} holds a run of a different config (differs in {', '.join(keys)}): {fix}")
+                raise StaleRunError(
+                    f"{self.path} holds a run of a different config (differs in {', '.join(keys)}): {fix}"
+                )
             if self.writer:
-                print(f"note: replacing {file}: the run it describes never started (no results in {self.path})", file=sys.stderr)
+                print(
+                    f"note: replacing {file}: the run it describes never started (no results in {self.path})",
+                    file=sys.stderr,
+                )
         elif self.has_results():
             raise StaleRunError(
                 f"{self.path} holds results but no config.yaml, so which config produced them is unknown: "
@@ -465,7 +476,11 @@ class RunDir:
         candidates = []
         if (self.checkpoints / f"{name}.json").exists():
             candidates.append(self.checkpoints / f"{name}.json")
-        candidates += [self.checkpoints / f"{name}-{s}.json" for s, exts in sorted(self._steps(name).items(), reverse=True) if "json" in exts]
+        candidates += [
+            self.checkpoints / f"{name}-{s}.json"
+            for s, exts in sorted(self._steps(name).items(), reverse=True)
+            if "json" in exts
+        ]
         damaged = []
         for meta_path in candidates:
             meta, data, problem = self._read_checkpoint(meta_path)
@@ -490,7 +505,10 @@ class RunDir:
                 ) from None
             if damaged and self.writer:
                 what = "; ".join(f"{f} ({why})" for f, why in damaged)
-                print(f"warning: damaged checkpoint file(s) {what}: resuming from {meta_path} (step {meta.get('step')})", file=sys.stderr)
+                print(
+                    f"warning: damaged checkpoint file(s) {what}: resuming from {meta_path} (step {meta.get('step')})",
+                    file=sys.stderr,
+                )
             return tree, meta
         if damaged:
             f, why = damaged[0]
@@ -545,7 +563,9 @@ class RunDir:
         except ValueError:
             why = "unreadable header"
         if on_damaged == "raise":
-            raise DamagedFileError(f"{p} is damaged ({why}): delete it to recompute that part, or delete {self.path} / choose another --out")
+            raise DamagedFileError(
+                f"{p} is damaged ({why}): delete it to recompute that part, or delete {self.path} / choose another --out"
+            )
         if self.writer:
             print(f"warning: {p} is damaged ({why}): recomputing it", file=sys.stderr)
         return None

@@ -84,7 +84,9 @@ def with_values(obj, values: dict):
             if not hasattr(target, part):
                 raise ValueError(f"{type(obj).__name__} has no field '{name}' to sweep")
             parent, target = target, getattr(target, part)
-        static = {f.name for f in getattr(type(parent), "__dataclass_fields__", {}).values() if f.metadata.get("static")}
+        static = {
+            f.name for f in getattr(type(parent), "__dataclass_fields__", {}).values() if f.metadata.get("static")
+        }
         if parts[-1] in static:
             raise ValueError(
                 f"'{name}' is a static field of {type(parent).__name__}: a sweep can only vary array fields; "
@@ -127,9 +129,7 @@ def run(fn, points: dict, *, devices=None):
     sharding = NamedSharding(mesh, PartitionSpec("sweep"))
     host = {k: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[-1:], padded - P)]) for k, v in points.items()}
     # Every process holds all points; each supplies the shards of its own devices.
-    stacked = {
-        k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]) for k, v in host.items()
-    }
+    stacked = {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]) for k, v in host.items()}
     out = _call(fn, stacked)
     if not all(a.is_fully_addressable for a in jax.tree.leaves(out)):  # devices of other processes
         from jax.experimental import multihost_utils

@@ -1,8 +1,8 @@
-"""Training with any estimator: mini-batches, optax, the seed notes' stopping criteria,
+"""Training with any estimator: mini-batches, optax, Haykin's (2009) stopping criteria,
 initialisation in the activation's transition region, checkpoints every epoch and resume.
 
 ```python
-net = nd.training.transition_init(net, X_train)          # seed 003's initialisation
+net = nd.training.transition_init(net, X_train)          # LeCun et al. (1998)'s initialisation
 net, history = nd.training.fit(
     net, (X, Y), objective=nd.SteadyState(nd.losses.squared_error), estimator=nd.EP(0.1),
     optimizer=nd.config.optimizer("sgd", 0.05, momentum=0.9), epochs=20, batch_size=32,
@@ -52,7 +52,7 @@ from .config import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Stopping:
-    """The seed notes' stopping criteria (any one stops training; `None` disables one):
+    """The stopping criteria of Haykin (2009, sec. 4.13) (any one stops training; `None` disables one):
 
     - `grad_norm`: the Euclidean norm of the gradient (the epoch's mean over mini-batches)
       falls below this threshold;
@@ -122,13 +122,19 @@ def _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, o
         # mini-batch. Equal slices, so the mean of the means is the batch mean.
         def local(params, xb, yb):
             # One flat vector, so the step costs one all-reduce, not one per parameter array.
-            flat, unflatten = jax.flatten_util.ravel_pytree(_batch_grad(params, static, xb, yb, objective, estimator,
-                                                                        l2, options))
+            flat, unflatten = jax.flatten_util.ravel_pytree(
+                _batch_grad(params, static, xb, yb, objective, estimator, l2, options)
+            )
             return unflatten(jax.lax.pmean(flat, "data"))
 
         data = PartitionSpec("data")
-        batch_grad = jax.shard_map(local, mesh=batch_sharding.mesh, in_specs=(PartitionSpec(), data, data),
-                                   out_specs=PartitionSpec(), check_vma=False)
+        batch_grad = jax.shard_map(
+            local,
+            mesh=batch_sharding.mesh,
+            in_specs=(PartitionSpec(), data, data),
+            out_specs=PartitionSpec(),
+            check_vma=False,
+        )
 
     def step(carry, idx):
         params, opt_state = carry
@@ -160,8 +166,9 @@ def _epoch_sharded(params, opt_state, perm, X, Y, static, objective, estimator, 
     # mini-batch is sharded over the mesh's "data" axis, parameters and optimiser state stay
     # replicated (the outputs are constrained to it, so every process holds the same copy).
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
-    out = _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options,
-                        batch_sharding)
+    out = _scan_batches(
+        params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options, batch_sharding
+    )
     return jax.lax.with_sharding_constraint(out, replicated)
 
 
@@ -173,8 +180,10 @@ def _data_devices(devices, batch_size, talk):
             return None
         if batch_size % len(found):
             if talk:
-                _say(f"note: fit: batch_size {batch_size} does not divide over the {len(found)} devices: training on "
-                     f"one device per process (a batch size that is a multiple of {len(found)} uses all of them)")
+                _say(
+                    f"note: fit: batch_size {batch_size} does not divide over the {len(found)} devices: training on "
+                    f"one device per process (a batch size that is a multiple of {len(found)} uses all of them)"
+                )
             return None
         return found
     if isinstance(devices, str) and devices != "all":
@@ -183,8 +192,10 @@ def _data_devices(devices, batch_size, talk):
     if not found:
         raise ValueError("devices=[]: give at least one device")
     if batch_size % len(found):
-        raise ValueError(f"devices: batch_size {batch_size} does not divide over {len(found)} devices: use a batch "
-                         f"size that is a multiple of {len(found)}, or other devices")
+        raise ValueError(
+            f"devices: batch_size {batch_size} does not divide over {len(found)} devices: use a batch "
+            f"size that is a multiple of {len(found)}, or other devices"
+        )
     missing = {d.process_index for d in jax.devices()} - {d.process_index for d in found}
     if jax.process_count() > 1 and missing:
         raise ValueError(f"devices: no device of process(es) {sorted(missing)}: every process of a job must take part")
@@ -228,7 +239,9 @@ def _same_checkpoint_everywhere(run, meta):
 
     from .runs import RunDirError
 
-    ours = np.asarray([-1 if meta is None else int(meta["step"]), 0 if meta is None else len(meta["history"])], np.int64)
+    ours = np.asarray(
+        [-1 if meta is None else int(meta["step"]), 0 if meta is None else len(meta["history"])], np.int64
+    )
     first = np.asarray(multihost_utils.broadcast_one_to_all(ours))
     if not np.array_equal(ours, first):
         raise RunDirError(
@@ -280,7 +293,9 @@ def _structure(obj, depth=0) -> str:
     if eqx.is_array(obj) or isinstance(obj, np.ndarray):
         return f"{np.dtype(obj.dtype).name}{list(np.shape(obj))}"
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = ", ".join(f"{f.name}={_structure(getattr(obj, f.name, None), depth + 1)}" for f in dataclasses.fields(obj))
+        fields = ", ".join(
+            f"{f.name}={_structure(getattr(obj, f.name, None), depth + 1)}" for f in dataclasses.fields(obj)
+        )
         return f"{type(obj).__name__}({fields})"
     if isinstance(obj, (list, tuple)):
         return f"{type(obj).__name__}({', '.join(_structure(v, depth + 1) for v in obj)})"
@@ -319,8 +334,9 @@ def _optimizer_probe(optimizer, opt_state, params) -> str:
         return f"state {structure} (no probe: {type(e).__name__})"
 
 
-def fit_settings(net, train, *, objective, estimator, optimizer, batch_size, key=None, l2=0.0, valid=None, test=None,
-                 **options) -> dict:
+def fit_settings(
+    net, train, *, objective, estimator, optimizer, batch_size, key=None, l2=0.0, valid=None, test=None, **options
+) -> dict:
     """The fingerprint `fit` records in every checkpoint and compares on resume: everything
     that changes the numbers except `epochs` (raising it continues a run), `stopping` and
     `log_extra`. Strings and numbers only (JSON): the estimator, objective and options
@@ -498,9 +514,19 @@ def fit(
     tag = "/".join(str(extra[k]) for k in ("estimator", "seed") if k in extra) or type(estimator).__name__
     history, start = [], 0
     if run is not None:
-        settings = fit_settings(net, (_digest_view(X), _digest_view(Y)), objective=objective, estimator=estimator,
-                                optimizer=optimizer, batch_size=batch_size, key=key, l2=l2, valid=valid, test=test,
-                                **options)
+        settings = fit_settings(
+            net,
+            (_digest_view(X), _digest_view(Y)),
+            objective=objective,
+            estimator=estimator,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            key=key,
+            l2=l2,
+            valid=valid,
+            test=test,
+            **options,
+        )
         restored, meta = run.checkpoint((params, opt_state), expect=dict(settings=settings))
         if jax.process_count() > 1:
             _same_checkpoint_everywhere(run, meta)
@@ -515,11 +541,16 @@ def fit(
             run.replace_rows(history)  # rows a killed run logged after its last checkpoint go
             if meta.get("finished"):
                 if talk:
-                    _say(f"[{tag}] {run.path}: finished already ({history[-1].get('stopped')} at epoch "
-                         f"{history[-1]['epoch']}), not retrained")
+                    _say(
+                        f"[{tag}] {run.path}: finished already ({history[-1].get('stopped')} at epoch "
+                        f"{history[-1]['epoch']}), not retrained"
+                    )
                 return eqx.combine(params, static), history
         if talk:
-            _say(f"[{tag}] run directory {run.path}: " + (f"resuming after epoch {start}/{epochs}" if start else "new run"))
+            _say(
+                f"[{tag}] run directory {run.path}: "
+                + (f"resuming after epoch {start}/{epochs}" if start else "new run")
+            )
 
     if data_devices is not None:
         mesh = Mesh(np.asarray(data_devices), ("data",))
@@ -535,34 +566,69 @@ def fit(
         t0 = time.perf_counter()
         if data_devices is None:
             new_params, new_opt_state, loss, gnorm, conv = _epoch(
-                params, opt_state, jr.fold_in(key, epoch), X, Y, static, objective, estimator, optimizer, l2, n_batches,
-                batch_size, options,
+                params,
+                opt_state,
+                jr.fold_in(key, epoch),
+                X,
+                Y,
+                static,
+                objective,
+                estimator,
+                optimizer,
+                l2,
+                n_batches,
+                batch_size,
+                options,
             )
         else:
             # The permutation `_epoch` draws, drawn on this process's device (the same bits on
             # every process) and replicated.
             perm = jr.permutation(jr.fold_in(key, epoch), n)[: n_batches * batch_size].reshape(n_batches, batch_size)
             new_params, new_opt_state, loss, gnorm, conv = _epoch_sharded(
-                params, opt_state, _global(perm, replicated), X, Y, static, objective, estimator, optimizer, l2, options,
+                params,
+                opt_state,
+                _global(perm, replicated),
+                X,
+                Y,
+                static,
+                objective,
+                estimator,
+                optimizer,
+                l2,
+                options,
                 batch_sharding,
             )
         row = dict(epoch=epoch + 1, train_loss=float(loss), grad_norm=float(gnorm), converged_rate=float(conv))
-        bad = [what for what, ok in (("the training loss", math.isfinite(row["train_loss"])),
-                                     ("the gradient norm", math.isfinite(row["grad_norm"])),
-                                     ("the parameters", bool(_all_finite(new_params)))) if not ok]
+        bad = [
+            what
+            for what, ok in (
+                ("the training loss", math.isfinite(row["train_loss"])),
+                ("the gradient norm", math.isfinite(row["grad_norm"])),
+                ("the parameters", bool(_all_finite(new_params))),
+            )
+            if not ok
+        ]
         if bad:
-            kept = f"; the last finite checkpoint (epoch {epoch}) is kept in {run.path}" if run is not None and epoch else ""
+            kept = (
+                f"; the last finite checkpoint (epoch {epoch}) is kept in {run.path}"
+                if run is not None and epoch
+                else ""
+            )
             what = bad[0] if len(bad) == 1 else ", ".join(bad[:-1]) + " and " + bad[-1]
-            message = (f"epoch {epoch + 1}/{epochs}: {what} became non-finite (loss {row['train_loss']:.6g}, "
-                       f"gradient norm {row['grad_norm']:.6g}): training diverged; lower the learning rate, or dt0 if "
-                       f"the dynamics blew up{kept}")
+            message = (
+                f"epoch {epoch + 1}/{epochs}: {what} became non-finite (loss {row['train_loss']:.6g}, "
+                f"gradient norm {row['grad_norm']:.6g}): training diverged; lower the learning rate, or dt0 if "
+                f"the dynamics blew up{kept}"
+            )
             if on_nonfinite == "raise":
                 raise NonFiniteError(message)
             # "stop": keep the last finite parameters; the row says why training ended.
             row.update(seconds=time.perf_counter() - t0, **extra, stopped="nonfinite")
             history.append(row)
             if run is not None:
-                run.save_checkpoint((params, opt_state), dict(step=epoch + 1, history=history, finished=True, settings=settings))
+                run.save_checkpoint(
+                    (params, opt_state), dict(step=epoch + 1, history=history, finished=True, settings=settings)
+                )
                 run.log(row)
             if talk:
                 _say(f"[{tag}] {message}: stopped")
@@ -584,16 +650,20 @@ def fit(
         if run is not None:
             # The checkpoint first: a kill before the log line loses nothing (resume rewrites
             # metrics.jsonl from the checkpoint's history).
-            run.save_checkpoint((params, opt_state), dict(step=epoch + 1, history=history, finished=reason is not None,
-                                                          settings=settings))
+            run.save_checkpoint(
+                (params, opt_state),
+                dict(step=epoch + 1, history=history, finished=reason is not None, settings=settings),
+            )
             run.log(row)
         times.append(row["seconds"])
         if talk:
             _say(_progress_line(tag, row, epochs, n_batches, times))
             if _converged_rate_fell(history):
-                _say(f"[{tag}] warning: only {100 * row['converged_rate']:.0f}% of the examples' solves converged "
-                     f"this epoch (best {100 * max(r['converged_rate'] for r in history):.0f}%): their gradients are "
-                     "unreliable; lower dt0 or the learning rate (info['result'] says stagnated, max_steps or nonfinite)")
+                _say(
+                    f"[{tag}] warning: only {100 * row['converged_rate']:.0f}% of the examples' solves converged "
+                    f"this epoch (best {100 * max(r['converged_rate'] for r in history):.0f}%): their gradients are "
+                    "unreliable; lower dt0 or the learning rate (info['result'] says stagnated, max_steps or nonfinite)"
+                )
         if reason is not None:
             break
     if talk and run is not None:
@@ -605,13 +675,13 @@ def fit(
 
 def transition_init(net, X, *, scale: float = 1.0):
     """Rescales the input-side weights of `net` so that the induced local fields (the
-    pre-activations) on the data `X` have standard deviation `scale`: seed 003's rule, "the
+    pre-activations) on the data `X` have standard deviation `scale`: the rule of LeCun et al. (1998, "Efficient BackProp"), "the
     standard deviation of the induced local fields lies at the transition" between the
     linear and saturated parts of the activation (about 1 for logistic and tanh).
 
     - `Layered`: each layer in turn, on the activities of the (rescaled) layer below, so every
       layer's fields have standard deviation `scale` over the data.
-    - networks with input weights `U` (`CTRNN`, `Hopfield`, and the seed-004 families): `U`,
+    - networks with input weights `U` (`CTRNN`, `Hopfield`, and the other recurrent families): `U`,
       so the input drive `U x` has standard deviation `scale`; the recurrent weights keep
       their `gain`, which sets the dynamics' stability.
 

@@ -93,6 +93,7 @@ def fine_trajectory_grad(net, xs, y, ts, loss=nd.losses.squared_error, weights=N
             def rk4(r, _):
                 def f(r):
                     return net(0.0, r, x)
+
                 k1 = f(r)
                 k2 = f(r + 0.5 * h * k1)
                 k3 = f(r + 0.5 * h * k2)

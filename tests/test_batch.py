@@ -36,8 +36,17 @@ def _cases():
         for e, est in _estimators(energy):
             for weighted in (False, True):
                 fast = n in BASE and (not weighted or n == "hopfield")
-                out.append(pytest.param(e, n, est, net, weighted, id=f"{e}-{n}-{'weighted' if weighted else 'mean'}",
-                                        marks=() if fast else pytest.mark.slow))
+                out.append(
+                    pytest.param(
+                        e,
+                        n,
+                        est,
+                        net,
+                        weighted,
+                        id=f"{e}-{n}-{'weighted' if weighted else 'mean'}",
+                        marks=() if fast else pytest.mark.slow,
+                    )
+                )
     return out
 
 
@@ -76,8 +85,13 @@ def test_batch_equals_mean_of_examples_steady_state(est_name, net_name, est, net
 
 @pytest.mark.parametrize(
     "name,est,weighted",
-    [("bptt", nd.BPTT(), False), ("bptt", nd.BPTT(), True), ("bptt-truncated", nd.BPTT(truncation=2), True),
-     ("bptt-checkpointed", nd.BPTT(checkpoints=2), False), ("rtrl", nd.RTRL(), True)],
+    [
+        ("bptt", nd.BPTT(), False),
+        ("bptt", nd.BPTT(), True),
+        ("bptt-truncated", nd.BPTT(truncation=2), True),
+        ("bptt-checkpointed", nd.BPTT(checkpoints=2), False),
+        ("rtrl", nd.RTRL(), True),
+    ],
 )
 def test_batch_equals_mean_of_examples_trajectory(name, est, weighted, getkey):
     net = dict(NETWORKS)["ctrnn-current"]
@@ -129,13 +143,15 @@ def test_outer_vmap_over_a_sweep_axis(getkey):
     params, static = eqx.partition(nets, eqx.is_inexact_array)
 
     def per_net(p):
-        return nd.batch_value_and_grad(eqx.combine(p, static), xs, ys, objective=nd.SteadyState(),
-                                       estimator=nd.RBP())[:2]
+        return nd.batch_value_and_grad(eqx.combine(p, static), xs, ys, objective=nd.SteadyState(), estimator=nd.RBP())[
+            :2
+        ]
 
     losses, grads = jax.vmap(per_net)(params)
     for i, k in enumerate(keys):
-        loss_i, g_i, _ = nd.batch_value_and_grad(nd.networks.Hopfield(3, 5, 2, key=k), xs, ys,
-                                                 objective=nd.SteadyState(), estimator=nd.RBP())
+        loss_i, g_i, _ = nd.batch_value_and_grad(
+            nd.networks.Hopfield(3, 5, 2, key=k), xs, ys, objective=nd.SteadyState(), estimator=nd.RBP()
+        )
         np.testing.assert_allclose(losses[i], loss_i, rtol=1e-12)
         assert_tree_close(jax.tree.map(lambda a: a[i], grads), g_i, rtol=1e-9, atol=1e-12, what=f"net {i}")
 
@@ -156,8 +172,9 @@ def test_a_non_finite_example_is_never_successful(getkey):
     assert not bool(jnp.any(info["converged"]))
     assert bool(jnp.all(_is(info["result"], nd.RESULTS.nonfinite_gradient)[jnp.asarray([0, 1, 3])]))
     # Masking the broken example with a zero weight keeps its NaN out of loss and gradient.
-    loss, grads, _ = nd.batch_value_and_grad(net, xs, ys, objective=nd.SteadyState(), estimator=nd.RBP(),
-                                             weights=jnp.asarray([1.0, 1.0, 0.0, 1.0]))
+    loss, grads, _ = nd.batch_value_and_grad(
+        net, xs, ys, objective=nd.SteadyState(), estimator=nd.RBP(), weights=jnp.asarray([1.0, 1.0, 0.0, 1.0])
+    )
     assert bool(jnp.isfinite(loss))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
@@ -175,13 +192,15 @@ def test_a_non_finite_example_is_never_successful(getkey):
 def test_bad_batches_are_named(xs_shape, ys_shape, weights, match):
     net = dict(NETWORKS)["ctrnn-rate"]
     with pytest.raises(ValueError, match=match):
-        nd.batch_value_and_grad(net, jnp.zeros(xs_shape), jnp.zeros(ys_shape), objective=nd.SteadyState(),
-                                weights=weights)
+        nd.batch_value_and_grad(
+            net, jnp.zeros(xs_shape), jnp.zeros(ys_shape), objective=nd.SteadyState(), weights=weights
+        )
 
 
 def test_differentiating_the_returned_grads_is_refused(getkey):
     net = dict(NETWORKS)["ctrnn-rate"]
     xs, ys = _batch(net, getkey())
     with pytest.raises(ValueError, match="first-order"):
-        jax.grad(lambda n: jnp.sum(nd.batch_value_and_grad(n, xs, ys, objective=nd.SteadyState(),
-                                                           estimator=nd.RBP())[1].W))(net)
+        jax.grad(
+            lambda n: jnp.sum(nd.batch_value_and_grad(n, xs, ys, objective=nd.SteadyState(), estimator=nd.RBP())[1].W)
+        )(net)

@@ -182,7 +182,9 @@ def test_float32_defaults_work(getkey):
     _, g64, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState())
     assert_tree_close(jax.tree.map(lambda a: a.astype(jnp.float64), g32), g64, rtol=1e-3, atol=1e-5)
     xs = jnp.ones((3, 3), jnp.float32)
-    _, g, info = nd.value_and_grad(net32, xs, jnp.zeros((3, 2), jnp.float32), objective=nd.Trajectory(ts=[1.0, 2.0, 3.0]))
+    _, g, info = nd.value_and_grad(
+        net32, xs, jnp.zeros((3, 2), jnp.float32), objective=nd.Trajectory(ts=[1.0, 2.0, 3.0])
+    )
     assert g.W.dtype == jnp.float32 and bool(info["converged"])
 
 

@@ -56,7 +56,8 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     f.write_text("experiment: compare_estimators\nsteady:\n  bach: 3\n")
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.compare_estimators", "--config", str(f), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -99,10 +100,13 @@ def test_misspelt_estimator_argument_is_one_line(tmp_path):
     f.write_text("experiment: train\nestimators:\n  ep: {kind: EP, betta: 0.1}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.train", "--config", str(f), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: {f}: unknown key 'estimators.ep.betta' for EP; did you mean 'beta'?"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {f}: unknown key 'estimators.ep.betta' for EP; did you mean 'beta'?"
+    ]
     assert not (tmp_path / "o").exists()
 
 
@@ -127,7 +131,8 @@ def test_run_all_quick_reports_a_missing_experiment(tmp_path):
     (tmp_path / "b.yaml").write_text("seed: 1\n")
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.run_all_quick", "--configs", str(tmp_path), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1
     assert "FAIL" in proc.stdout and "experiments.no_such_experiment" in proc.stdout
@@ -143,7 +148,9 @@ def test_unknown_override_names_the_closest_field(tmp_path):
     assert ndc.load(f, Schema, overrides=["--estimator.beta=0.3", "--sizes", "7", "8"]) == Schema(1, (7, 8), Inner(0.3))
 
 
-@pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("1E5", 1e5), (".5", 0.5), ("-2.5e+3", -2500.0), ("3", 3), ("1_000", 1000)])
+@pytest.mark.parametrize(
+    "text,value", [("1e-3", 1e-3), ("1E5", 1e5), (".5", 0.5), ("-2.5e+3", -2500.0), ("3", 3), ("1_000", 1000)]
+)
 def test_yaml_reads_yaml12_floats(text, value):
     got = ndc.parse_yaml(f"x: {text}\n")["x"]
     assert got == value and type(got) is type(value)
@@ -181,9 +188,23 @@ def test_overrides_reach_maps_lists_and_new_spec_arguments(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("estimators: {ep: {kind: EP, beta: 0.1}, rbp: {kind: RBP}}\nsizes: [3, 4]\n")
     cfg = ndc.load(
-        f, WithSpecs,
-        overrides=["--estimators.ep.beta", "0.02", "--estimator.adjoint.kind", "Neumann", "--estimator.adjoint.K", "7",
-                   "--sizes.1", "9", "--inner.beta", "0.05", "--estimators.rbp.adjoint", "{kind: JaxGMRES}", "--flag"],
+        f,
+        WithSpecs,
+        overrides=[
+            "--estimators.ep.beta",
+            "0.02",
+            "--estimator.adjoint.kind",
+            "Neumann",
+            "--estimator.adjoint.K",
+            "7",
+            "--sizes.1",
+            "9",
+            "--inner.beta",
+            "0.05",
+            "--estimators.rbp.adjoint",
+            "{kind: JaxGMRES}",
+            "--flag",
+        ],
     )
     assert cfg.estimators["ep"]["beta"] == 0.02 and cfg.sizes == (3, 9) and cfg.inner.beta == 0.05 and cfg.flag
     assert cfg.estimator == {"kind": "RBP", "adjoint": {"kind": "Neumann", "K": 7}}
@@ -191,7 +212,10 @@ def test_overrides_reach_maps_lists_and_new_spec_arguments(tmp_path):
     assert isinstance(est, nd.RBP) and isinstance(est.adjoint, nd.adjoint.Neumann) and est.adjoint.K == 7
     with pytest.raises(ndc.ConfigError, match=r"unknown override '--sizes.5'"):
         ndc.load(f, WithSpecs, overrides=["--sizes.5", "1"])
-    with pytest.raises(ndc.ConfigError, match=r"'estimator.adjoint.kind' .*unknown kind 'Neuman'|unknown kind 'Neuman'.*did you mean 'Neumann'"):
+    with pytest.raises(
+        ndc.ConfigError,
+        match=r"'estimator.adjoint.kind' .*unknown kind 'Neuman'|unknown kind 'Neuman'.*did you mean 'Neumann'",
+    ):
         ndc.load(f, WithSpecs, overrides=["--estimator.adjoint.kind", "Neuman"])
     with pytest.raises(ndc.ConfigError, match=r"'sizes\[0\]' = 0 is out of range: must be >= 1"):
         ndc.load(f, WithSpecs, overrides=["--sizes", "[0, 1]"])
@@ -221,11 +245,18 @@ def test_estimator_kinds(kind, cls):
 
 @pytest.mark.parametrize(
     "kind,family,cls",
-    [("hopfield", "networks", "networks.Hopfield"), ("Neumann", "adjoints", "adjoint.Neumann"),
-     ("AdjointODE", "adjoints", "adjoint.AdjointODE"), ("adjoint.Neumann", "adjoints", "adjoint.Neumann"),
-     ("SnAp1", "sensitivities", "rtrl.SnAp1"), ("rtrl.SnAp1", "sensitivities", "rtrl.SnAp1"),
-     ("snap_1", "sensitivities", "rtrl.SnAp1"), ("anderson", "relaxations", "relaxation.Anderson"),
-     ("leaky_relu", "activations", "activations.LeakyReLU"), ("neurodyn.networks:Layered", "networks", "networks.Layered")],
+    [
+        ("hopfield", "networks", "networks.Hopfield"),
+        ("Neumann", "adjoints", "adjoint.Neumann"),
+        ("AdjointODE", "adjoints", "adjoint.AdjointODE"),
+        ("adjoint.Neumann", "adjoints", "adjoint.Neumann"),
+        ("SnAp1", "sensitivities", "rtrl.SnAp1"),
+        ("rtrl.SnAp1", "sensitivities", "rtrl.SnAp1"),
+        ("snap_1", "sensitivities", "rtrl.SnAp1"),
+        ("anderson", "relaxations", "relaxation.Anderson"),
+        ("leaky_relu", "activations", "activations.LeakyReLU"),
+        ("neurodyn.networks:Layered", "networks", "networks.Layered"),
+    ],
 )
 def test_kinds_of_every_family(kind, family, cls):
     mod, name = cls.split(".")
@@ -254,8 +285,14 @@ def test_register_a_users_class():
 
 
 NETWORK_ARGS = {
-    "CTRNN": {"n": 4}, "Elman": {"n": 4}, "Hopfield": {"n_hidden": 4}, "Layered": {"sizes": [4]},
-    "LayeredHopfield": {"sizes": [4]}, "NARX": {}, "RecurrentMLP": {"sizes": [4]}, "SecondOrder": {"n": 4},
+    "CTRNN": {"n": 4},
+    "Elman": {"n": 4},
+    "Hopfield": {"n_hidden": 4},
+    "Layered": {"sizes": [4]},
+    "LayeredHopfield": {"sizes": [4]},
+    "NARX": {},
+    "RecurrentMLP": {"sizes": [4]},
+    "SecondOrder": {"n": 4},
 }
 
 

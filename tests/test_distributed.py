@@ -15,7 +15,6 @@ import textwrap
 import time
 
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
@@ -48,8 +47,14 @@ def _problem(n=64):
     X, y = nd.data.double_moon(jr.PRNGKey(0), n, distance=-1.0)
     X = (X - X.mean(0)[None]) / X.std(0)[None]
     net = nd.networks.Layered((2, 8, 2), nd.activations.tanh, key=jr.PRNGKey(1))
-    kw = dict(objective=nd.SteadyState(nd.losses.squared_error), estimator=nd.RBP(),
-              optimizer=nd.config.optimizer("sgd", 0.05, momentum=0.9), epochs=2, key=jr.PRNGKey(2), progress=False)
+    kw = dict(
+        objective=nd.SteadyState(nd.losses.squared_error),
+        estimator=nd.RBP(),
+        optimizer=nd.config.optimizer("sgd", 0.05, momentum=0.9),
+        epochs=2,
+        key=jr.PRNGKey(2),
+        progress=False,
+    )
     return net, (X, nd.training.one_hot_targets(y, 2)), kw
 
 
@@ -69,15 +74,36 @@ def test_fit_devices_on_one_device_is_the_single_device_path():
 
 
 def test_launch_options_are_parsed():
-    known, rest = ndc._split_cli(["--config", "c.yaml", "--distributed", "--coordinator-address", "127.0.0.1:1234",
-                                  "--num-processes=2", "--process-id", "1", "--heartbeat-timeout", "10", "--steps", "3"])
+    known, rest = ndc._split_cli(
+        [
+            "--config",
+            "c.yaml",
+            "--distributed",
+            "--coordinator-address",
+            "127.0.0.1:1234",
+            "--num-processes=2",
+            "--process-id",
+            "1",
+            "--heartbeat-timeout",
+            "10",
+            "--steps",
+            "3",
+        ]
+    )
     assert known["distributed"] is True and rest == ["--steps", "3"]
-    assert known["launch"] == dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1, heartbeat_timeout=10)
+    assert known["launch"] == dict(
+        coordinator_address="127.0.0.1:1234", num_processes=2, process_id=1, heartbeat_timeout=10
+    )
     assert ndc._split_cli(["--distributed", "false", "--x", "1"])[0]["distributed"] is False
     assert ndc._split_cli(["--process-id", "0"])[0]["distributed"] is True  # an option implies --distributed
     assert ndc._split_cli(["--quick"])[0]["distributed"] is False
-    for bad, match in ((["--coordinator-address", "localhost"], "HOST:PORT"), (["--num-processes", "two"], "integer"),
-                       (["--num-processes", "0"], ">= 1"), (["--process-id", "-1"], ">= 0"), (["--process-id"], "needs a value")):
+    for bad, match in (
+        (["--coordinator-address", "localhost"], "HOST:PORT"),
+        (["--num-processes", "two"], "integer"),
+        (["--num-processes", "0"], ">= 1"),
+        (["--process-id", "-1"], ">= 0"),
+        (["--process-id"], "needs a value"),
+    ):
         with pytest.raises(ndc.ConfigError, match=match):
             ndc._split_cli(bad)
 
@@ -86,9 +112,22 @@ def test_distributed_without_a_cluster_is_one_line(tmp_path):
     # No coordinator address and no SLURM: one line and exit code 2, before any work.
     env = {k: v for k, v in _env(1).items() if not k.startswith(("SLURM_", "OMPI_", "PMI_", "JAX_COORDINATOR"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.sweep", "--config", "configs/sweep_double_moon.yaml", "--quick",
-         "--out", str(tmp_path / "run"), "--distributed"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--config",
+            "configs/sweep_double_moon.yaml",
+            "--quick",
+            "--out",
+            str(tmp_path / "run"),
+            "--distributed",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
@@ -177,11 +216,30 @@ def _start(module, args, out: pathlib.Path, *, processes=2, devices=2, port=None
     port = port or _free_port()
     procs = []
     for i in range(max(processes, 1)):
-        launch = [] if not processes else ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes",
-                                           str(processes), "--process-id", str(i), "--heartbeat-timeout", "10"]
+        launch = (
+            []
+            if not processes
+            else [
+                "--coordinator-address",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                str(processes),
+                "--process-id",
+                str(i),
+                "--heartbeat-timeout",
+                "10",
+            ]
+        )
         with open(log / f"{i}.err", "w") as err, open(log / f"{i}.out", "w") as outf:
-            procs.append(subprocess.Popen([sys.executable, "-m", module, *args, "--out", str(out), *launch], cwd=REPO,
-                                          env=_env(devices), stdout=outf, stderr=err))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", module, *args, "--out", str(out), *launch],
+                    cwd=REPO,
+                    env=_env(devices),
+                    stdout=outf,
+                    stderr=err,
+                )
+            )
     return procs, log
 
 
@@ -218,8 +276,17 @@ def _checkpoint(run: pathlib.Path) -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_two_processes_sweep_and_training_equal_one_process(tmp_path):
-    sweep = ["--config", "configs/sweep_double_moon.yaml", "--quick", "--steps", "10", "--sweep.seed", "[0, 1]",
-             "--sweep.learning_rate", "[0.03, 0.1]"]
+    sweep = [
+        "--config",
+        "configs/sweep_double_moon.yaml",
+        "--quick",
+        "--steps",
+        "10",
+        "--sweep.seed",
+        "[0, 1]",
+        "--sweep.learning_rate",
+        "[0.03, 0.1]",
+    ]
     cfg = tmp_path / "train.yaml"
     cfg.write_text(TRAIN_CONFIG)
     train = ["--config", str(cfg)]
@@ -329,11 +396,22 @@ def test_global_array_data_and_a_process_that_sees_another_run_directory(tmp_pat
         """
     )
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(port), str(tmp_path)], env=_env(2), cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(i), str(port), str(tmp_path)],
+            env=_env(2),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert procs[1].returncode == 2, outs[1][1][-2000:]
     assert "GLOBAL OK" in outs[0][0] and "GLOBAL OK" in outs[1][0]
-    assert f"REFUSED process 1 finds {tmp_path}/local at epoch 0, process 0 at epoch 1: the run directory must be on a " \
-           "file system every process sees" in outs[1][0]
+    assert (
+        f"REFUSED process 1 finds {tmp_path}/local at epoch 0, process 0 at epoch 1: the run directory must be on a "
+        "file system every process sees" in outs[1][0]
+    )
     assert procs[0].returncode != 0  # it cannot go on alone

@@ -76,8 +76,11 @@ def test_bad_estimator_arguments():
         nd.BPTT(truncation=0)
     with pytest.raises(ValueError, match="estimator must be one of"):
         nd.value_and_grad(
-            nd.networks.CTRNN(2, 1, 1, key=jr.PRNGKey(0)), jnp.ones(1), jnp.ones(1),
-            objective=nd.SteadyState(), estimator="bptt",
+            nd.networks.CTRNN(2, 1, 1, key=jr.PRNGKey(0)),
+            jnp.ones(1),
+            jnp.ones(1),
+            objective=nd.SteadyState(),
+            estimator="bptt",
         )
 
 
@@ -91,7 +94,9 @@ def test_bad_network_arguments(getkey):
 @pytest.mark.skipif(not hasattr(nd, "RBP"), reason="RBP lands with issue 3")
 def test_steady_state_estimator_refuses_trajectory(net):
     with pytest.raises(ValueError, match="RBP cannot serve a Trajectory objective"):
-        nd.value_and_grad(net, jnp.ones((2, 3)), jnp.zeros((2, 2)), objective=nd.Trajectory(ts=[1.0, 2.0]), estimator=nd.RBP())
+        nd.value_and_grad(
+            net, jnp.ones((2, 3)), jnp.zeros((2, 2)), objective=nd.Trajectory(ts=[1.0, 2.0]), estimator=nd.RBP()
+        )
 
 
 def test_differentiating_grads_is_refused(net):
@@ -108,7 +113,9 @@ def test_differentiating_grads_is_refused(net):
 def test_rtrl_refuses_a_relaxation_it_cannot_use(net):
     x, y = jnp.ones(net.n_in), jnp.zeros(net.n_out)
     with pytest.raises(ValueError, match="RTRL.*cannot use relaxation=.*nd.RBP"):
-        nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RTRL(), relaxation=nd.relaxation.Anderson())
+        nd.value_and_grad(
+            net, x, y, objective=nd.SteadyState(), estimator=nd.RTRL(), relaxation=nd.relaxation.Anderson()
+        )
     # The fixed-step relaxation is what RTRL runs: accepted.
     _, _, info = nd.value_and_grad(
         net, x, y, objective=nd.SteadyState(), estimator=nd.RTRL(), relaxation=nd.relaxation.FixedStep()

@@ -97,7 +97,10 @@ def test_vmap_grad_equals_grad_vmap(est_name, est, kind, getkey):
 def test_estimators_agree_with_each_other(getkey):
     net = nd.networks.Hopfield(3, 6, 2, key=getkey())
     x, y = _example(net, getkey())
-    grads = {n: nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=e)[1] for n, e in steady_state_estimators()}
+    grads = {
+        n: nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=e)[1]
+        for n, e in steady_state_estimators()
+    }
     names = list(grads)
     for a in names:
         for b in names:

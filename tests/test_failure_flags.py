@@ -136,7 +136,9 @@ def test_swept_ep_beta_is_checked_as_data(hop):
 
     _, _, info = run(jnp.array([0.05, 0.0, -0.05, jnp.nan]))
     np.testing.assert_array_equal(np.asarray(info["converged"]), [True, False, False, False])
-    np.testing.assert_array_equal(_codes(info["result"]), _codes(R.successful, R.invalid_parameter, R.invalid_parameter, R.invalid_parameter))
+    np.testing.assert_array_equal(
+        _codes(info["result"]), _codes(R.successful, R.invalid_parameter, R.invalid_parameter, R.invalid_parameter)
+    )
 
 
 # ---------------------------------------------------------------------------------------

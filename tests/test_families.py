@@ -227,7 +227,9 @@ def test_sparse_initialisation_keeps_the_dense_spectral_radius(getkey):
     assert abs(radius[0] - 0.5) < 0.1  # the default gain
     hop_dense = nd.networks.Hopfield(2, n - 1, 1, key=key)
     hop_sparse = nd.networks.Hopfield(2, n - 1, 1, density=density, key=key)
-    radius = [float(np.max(np.abs(np.linalg.eigvalsh(np.asarray(m.symmetric_weights))))) for m in (hop_dense, hop_sparse)]
+    radius = [
+        float(np.max(np.abs(np.linalg.eigvalsh(np.asarray(m.symmetric_weights))))) for m in (hop_dense, hop_sparse)
+    ]
     assert abs(radius[1] / radius[0] - 1) < 0.15, radius
 
 
@@ -269,12 +271,23 @@ def test_bad_sparse_options_are_refused(getkey):
 # ---------------------------------------------------------------------------------------
 
 ACTIVATIONS = [
-    nd.activations.identity, nd.activations.logistic, nd.activations.tanh, nd.activations.hard_logistic,
-    nd.activations.hard_tanh, nd.activations.relu, nd.activations.leaky_relu, nd.activations.elu,
-    nd.activations.softplus, nd.activations.PReLU(0.2), nd.activations.Maxout(2),
+    nd.activations.identity,
+    nd.activations.logistic,
+    nd.activations.tanh,
+    nd.activations.hard_logistic,
+    nd.activations.hard_tanh,
+    nd.activations.relu,
+    nd.activations.leaky_relu,
+    nd.activations.elu,
+    nd.activations.softplus,
+    nd.activations.PReLU(0.2),
+    nd.activations.Maxout(2),
 ]
 assert {type(a) for a in ACTIVATIONS} >= {
-    c for c in vars(nd.activations).values() if isinstance(c, type) and issubclass(c, nd.activations.AbstractActivation)
+    c
+    for c in vars(nd.activations).values()
+    if isinstance(c, type)
+    and issubclass(c, nd.activations.AbstractActivation)
     and not c.__name__.startswith("Abstract")
 }
 
@@ -346,7 +359,8 @@ def test_bad_family_sizes_are_refused(getkey):
 
 # (The dense Hopfield network of the list has its own, finer EP suite in tests/test_ep.py.)
 ENERGY = [
-    (n, net) for n, net in small_networks(jr.PRNGKey(1234))
+    (n, net)
+    for n, net in small_networks(jr.PRNGKey(1234))
     if isinstance(net, nd.networks.AbstractEnergyNetwork) and n != "hopfield"
 ]
 

@@ -57,8 +57,12 @@ def _net(key, gain=0.5):
 
 @pytest.mark.parametrize(
     "relaxation",
-    [nd.relaxation.FixedStep(), nd.relaxation.FixedStep(check_every=2), nd.relaxation.Anderson(),
-     nd.relaxation.NewtonKrylov()],
+    [
+        nd.relaxation.FixedStep(),
+        nd.relaxation.FixedStep(check_every=2),
+        nd.relaxation.Anderson(),
+        nd.relaxation.NewtonKrylov(),
+    ],
     ids=["fixed", "fixed-2", "anderson", "newton-krylov"],
 )
 def test_every_relaxation_reports_budget_and_divergence_alike(relaxation, getkey):
@@ -82,8 +86,9 @@ def test_fixed_steps_beyond_the_stability_limit_are_reported_as_divergence(getke
 
 def test_the_adjoint_ode_reports_its_budget_through_rbp(getkey):
     net, x, y = _net(getkey()), jr.normal(getkey(), (3,)), jr.normal(getkey(), (2,))
-    _, _, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(),
-                                   estimator=nd.RBP(adjoint=nd.adjoint.AdjointODE(max_steps=2)))
+    _, _, info = nd.value_and_grad(
+        net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=nd.adjoint.AdjointODE(max_steps=2))
+    )
     assert not bool(info["converged"]) and int(info["adjoint_steps"]) == 2
     assert info["result"] == nd.RESULTS.adjoint_max_steps_reached
 
@@ -130,8 +135,9 @@ def test_user_written_relaxation_and_adjoint_through_the_public_api(getkey):
     r_ref, _ = nd.relax(net, x)
     assert bool(info["converged"])
     assert float(jnp.max(jnp.abs(r_user - r_ref))) < 1e-9
-    _, g_user, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(),
-                                        estimator=nd.RBP(adjoint=UserAdjoint()), relaxation=UserRelaxation())
+    _, g_user, info = nd.value_and_grad(
+        net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=UserAdjoint()), relaxation=UserRelaxation()
+    )
     _, g_ref, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP())
     assert bool(info["converged"])
     leaves = zip(jax.tree.leaves(eqx.filter(g_user, eqx.is_inexact_array)), jax.tree.leaves(g_ref))

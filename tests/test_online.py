@@ -83,11 +83,18 @@ def test_resets_make_episodes_independent(getkey):
     xs, ys, ws = jax.vmap(lambda k: nd.data.sequences.adding_problem(k, T=Tep))(jr.split(getkey(), E))
     resets = jnp.zeros((E, Tep), bool).at[:, 0].set(True)
     trained, _ = nd.online.fit_online(
-        net, xs.reshape(-1, 2), ys.reshape(-1, 1), weights=ws.reshape(-1), resets=resets.reshape(-1),
-        optimizer=optax.sgd(lr), update_every=E * Tep,
+        net,
+        xs.reshape(-1, 2),
+        ys.reshape(-1, 1),
+        weights=ws.reshape(-1),
+        resets=resets.reshape(-1),
+        optimizer=optax.sgd(lr),
+        update_every=E * Tep,
     )
     obj = lambda w: nd.Trajectory(ts=np.arange(1, Tep + 1), weights=w)  # noqa: E731
-    grads = [nd.value_and_grad(net, xs[e], ys[e], objective=obj(ws[e]), estimator=nd.RTRL(), **EULER1)[1] for e in range(E)]
+    grads = [
+        nd.value_and_grad(net, xs[e], ys[e], objective=obj(ws[e]), estimator=nd.RTRL(), **EULER1)[1] for e in range(E)
+    ]
     total = jax.tree.map(lambda *g: sum(g), *grads)
     expected = jax.tree.map(lambda p, g: p - lr * g, _params(net), total)
     assert_tree_close(_params(trained), expected, rtol=1e-10, atol=1e-12)

@@ -20,11 +20,17 @@ def test_figures_render_and_save(tmp_path):
         for b, n in zip((1e-3, 1e-2, 1e-1), (16, 32, 64))
     ]
     files = []
-    files += ndp.save(ndp.fidelity_vs_knob(rows, "beta", slopes={"ep-one-sided": 1, "ep-centered": 2}), tmp_path / "beta")
+    files += ndp.save(
+        ndp.fidelity_vs_knob(rows, "beta", slopes={"ep-one-sided": 1, "ep-centered": 2}), tmp_path / "beta"
+    )
     files += ndp.save(ndp.cost_vs_n(rows), tmp_path / "cost")
     files += ndp.save(ndp.alignment(["a", "b"], np.array([[1.0, 0.5], [0.5, 1.0]])), tmp_path / "align")
-    curves = [dict(estimator=e, seed=s, epoch=k, train_loss=1.0 / (k + 1 + s), test_accuracy=0.5 + 0.1 * k)
-              for e in ("bptt", "ep") for s in range(2) for k in range(3)]
+    curves = [
+        dict(estimator=e, seed=s, epoch=k, train_loss=1.0 / (k + 1 + s), test_accuracy=0.5 + 0.1 * k)
+        for e in ("bptt", "ep")
+        for s in range(2)
+        for k in range(3)
+    ]
     files += ndp.save(ndp.training_curves(curves), tmp_path / "train")
     for f in files:
         assert os.path.getsize(f) > 1000
@@ -67,8 +73,16 @@ def test_save_is_atomic_and_readable_by_others(tmp_path):
 
 def test_sweep_curves_mean_and_band_over_seeds(tmp_path):
     rows = [
-        dict(estimator=e, hidden=16, seed=s, learning_rate=lr, test_accuracy=0.5 + 0.1 * k + 0.01 * s + (0.05 if e == "rbp" else 0))
-        for e in ("bptt", "rbp") for s in range(3) for k, lr in enumerate((0.003, 0.01, 0.03, 0.1))
+        dict(
+            estimator=e,
+            hidden=16,
+            seed=s,
+            learning_rate=lr,
+            test_accuracy=0.5 + 0.1 * k + 0.01 * s + (0.05 if e == "rbp" else 0),
+        )
+        for e in ("bptt", "rbp")
+        for s in range(3)
+        for k, lr in enumerate((0.003, 0.01, 0.03, 0.1))
     ]
     rows.append(dict(estimator="rbp", seed=9, learning_rate="", test_accuracy=0.0))  # no x: left out
     fig = ndp.sweep_curves(rows, x="learning_rate", metric="test_accuracy", group="estimator")
@@ -84,7 +98,10 @@ def test_sweep_curves_mean_and_band_over_seeds(tmp_path):
     # Several group columns; a linear axis when asked.
     fig2 = ndp.sweep_curves(rows, group=("estimator", "hidden"), logx=False)
     assert fig2.axes[0].get_xscale() == "linear"
-    assert {line.get_label() for line in fig2.axes[0].get_lines()} == {"estimator=bptt, hidden=16 (mean of 3)", "estimator=rbp, hidden=16 (mean of 3)"}
+    assert {line.get_label() for line in fig2.axes[0].get_lines()} == {
+        "estimator=bptt, hidden=16 (mean of 3)",
+        "estimator=rbp, hidden=16 (mean of 3)",
+    }
     assert os.path.getsize(ndp.save(fig, tmp_path / "sweep")[0]) > 1000
     with pytest.raises(ValueError, match="no row has both 'learning_rate' and 'final_loss'"):
         ndp.sweep_curves([dict(learning_rate=0.1)], metric="final_loss")

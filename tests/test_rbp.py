@@ -21,8 +21,13 @@ from helpers import (
 STRATEGIES = [
     ("linear", nd.adjoint.Linear()),
     ("gmres", nd.adjoint.Linear(lx.GMRES(rtol=1e-10, atol=1e-12, max_steps=500, restart=40))),
-    ("bicgstab", nd.adjoint.Linear(lx.BiCGStab(rtol=1e-10, atol=1e-12, max_steps=500),
-                                   fallback=lx.GMRES(rtol=1e-10, atol=1e-12, max_steps=500, restart=40))),
+    (
+        "bicgstab",
+        nd.adjoint.Linear(
+            lx.BiCGStab(rtol=1e-10, atol=1e-12, max_steps=500),
+            fallback=lx.GMRES(rtol=1e-10, atol=1e-12, max_steps=500, restart=40),
+        ),
+    ),
     ("jax-gmres", nd.adjoint.JaxGMRES()),
     ("jax-bicgstab", nd.adjoint.JaxBiCGStab()),
     ("adjoint-ode", nd.adjoint.AdjointODE()),
@@ -106,7 +111,9 @@ def test_unstable_equilibrium_is_flagged(getkey):
     assert bool(info["forward_converged"])
     assert float(info["leading_eigenvalue"]) > 0 and bool(info["unstable"]) and not bool(info["converged"])
     assert info["result"] == nd.RESULTS.unstable_equilibrium
-    _, _, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=nd.adjoint.AdjointODE(max_steps=400)))
+    _, _, info = nd.value_and_grad(
+        net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=nd.adjoint.AdjointODE(max_steps=400))
+    )
     assert bool(info["unstable"]) and not bool(info["converged"])
     stable = nd.networks.CTRNN(8, 2, 2, nd.activations.tanh, gain=0.5, key=jr.PRNGKey(1))
     _, _, info = nd.value_and_grad(stable, x, y, objective=nd.SteadyState(), estimator=nd.RBP(stability_check=True))
@@ -132,7 +139,9 @@ def test_rbp_float32_defaults_converge(getkey):
     net = nd.networks.CTRNN(64, 4, 3, key=getkey())
     net32 = jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, net)
     x, y = jr.normal(getkey(), (4,)), jr.normal(getkey(), (3,))
-    _, g32, info = nd.value_and_grad(net32, x.astype(jnp.float32), y.astype(jnp.float32), objective=nd.SteadyState(), estimator=nd.RBP())
+    _, g32, info = nd.value_and_grad(
+        net32, x.astype(jnp.float32), y.astype(jnp.float32), objective=nd.SteadyState(), estimator=nd.RBP()
+    )
     assert bool(info["converged"]) and g32.W.dtype == jnp.float32
     _, ref, _ = dense_ift_grad(net, x, y)
     assert_tree_close(jax.tree.map(lambda a: a.astype(jnp.float64), g32), ref, rtol=2e-3, atol=1e-5)

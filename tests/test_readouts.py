@@ -63,7 +63,9 @@ def test_every_family_has_a_readout_case():
     families = {
         obj
         for obj in vars(nd.networks).values()
-        if isinstance(obj, type) and issubclass(obj, nd.networks.AbstractNetwork) and not obj.__name__.startswith("Abstract")
+        if isinstance(obj, type)
+        and issubclass(obj, nd.networks.AbstractNetwork)
+        and not obj.__name__.startswith("Abstract")
     }
     covered = {type(make(jr.PRNGKey(0))) for _, make, _ in CASES}
     assert families <= covered, f"no readout case for {sorted(f.__name__ for f in families - covered)}"

@@ -153,7 +153,9 @@ def test_relax_loop_forcing_with_any_strategy(getkey):
 
 
 @pytest.mark.parametrize(
-    "form,rel", [("current", nd.relaxation.Anderson()), ("rate", nd.relaxation.NewtonKrylov())], ids=["anderson", "newton-krylov"]
+    "form,rel",
+    [("current", nd.relaxation.Anderson()), ("rate", nd.relaxation.NewtonKrylov())],
+    ids=["anderson", "newton-krylov"],
 )
 def test_rbp_with_another_relaxation_is_exact(form, rel, getkey):
     net = nd.networks.CTRNN(6, 3, 2, form=form, key=getkey())
@@ -168,7 +170,9 @@ def test_bptt_keeps_its_fixed_step_loop_and_errors_are_pinned(getkey):
     net = nd.networks.CTRNN(4, 3, 2, key=getkey())
     x, y = jnp.ones(3), jnp.zeros(2)
     with pytest.raises(ValueError, match="cannot be differentiated through: BPTT"):
-        nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.BPTT(), relaxation=nd.relaxation.Anderson())
+        nd.value_and_grad(
+            net, x, y, objective=nd.SteadyState(), estimator=nd.BPTT(), relaxation=nd.relaxation.Anderson()
+        )
     with pytest.raises(ValueError, match="does not apply to a trajectory"):
         nd.rollout(net, jnp.ones((2, 3)), [1.0, 2.0], relaxation=nd.relaxation.FixedStep())
     with pytest.raises(ValueError, match="must be an nd.relaxation strategy"):
@@ -180,7 +184,9 @@ def test_bptt_keeps_its_fixed_step_loop_and_errors_are_pinned(getkey):
     with pytest.raises(TypeError, match="Did you mean `relaxation`"):
         nd.relax(net, x, relaxtion=nd.relaxation.FixedStep())
     # An explicit FixedStep is accepted by BPTT and gives its usual gradient.
-    _, g1, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.BPTT(), relaxation=nd.relaxation.FixedStep())
+    _, g1, _ = nd.value_and_grad(
+        net, x, y, objective=nd.SteadyState(), estimator=nd.BPTT(), relaxation=nd.relaxation.FixedStep()
+    )
     _, g0, _ = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=nd.BPTT())
     assert_tree_close(g1, g0, rtol=0, atol=0, what="bptt")
 

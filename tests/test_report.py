@@ -12,8 +12,17 @@ from experiments import report
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--config", "configs/double_moon.yaml", "--quick", "--data.n", "200", "--epochs", "3",
-        "--estimators", "{bptt: {kind: BPTT}}"]
+TINY = [
+    "--config",
+    "configs/double_moon.yaml",
+    "--quick",
+    "--data.n",
+    "200",
+    "--epochs",
+    "3",
+    "--estimators",
+    "{bptt: {kind: BPTT}}",
+]
 
 
 def _snapshot(path: pathlib.Path) -> dict:
@@ -26,11 +35,31 @@ def two_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
     a, b = tmp / "lr-0.05", tmp / "lr-0.2"
     procs = [
-        subprocess.Popen([sys.executable, "-m", "experiments.train", *TINY, "--out", str(a)], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
-        subprocess.Popen([sys.executable, "-m", "experiments.train", *TINY, "--out", str(b),
-                          "--optimizer.learning_rate", "0.2", "--seeds", "[1]"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        subprocess.Popen(
+            [sys.executable, "-m", "experiments.train", *TINY, "--out", str(a)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.train",
+                *TINY,
+                "--out",
+                str(b),
+                "--optimizer.learning_rate",
+                "0.2",
+                "--seeds",
+                "[1]",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
     ]
     for p in procs:
         out, _ = p.communicate(timeout=600)
@@ -50,7 +79,9 @@ def test_report_tables_only_the_differing_settings_and_plots_the_curves(two_runs
     assert "data.n" not in header and "epochs |" in header and "test_accuracy" in header
     rows = list(csv.DictReader((out / "report.csv").read_text().splitlines()))
     assert [(r["run"], r["optimizer.learning_rate"], r["seeds"], r["seed"]) for r in rows] == [
-        ("lr-0.05", "0.05", "[0]", "0"), ("lr-0.2", "0.2", "[1]", "1")]
+        ("lr-0.05", "0.05", "[0]", "0"),
+        ("lr-0.2", "0.2", "[1]", "1"),
+    ]
     assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in rows)
     assert (out / "report.md").read_text() == printed
     assert os.path.getsize(out / "figures" / "curves.png") > 1000
@@ -117,6 +148,9 @@ def test_sweep_runs_get_the_metric_against_the_learning_rate(tmp_path, capsys):
         runs.append(str(run))
     report.main([*runs, "--out", str(tmp_path / "r")])
     printed = capsys.readouterr().out
-    assert printed.splitlines()[0] == "| run | steps | estimator | hidden | seed | learning_rate | final_loss | test_accuracy |"
+    assert (
+        printed.splitlines()[0]
+        == "| run | steps | estimator | hidden | seed | learning_rate | final_loss | test_accuracy |"
+    )
     assert len(printed.splitlines()) == 2 + 12
     assert os.path.getsize(tmp_path / "r" / "figures" / "sweep.png") > 1000

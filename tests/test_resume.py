@@ -27,8 +27,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _cmd(out, *extra):
-    return [sys.executable, "-m", "experiments.train", "--config", "configs/double_moon.yaml", "--quick",
-            "--out", str(out), "--epochs", "8", "--data.n", "2000", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config",
+        "configs/double_moon.yaml",
+        "--quick",
+        "--out",
+        str(out),
+        "--epochs",
+        "8",
+        "--data.n",
+        "2000",
+        *extra,
+    ]
 
 
 def _step(meta):
@@ -71,7 +84,16 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
 @pytest.mark.slow
 def test_finished_sweep_points_are_not_recomputed(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "experiments.sweep", "--config", "configs/sweep_double_moon.yaml", "--quick", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        "--config",
+        "configs/sweep_double_moon.yaml",
+        "--quick",
+        "--out",
+        str(tmp_path),
+    ]
     first = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600)
     second = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600)
     assert "not recomputed" in second.stderr and "not recomputed" not in first.stderr
@@ -84,8 +106,20 @@ def test_killed_sweep_resumes_and_keeps_finished_points(tmp_path):
 
     def cmd(out):
         # One point per chunk, long enough per chunk to kill the run between chunks.
-        return [sys.executable, "-m", "experiments.sweep", "--config", "configs/sweep_double_moon.yaml", "--quick",
-                "--out", str(out), "--chunk", "1", "--steps", "1500"]
+        return [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--config",
+            "configs/sweep_double_moon.yaml",
+            "--quick",
+            "--out",
+            str(out),
+            "--chunk",
+            "1",
+            "--steps",
+            "1500",
+        ]
 
     reference = tmp_path / "reference"
     subprocess.run(cmd(reference), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
@@ -121,8 +155,16 @@ def _fit(epochs, run=None):
     X = jnp.asarray(Preprocessor.fit(X, "standardize")(X), jnp.float64)
     net = nd.networks.Layered((2, 4, 2), nd.activations.relu, key=jr.PRNGKey(9))
     return nd.training.fit(
-        net, (X, y), objective=nd.SteadyState(nd.losses.softmax_cross_entropy), estimator=nd.BPTT(), optimizer=_OPT,
-        epochs=epochs, batch_size=8, key=jr.PRNGKey(4), run=run, progress=False,
+        net,
+        (X, y),
+        objective=nd.SteadyState(nd.losses.softmax_cross_entropy),
+        estimator=nd.BPTT(),
+        optimizer=_OPT,
+        epochs=epochs,
+        batch_size=8,
+        key=jr.PRNGKey(4),
+        run=run,
+        progress=False,
     )
 
 

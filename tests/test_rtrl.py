@@ -98,7 +98,12 @@ def test_rtrl_with_defaults_is_within_1e_3_of_the_fine_reference(getkey):
 
 # Every family is checked against dense_ift_grad in tests/test_estimators.py too.
 @pytest.mark.parametrize(
-    "name", ["ctrnn-current", pytest.param("hopfield", marks=pytest.mark.slow), pytest.param("layered", marks=pytest.mark.slow)]
+    "name",
+    [
+        "ctrnn-current",
+        pytest.param("hopfield", marks=pytest.mark.slow),
+        pytest.param("layered", marks=pytest.mark.slow),
+    ],
 )
 def test_steady_state_rtrl_is_the_implicit_gradient(name, getkey):
     net = BY_NAME[name]
@@ -213,7 +218,9 @@ def test_rtrl_jits_vmaps_and_does_not_retrace(getkey):
 
     # grad(mean over vmap) through the custom VJP = the mean of the per-example gradients.
     def mean_loss(net):
-        ls, _, _ = jax.vmap(lambda x, y: nd.value_and_grad(net, x, y, objective=obj, estimator=nd.RTRL(), **EULER1))(xs, ys)
+        ls, _, _ = jax.vmap(lambda x, y: nd.value_and_grad(net, x, y, objective=obj, estimator=nd.RTRL(), **EULER1))(
+            xs, ys
+        )
         return jnp.mean(ls)
 
     g_mean = eqx.filter_grad(mean_loss)(net)
@@ -228,7 +235,9 @@ def test_rtrl_memory_does_not_grow_with_the_trajectory_length(getkey):
     def planned(T):
         ts = np.arange(1, T + 1)
         fn = eqx.filter_jit(
-            lambda net, xs, ys: nd.value_and_grad(net, xs, ys, objective=nd.Trajectory(ts=ts), estimator=nd.RTRL(), **EULER1)[:2]
+            lambda net, xs, ys: nd.value_and_grad(
+                net, xs, ys, objective=nd.Trajectory(ts=ts), estimator=nd.RTRL(), **EULER1
+            )[:2]
         )
         return planned_peak_bytes(fn, net, jnp.zeros((T, 2)), jnp.zeros((T, 2)))
 

@@ -83,8 +83,10 @@ def test_sparse_snap1_memory_is_linear_in_the_parameters():
     # in the slow test below.
     sparse, ms, sparse_peaks = _slope(nd.rtrl.SparseSnAp1(), sizes=(8, 16))
     dense, _, dense_peaks = _slope(nd.rtrl.SnAp1(), sizes=(8, 16))
-    print(f"planned peak bytes vs m = {ms}: SparseSnAp1 {sparse_peaks} (log-log slope {sparse:.2f}), "
-          f"SnAp1 dense {dense_peaks} (slope {dense:.2f})")
+    print(
+        f"planned peak bytes vs m = {ms}: SparseSnAp1 {sparse_peaks} (log-log slope {sparse:.2f}), "
+        f"SnAp1 dense {dense_peaks} (slope {dense:.2f})"
+    )
     assert sparse < 1.3 and dense > 1.4
 
 
@@ -95,8 +97,10 @@ def test_memory_slopes_over_three_sizes():
     sparse, ms, sparse_peaks = _slope(nd.rtrl.SparseSnAp1())
     dense, _, dense_peaks = _slope(nd.rtrl.SnAp1())
     uoro, _, uoro_peaks = _slope(nd.rtrl.UORO(0))
-    print(f"planned peak bytes vs m = {ms}: SparseSnAp1 {sparse_peaks} (log-log slope {sparse:.2f}), "
-          f"SnAp1 dense {dense_peaks} (slope {dense:.2f}), UORO {uoro_peaks} (slope {uoro:.2f})")
+    print(
+        f"planned peak bytes vs m = {ms}: SparseSnAp1 {sparse_peaks} (log-log slope {sparse:.2f}), "
+        f"SnAp1 dense {dense_peaks} (slope {dense:.2f}), UORO {uoro_peaks} (slope {uoro:.2f})"
+    )
     assert sparse < 1.3 and uoro < 1.3
     assert dense > 1.4
 
@@ -113,7 +117,9 @@ def test_sparse_snap1_online_equals_the_dense_layout():
     dense, l1 = nd.online.fit_online(NET, XS, YS, sensitivity=nd.rtrl.SnAp1(), **kw)
     sparse, l2 = nd.online.fit_online(NET, XS, YS, sensitivity=nd.rtrl.SparseSnAp1(), **kw)
     np.testing.assert_allclose(l1, l2, rtol=1e-12)
-    assert_tree_close(eqx.filter(sparse, eqx.is_inexact_array), eqx.filter(dense, eqx.is_inexact_array), rtol=1e-12, atol=1e-14)
+    assert_tree_close(
+        eqx.filter(sparse, eqx.is_inexact_array), eqx.filter(dense, eqx.is_inexact_array), rtol=1e-12, atol=1e-14
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,8 +157,9 @@ def test_uoro_is_reproducible_and_keyed():
 def test_uoro_online_with_one_update_is_a_step_with_its_trajectory_gradient():
     # Same grid, same step count, same signs: online learning and nd.RTRL draw alike.
     lr = 0.1
-    trained, _ = nd.online.fit_online(NET, XS, YS, optimizer=optax.sgd(lr), update_every=T,
-                                      weights=OBJ.weights, sensitivity=nd.rtrl.UORO(2))
+    trained, _ = nd.online.fit_online(
+        NET, XS, YS, optimizer=optax.sgd(lr), update_every=T, weights=OBJ.weights, sensitivity=nd.rtrl.UORO(2)
+    )
     _, g, _ = _grad(NET, nd.rtrl.UORO(2))
     expected = jax.tree.map(lambda p, d: p - lr * d, eqx.filter(NET, eqx.is_inexact_array), g)
     assert_tree_close(eqx.filter(trained, eqx.is_inexact_array), expected, rtol=1e-10, atol=1e-12)
@@ -191,7 +198,9 @@ def test_rflo_is_biased_but_aligned():
     assert 0.5 < c < 1 - 1e-6 and rel_error(rflo, snap) > 1e-6
 
 
-@pytest.mark.parametrize("sens", [nd.rtrl.SparseSnAp1(), nd.rtrl.UORO(1), nd.rtrl.RFLO()], ids=["sparse-snap1", "uoro", "rflo"])
+@pytest.mark.parametrize(
+    "sens", [nd.rtrl.SparseSnAp1(), nd.rtrl.UORO(1), nd.rtrl.RFLO()], ids=["sparse-snap1", "uoro", "rflo"]
+)
 def test_batch_path_is_the_mean_of_the_examples(sens, getkey):
     xs, ys = jr.uniform(getkey(), (3, T, 3)), jr.normal(getkey(), (3, T, 2))
     loss, g, info = nd.batch_value_and_grad(NET, xs, ys, objective=OBJ, estimator=nd.RTRL(sens), **EULER1)

@@ -93,7 +93,9 @@ def test_config_yaml_records_the_config_and_its_hash(tmp_path):
 def test_a_different_config_is_refused_once_the_run_has_results(tmp_path):
     with RunDir(tmp_path, Cfg()) as run:
         run.log(dict(epoch=1))
-    with pytest.raises(StaleRunError, match=r"holds a run of a different config \(differs in lr, name\).*choose another --out"):
+    with pytest.raises(
+        StaleRunError, match=r"holds a run of a different config \(differs in lr, name\).*choose another --out"
+    ):
         RunDir(tmp_path, Cfg(lr=0.2, name="b"))
     with RunDir(tmp_path, Cfg()):  # the same config resumes
         pass
@@ -153,13 +155,20 @@ def test_damaged_checkpoints_fall_back_or_raise_naming_the_file(tmp_path, capsys
     tree, meta = run.checkpoint(like)
     assert meta["step"] == 2 and float(tree["w"][0]) == 2.0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "last-3.eqx (checksum mismatch)" in err[0] and "resuming from" in err[0] and "last-2.json" in err[0]
+    assert (
+        len(err) == 1
+        and "last-3.eqx (checksum mismatch)" in err[0]
+        and "resuming from" in err[0]
+        and "last-2.json" in err[0]
+    )
     # The metadata: a truncated last.json falls back to the same step's copy.
     (run.checkpoints / "last-3.eqx").write_bytes(b"")
     for step in (1, 2):
         p = run.checkpoints / f"last-{step}.eqx"
         p.write_bytes(p.read_bytes()[:10])
-    with pytest.raises(DamagedFileError, match=r"last-3.eqx is damaged \(checksum mismatch\) and no intact older checkpoint.*delete"):
+    with pytest.raises(
+        DamagedFileError, match=r"last-3.eqx is damaged \(checksum mismatch\) and no intact older checkpoint.*delete"
+    ):
         run.checkpoint(like)
     # Intact but of another structure: the directory holds another run.
     run.save_checkpoint({"w": jnp.ones(3)}, dict(step=4))
@@ -205,8 +214,14 @@ def test_files_are_readable_by_others(tmp_path, umask022):
     run.save_checkpoint({"w": jnp.ones(2)}, dict(step=1))
     run.save_result("r", [1, 2])
     run.mark_done("k")
-    for p in ("config.yaml", "summary.csv", "checkpoints/last.json", "checkpoints/last-1.eqx", "results/r.result",
-              "checkpoints/done-k"):
+    for p in (
+        "config.yaml",
+        "summary.csv",
+        "checkpoints/last.json",
+        "checkpoints/last-1.eqx",
+        "results/r.result",
+        "checkpoints/done-k",
+    ):
         assert _mode(run.path / p) == 0o644, p
     assert not [p for p in run.path.rglob(".*") if p.name != ".lock"]  # no temporary files left
 
@@ -227,8 +242,16 @@ def test_a_damaged_sweep_chunk_is_named_and_recomputed(tmp_path):
     import sys
 
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "experiments.sweep", "--config", "configs/sweep_double_moon.yaml", "--quick",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        "--config",
+        "configs/sweep_double_moon.yaml",
+        "--quick",
+        "--out",
+        str(out),
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     (chunk,) = (out / "results").glob("*.result")

@@ -33,8 +33,16 @@ def test_one_full_batch_step_is_mean_of_per_example_gradients_plus_l2():
     X, y = _moons(16)
     net, lr, l2 = _net(), 0.1, 0.01
     out, history = nd.training.fit(
-        net, (X, y), objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(lr), epochs=1, batch_size=16,
-        key=jr.PRNGKey(1), l2=l2, progress=False,
+        net,
+        (X, y),
+        objective=OBJ,
+        estimator=nd.BPTT(),
+        optimizer=optax.sgd(lr),
+        epochs=1,
+        batch_size=16,
+        key=jr.PRNGKey(1),
+        l2=l2,
+        progress=False,
     )
     losses, grads, _ = jax.vmap(lambda x, t: nd.value_and_grad(net, x, t, objective=OBJ, estimator=nd.BPTT()))(X, y)
     expected = jax.tree.map(lambda p, g: p - lr * (jnp.mean(g, 0) + l2 * p), _params(net), grads)
@@ -64,8 +72,18 @@ def test_training_learns_and_logs_rows(tmp_path):
     X, y = _moons(64)
     run = RunDir(tmp_path / "run")
     net, history = nd.training.fit(
-        _net(), (X, y), objective=OBJ, estimator=nd.RBP(), optimizer=optax.adam(0.05), epochs=6, batch_size=16,
-        key=jr.PRNGKey(2), valid=(X, y), run=run, progress=False, log_extra=dict(estimator="rbp"),
+        _net(),
+        (X, y),
+        objective=OBJ,
+        estimator=nd.RBP(),
+        optimizer=optax.adam(0.05),
+        epochs=6,
+        batch_size=16,
+        key=jr.PRNGKey(2),
+        valid=(X, y),
+        run=run,
+        progress=False,
+        log_extra=dict(estimator="rbp"),
     )
     assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"]
     assert run.rows() == history and all(r["estimator"] == "rbp" for r in history)
@@ -73,19 +91,33 @@ def test_training_learns_and_logs_rows(tmp_path):
 
 
 def test_stop_reasons():
-    rows = [dict(train_loss=1.0, grad_norm=1.0, valid_accuracy=0.5), dict(train_loss=0.5, grad_norm=0.5, valid_accuracy=0.8)]
+    rows = [
+        dict(train_loss=1.0, grad_norm=1.0, valid_accuracy=0.5),
+        dict(train_loss=0.5, grad_norm=0.5, valid_accuracy=0.8),
+    ]
     assert stop_reason(rows, Stopping(grad_norm=0.4, rel_loss_change=0.4, patience=1)) is None
     assert stop_reason(rows, Stopping(grad_norm=0.6)) == "grad_norm"
     assert stop_reason(rows, Stopping(rel_loss_change=0.6)) == "rel_loss_change"  # |0.5 - 1| / 1 = 0.5
-    peaked = rows + [dict(train_loss=0.4, grad_norm=0.4, valid_accuracy=0.8), dict(train_loss=0.3, grad_norm=0.3, valid_accuracy=0.7)]
+    peaked = rows + [
+        dict(train_loss=0.4, grad_norm=0.4, valid_accuracy=0.8),
+        dict(train_loss=0.3, grad_norm=0.3, valid_accuracy=0.7),
+    ]
     assert stop_reason(peaked, Stopping(patience=3)) is None
     assert stop_reason(peaked, Stopping(patience=2)) == "patience"  # the peak (first 0.8) is 2 epochs back
 
 
 def test_grad_norm_threshold_stops_and_a_finished_run_is_not_retrained(tmp_path):
     X, y = _moons(32)
-    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(0.1), epochs=5, batch_size=16,
-              key=jr.PRNGKey(3), stopping=Stopping(grad_norm=1e3), progress=False)
+    kw = dict(
+        objective=OBJ,
+        estimator=nd.BPTT(),
+        optimizer=optax.sgd(0.1),
+        epochs=5,
+        batch_size=16,
+        key=jr.PRNGKey(3),
+        stopping=Stopping(grad_norm=1e3),
+        progress=False,
+    )
     net, history = nd.training.fit(_net(), (X, y), run=RunDir(tmp_path), **kw)
     assert len(history) == 1 and history[0]["stopped"] == "grad_norm"
     again, history2 = nd.training.fit(_net(), (X, y), run=RunDir(tmp_path), **kw)
@@ -113,8 +145,16 @@ class _DyingRun:
 
 def test_interrupted_fit_resumes_to_the_uninterrupted_result(tmp_path):
     X, y = _moons(32)
-    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(0.05, momentum=0.9), epochs=4,
-              batch_size=8, key=jr.PRNGKey(4), valid=(X, y), progress=False)
+    kw = dict(
+        objective=OBJ,
+        estimator=nd.BPTT(),
+        optimizer=optax.sgd(0.05, momentum=0.9),
+        epochs=4,
+        batch_size=8,
+        key=jr.PRNGKey(4),
+        valid=(X, y),
+        progress=False,
+    )
     ref, ref_history = nd.training.fit(_net(), (X, y), **kw)
     with pytest.raises(_Killed):
         nd.training.fit(_net(), (X, y), run=_DyingRun(tmp_path, after=2), **kw)
@@ -129,13 +169,24 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(tmp_path):
 def test_batch_larger_than_data_raises():
     X, y = _moons(8)
     with pytest.raises(ValueError, match="batch_size=16 exceeds the 8 training examples"):
-        nd.training.fit(_net(), (X, y), objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(0.1), epochs=1,
-                        batch_size=16, key=jr.PRNGKey(0), progress=False)
+        nd.training.fit(
+            _net(),
+            (X, y),
+            objective=OBJ,
+            estimator=nd.BPTT(),
+            optimizer=optax.sgd(0.1),
+            epochs=1,
+            batch_size=16,
+            key=jr.PRNGKey(0),
+            progress=False,
+        )
 
 
 def test_transition_init_sets_the_std_of_induced_local_fields():
     X = jr.normal(jr.PRNGKey(5), (200, 3)) * 4.0 + 1.0
-    net = nd.training.transition_init(nd.networks.Layered((3, 6, 5, 2), nd.activations.tanh, key=jr.PRNGKey(6)), X, scale=0.7)
+    net = nd.training.transition_init(
+        nd.networks.Layered((3, 6, 5, 2), nd.activations.tanh, key=jr.PRNGKey(6)), X, scale=0.7
+    )
     below = X
     for W, b, f in zip(net.weights, net.biases, net.activations):
         z = below @ W.T + b[None]
@@ -180,12 +231,17 @@ def _tiny(n=32):
 
 def test_changed_settings_are_refused_not_answered_with_the_old_numbers(tmp_path):
     X, y, net = _tiny()
-    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=_SGD, epochs=2, batch_size=8, key=jr.PRNGKey(1),
-              progress=False)
+    kw = dict(
+        objective=OBJ, estimator=nd.BPTT(), optimizer=_SGD, epochs=2, batch_size=8, key=jr.PRNGKey(1), progress=False
+    )
     _, history = nd.training.fit(net, (X, y), run=RunDir(tmp_path), **kw)
     changes = dict(
-        estimator=dict(estimator=nd.RBP()), batch_size=dict(batch_size=16), optimizer=dict(optimizer=optax.sgd(1e-1)),
-        l2=dict(l2=1e-3), key=dict(key=jr.PRNGKey(2)), options=dict(dt0=0.05),
+        estimator=dict(estimator=nd.RBP()),
+        batch_size=dict(batch_size=16),
+        optimizer=dict(optimizer=optax.sgd(1e-1)),
+        l2=dict(l2=1e-3),
+        key=dict(key=jr.PRNGKey(2)),
+        options=dict(dt0=0.05),
     )
     for what, change in changes.items():
         with pytest.raises(nd.runs.StaleRunError, match=rf"differs in settings\.{what}\b.*choose another --out"):
@@ -198,14 +254,17 @@ def test_changed_settings_are_refused_not_answered_with_the_old_numbers(tmp_path
     _, longer = nd.training.fit(net, (X, y), run=RunDir(tmp_path), **dict(kw, epochs=3))
     assert longer[0] == history[0] and longer[1] == {k: v for k, v in history[1].items() if k != "stopped"}
     assert len(longer) == 3 and longer[2]["stopped"] == "epochs" and RunDir(tmp_path).rows() == longer
-    assert nd.training.fit_settings(net, (X, y), objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(1e-2),
-                                    batch_size=8)["optimizer"].endswith("-0.01, -0.01")
+    assert nd.training.fit_settings(
+        net, (X, y), objective=OBJ, estimator=nd.BPTT(), optimizer=optax.sgd(1e-2), batch_size=8
+    )["optimizer"].endswith("-0.01, -0.01")
 
 
 def test_non_finite_loss_raises_one_line_and_is_never_checkpointed(tmp_path):
     X, y, net = _tiny()
     kw = dict(objective=OBJ, estimator=nd.BPTT(), epochs=3, batch_size=8, key=jr.PRNGKey(1), progress=False)
-    with pytest.raises(nd.training.NonFiniteError, match=r"^epoch 1/3: .*non-finite.*lower the learning rate, or dt0") as e:
+    with pytest.raises(
+        nd.training.NonFiniteError, match=r"^epoch 1/3: .*non-finite.*lower the learning rate, or dt0"
+    ) as e:
         nd.training.fit(net, (X.at[3, 0].set(jnp.nan), y), optimizer=_SGD, run=RunDir(tmp_path / "a"), **kw)
     assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
     assert RunDir(tmp_path / "a").checkpoint(_params(net)) == (None, None) and RunDir(tmp_path / "a").rows() == []
@@ -218,16 +277,28 @@ def test_non_finite_loss_raises_one_line_and_is_never_checkpointed(tmp_path):
     assert meta["step"] == 1
     out, history = nd.training.fit(net, (X, y), optimizer=opt, on_nonfinite="stop", run=RunDir(tmp_path / "c"), **kw)
     assert [r.get("stopped") for r in history] == [None, "nonfinite"]
-    assert [history[0][k] for k in ("train_loss", "grad_norm")] == [ref_history[0][k] for k in ("train_loss", "grad_norm")]
+    assert [history[0][k] for k in ("train_loss", "grad_norm")] == [
+        ref_history[0][k] for k in ("train_loss", "grad_norm")
+    ]
     assert eqx.tree_equal(_params(out), _params(ref), rtol=0, atol=0)
     again, history2 = nd.training.fit(net, (X, y), optimizer=opt, on_nonfinite="stop", run=RunDir(tmp_path / "c"), **kw)
-    assert eqx.tree_equal(_params(again), _params(ref), rtol=0, atol=0) and len(history2) == 2  # finished: not retrained
+    assert (
+        eqx.tree_equal(_params(again), _params(ref), rtol=0, atol=0) and len(history2) == 2
+    )  # finished: not retrained
 
 
 def test_progress_is_one_line_per_epoch_on_stderr(tmp_path, capsys):
     X, y, net = _tiny()
-    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=_SGD, epochs=2, batch_size=8, key=jr.PRNGKey(1),
-              valid=(X, y), log_extra=dict(estimator="bptt", seed=0))
+    kw = dict(
+        objective=OBJ,
+        estimator=nd.BPTT(),
+        optimizer=_SGD,
+        epochs=2,
+        batch_size=8,
+        key=jr.PRNGKey(1),
+        valid=(X, y),
+        log_extra=dict(estimator="bptt", seed=0),
+    )
     nd.training.fit(net, (X, y), run=RunDir(tmp_path), **kw)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and str(tmp_path) in err[0] and str(tmp_path) in err[-1]

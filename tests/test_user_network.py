@@ -7,8 +7,7 @@ import jax.random as jr
 import pytest
 
 import neurodyn as nd
-from neurodyn import config as ndc
-from neurodyn import AbstractSurrogateEstimator
+from neurodyn import AbstractSurrogateEstimator, config as ndc
 
 
 class TauRNN(nd.networks.AbstractNetwork):
@@ -92,7 +91,9 @@ def test_a_size_field_that_is_not_static_names_the_rule(estimator):
     with pytest.raises(ValueError, match=r"NotStatic.n_state = 6: .*`n_state: int = eqx.field\(static=True\)`"):
         nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=estimator)
     with pytest.raises(ValueError, match=r"eqx.field\(static=True\)"):
-        nd.batch_value_and_grad(net, jnp.ones((4, 3)), jnp.zeros((4, 2)), objective=nd.SteadyState(), estimator=estimator)
+        nd.batch_value_and_grad(
+            net, jnp.ones((4, 3)), jnp.zeros((4, 2)), objective=nd.SteadyState(), estimator=estimator
+        )
     with pytest.raises(ValueError, match=r"eqx.field\(static=True\)"):
         nd.relax(net, x)
 

@@ -109,18 +109,38 @@ def batch_path_rows(section, problem, label, t_grad, t_old, t_through, d_old, d_
     from ._timing import row
 
     return [
-        row(section, problem, f"{label} batch_value_and_grad", f"{label}: batch_mean of vmapped value_and_grad (old path)",
-            t_grad, t_old, "speed-up (below 1: the batch path is faster)", rel_diff=d_old),
-        row(section, problem, f"{label}, jax.grad of batch_value_and_grad's loss", f"{label} batch_value_and_grad grads",
-            t_through, t_grad, "<= 1.1x", rel_diff=d_through),
+        row(
+            section,
+            problem,
+            f"{label} batch_value_and_grad",
+            f"{label}: batch_mean of vmapped value_and_grad (old path)",
+            t_grad,
+            t_old,
+            "speed-up (below 1: the batch path is faster)",
+            rel_diff=d_old,
+        ),
+        row(
+            section,
+            problem,
+            f"{label}, jax.grad of batch_value_and_grad's loss",
+            f"{label} batch_value_and_grad grads",
+            t_through,
+            t_grad,
+            "<= 1.1x",
+            rel_diff=d_through,
+        ),
     ]
 
 
 def rel(a, b):
     import numpy as np
 
-    fa = np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(eqx.filter(a, eqx.is_inexact_array))])
-    fb = np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(eqx.filter(b, eqx.is_inexact_array))])
+    fa = np.concatenate(
+        [np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(eqx.filter(a, eqx.is_inexact_array))]
+    )
+    fb = np.concatenate(
+        [np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(eqx.filter(b, eqx.is_inexact_array))]
+    )
     return float(np.linalg.norm(fa - fb) / np.linalg.norm(fb))
 
 
@@ -137,8 +157,12 @@ def optimistix_steady_loss(net, x, y, loss=nd.losses.squared_error, linear_solve
 
     adjoint = optx.ImplicitAdjoint() if linear_solver is None else optx.ImplicitAdjoint(linear_solver=linear_solver)
     sol = optx.fixed_point(
-        step, optx.FixedPointIteration(rtol=1e-5, atol=1e-6), net.init_state(x), max_steps=10_000,
-        adjoint=adjoint, throw=False,
+        step,
+        optx.FixedPointIteration(rtol=1e-5, atol=1e-6),
+        net.init_state(x),
+        max_steps=10_000,
+        adjoint=adjoint,
+        throw=False,
     )
     return loss(net.readout(sol.value), y)
 
@@ -146,9 +170,7 @@ def optimistix_steady_loss(net, x, y, loss=nd.losses.squared_error, linear_solve
 def optimistix_peer_functions(objective_loss=nd.losses.squared_error, linear_solver=None):
     @eqx.filter_jit
     def forward(net, xs, ys):
-        return jnp.mean(
-            jax.vmap(lambda x, y: optimistix_steady_loss(net, x, y, objective_loss, linear_solver))(xs, ys)
-        )
+        return jnp.mean(jax.vmap(lambda x, y: optimistix_steady_loss(net, x, y, objective_loss, linear_solver))(xs, ys))
 
     @eqx.filter_jit
     def grad(net, xs, ys):

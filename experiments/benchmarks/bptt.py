@@ -111,8 +111,14 @@ def _trajectory(n, B, repeats):
     old, through = per_example_functions(est, obj, **opts), through_grad_function(est, obj, **opts)
     d_old, d_through = check_batch_path("bptt", net, xs, ys, ours, old, through)
     t_ours, t_through, t_fwd, t_old, t_peer_fwd, t_peer = time_side_by_side(
-        [(ours, net, xs, ys), (through, net, xs, ys), (forward, net, xs), (old, net, xs, ys),
-         (peer_forward, net, xs, ys), (peer, net, xs, ys)],
+        [
+            (ours, net, xs, ys),
+            (through, net, xs, ys),
+            (forward, net, xs),
+            (old, net, xs, ys),
+            (peer_forward, net, xs, ys),
+            (peer, net, xs, ys),
+        ],
         repeats=repeats,
     )
     steps = int(round(ts[-1] / dt))
@@ -120,8 +126,18 @@ def _trajectory(n, B, repeats):
     label = "nd.BPTT batch_value_and_grad"
     rows = [
         row("bptt", problem, label, "nd.rollout (forward only)", t_ours, t_fwd, "<= 3x", grad_rel_err=err),
-        row("bptt", problem, label, "diffrax RecursiveCheckpointAdjoint grad", t_ours, t_peer, "<= 0.5x",
-            grad_rel_err=err, peer_grad_rel_err=peer_err, peer_forward_ms=1e3 * t_peer_fwd),
+        row(
+            "bptt",
+            problem,
+            label,
+            "diffrax RecursiveCheckpointAdjoint grad",
+            t_ours,
+            t_peer,
+            "<= 0.5x",
+            grad_rel_err=err,
+            peer_grad_rel_err=peer_err,
+            peer_forward_ms=1e3 * t_peer_fwd,
+        ),
     ]
     rows += batch_path_rows("bptt", problem, "nd.BPTT", t_ours, t_old, t_through, d_old, d_through)
     return rows
@@ -140,8 +156,13 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
     (_, g_ours, info), (_, g_ref, _), (_, g_peer) = ours(net, xs, ys), ref(net, xs, ys), peer(net, xs, ys)
     assert bool(jnp.all(info["converged"])), "BPTT's relaxation did not converge on the benchmark problem"
     steps = int(jnp.max(info["steps"]))
-    extra = dict(ours_rel_err=rel(g_ours, g_ref), peer_rel_err=rel(g_peer, g_ref), fwd_steps=steps,
-                 stored_steps=est.stored_steps, stored_path=steps <= est.stored_steps)
+    extra = dict(
+        ours_rel_err=rel(g_ours, g_ref),
+        peer_rel_err=rel(g_peer, g_ref),
+        fwd_steps=steps,
+        stored_steps=est.stored_steps,
+        stored_path=steps <= est.stored_steps,
+    )
     old, through = per_example_functions(est), through_grad_function(est)
     d_old, d_through = check_batch_path("bptt", net, xs, ys, ours, old, through)
     t_ours, t_through, t_relax, t_old, t_peer = time_side_by_side(
@@ -152,8 +173,16 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
     label = "nd.BPTT batch_value_and_grad"
     rows = [
         row("bptt", problem, label, "nd.relax alone", t_ours, t_relax, "<= 3x", **extra),
-        row("bptt", problem, label, "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)", t_ours, t_peer,
-            "faster", **extra),
+        row(
+            "bptt",
+            problem,
+            label,
+            "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
+            t_ours,
+            t_peer,
+            "faster",
+            **extra,
+        ),
     ]
     rows += batch_path_rows("bptt", problem, "nd.BPTT", t_ours, t_old, t_through, d_old, d_through)
     return rows

@@ -75,17 +75,44 @@ def run(quick: bool = False, large: bool = False):
         old, through = per_example_functions(est), through_grad_function(est)
         d_old, d_through = check_batch_path("ep", net, xs, ys, ours, old, through)
         t_ours, t_through, t_relax, t_old, t_peer, t_opt = time_side_by_side(
-            [(ours, net, xs, ys), (through, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (peer, net, xs, ys),
-             (opeer, net, xs, ys)],
+            [
+                (ours, net, xs, ys),
+                (through, net, xs, ys),
+                (relax, net, xs),
+                (old, net, xs, ys),
+                (peer, net, xs, ys),
+                (opeer, net, xs, ys),
+            ],
             repeats=repeats,
         )
         problem = f"Hopfield n={n} B={B} float32, centered EP beta={BETA}"
         label = "nd.EP batch_value_and_grad"
         rows.append(row("ep", problem, label, "nd.relax alone", t_ours, t_relax, "<= 2.5x", **extra))
-        rows.append(row("ep", problem, label, "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
-                        t_ours, t_peer, "<= 0.5x", **extra))
-        rows.append(row("ep", problem, label, "optimistix fixed_point + ImplicitAdjoint (lineax GMRES)",
-                        t_ours, t_opt, "<= 0.5x", ours_rel_err=extra["ours_rel_err"], peer_rel_err=rel(g_opt, g_ref),
-                        peer_cosine=_cosine(g_opt, g_ref)))
+        rows.append(
+            row(
+                "ep",
+                problem,
+                label,
+                "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
+                t_ours,
+                t_peer,
+                "<= 0.5x",
+                **extra,
+            )
+        )
+        rows.append(
+            row(
+                "ep",
+                problem,
+                label,
+                "optimistix fixed_point + ImplicitAdjoint (lineax GMRES)",
+                t_ours,
+                t_opt,
+                "<= 0.5x",
+                ours_rel_err=extra["ours_rel_err"],
+                peer_rel_err=rel(g_opt, g_ref),
+                peer_cosine=_cosine(g_opt, g_ref),
+            )
+        )
         rows += batch_path_rows("ep", problem, "nd.EP", t_ours, t_old, t_through, d_old, d_through)
     return rows

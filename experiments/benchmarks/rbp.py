@@ -111,12 +111,27 @@ def _head(kind, n, B, large, repeats):
         + [(opeer, net, xs, ys) for opeer in opeers],
         repeats=repeats,
     )
-    extra = dict(ours_rel_err=e_ours, peer_rel_err=e_peer, fwd_steps=_steps(info, "steps"),
-                 adjoint_steps=_steps(info, "adjoint_steps"), converged=bool(jnp.all(info["converged"])))
+    extra = dict(
+        ours_rel_err=e_ours,
+        peer_rel_err=e_peer,
+        fwd_steps=_steps(info, "steps"),
+        adjoint_steps=_steps(info, "adjoint_steps"),
+        converged=bool(jnp.all(info["converged"])),
+    )
     label = "nd.RBP batch_value_and_grad"
     rows.append(row("rbp", problem, label, "nd.relax alone", t_ours, t_relax, "<= 2x", **extra))
-    rows.append(row("rbp", problem, label, "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
-                    t_ours, t_peer, "<= 0.05x (20x faster)" if large else "<= 0.2x", **extra))
+    rows.append(
+        row(
+            "rbp",
+            problem,
+            label,
+            "diffrax ImplicitAdjoint (Tsit5+PID+steady_state_event)",
+            t_ours,
+            t_peer,
+            "<= 0.05x (20x faster)" if large else "<= 0.2x",
+            **extra,
+        )
+    )
     rows += batch_path_rows("rbp", problem, "nd.RBP", t_ours, t_old, t_through, d_old, d_through)
     for (plabel, _), t, e in zip(peers, t_opt, e_opt):
         rows.append(row("rbp", problem, label, plabel, t_ours, t, "faster", ours_rel_err=e_ours, peer_rel_err=e))
@@ -144,9 +159,19 @@ def _relaxations(n, B, dtype, repeats, quick=False, gain=0.5):
     times = time_side_by_side([(f, net, xs) for f in fns], repeats=repeats)
     t_base = times[0]
     for (label, _, dt0), info, t in zip(settings, infos, times):
-        rows.append(row("rbp-relaxation", f"CTRNN n={n} B={B} {name}, nd.relax", f"{label} dt0={dt0}",
-                        "FixedStep() dt0=1 (first row)", t, t_base, "pick the fastest",
-                        fwd_steps=_steps(info, "steps"), converged=bool(jnp.all(info["converged"]))))
+        rows.append(
+            row(
+                "rbp-relaxation",
+                f"CTRNN n={n} B={B} {name}, nd.relax",
+                f"{label} dt0={dt0}",
+                "FixedStep() dt0=1 (first row)",
+                t,
+                t_base,
+                "pick the fastest",
+                fwd_steps=_steps(info, "steps"),
+                converged=bool(jnp.all(info["converged"])),
+            )
+        )
     return rows
 
 
@@ -180,7 +205,10 @@ def _adjoints(n, B, dtype, repeats, quick=False):
         ("Neumann(K=20)", nd.adjoint.Neumann(K=20)),
         ("Linear() (lineax GMRES, restart=40)", nd.adjoint.Linear()),
         ("Linear(lx.GMRES(restart=5))", nd.adjoint.Linear(_lx_gmres(dtype, restart=5))),
-        ("Linear(lx.BiCGStab, fallback GMRES)", nd.adjoint.Linear(_lx_bicgstab(dtype), fallback=_lx_gmres(dtype, restart=40))),
+        (
+            "Linear(lx.BiCGStab, fallback GMRES)",
+            nd.adjoint.Linear(_lx_bicgstab(dtype), fallback=_lx_gmres(dtype, restart=40)),
+        ),
         ("JaxBiCGStab()", nd.adjoint.JaxBiCGStab()),
         ("JaxGMRES(restart=10)", nd.adjoint.JaxGMRES(restart=10)),
         ("DenseLU()", nd.adjoint.DenseLU()),
@@ -195,10 +223,20 @@ def _adjoints(n, B, dtype, repeats, quick=False):
     times = time_side_by_side([(f, net, xs, ys) for f in fns], repeats=repeats)
     t_base = times[0]
     for (label, _), (_, g, info), t in zip(candidates, outs, times):
-        rows.append(row("rbp-adjoint", f"CTRNN n={n} B={B} {name}, RBP batch_value_and_grad", label,
-                        "AdjointODE() (default)", t, t_base, "accurate and fastest",
-                        rel_err=rel(g, g_ref), adjoint_steps=_steps(info, "adjoint_steps"),
-                        adjoint_converged=bool(jnp.all(info["adjoint_converged"]))))
+        rows.append(
+            row(
+                "rbp-adjoint",
+                f"CTRNN n={n} B={B} {name}, RBP batch_value_and_grad",
+                label,
+                "AdjointODE() (default)",
+                t,
+                t_base,
+                "accurate and fastest",
+                rel_err=rel(g, g_ref),
+                adjoint_steps=_steps(info, "adjoint_steps"),
+                adjoint_converged=bool(jnp.all(info["adjoint_converged"])),
+            )
+        )
     return rows
 
 
@@ -209,10 +247,21 @@ def _scaling(sizes, B, repeats):
         relax, ours = _relax_fn(), _rbp_fn()
         _, _, info = ours(net, xs, ys)
         t, t_r = time_side_by_side([(ours, net, xs, ys), (relax, net, xs)], repeats=repeats)
-        rows.append(row("rbp-scaling", f"CTRNN n={n} B={B} float32", "nd.RBP batch_value_and_grad", "nd.relax alone",
-                        t, t_r, "memory O(n^2 + B n): the weights and the batch's states",
-                        peak_bytes=peak_bytes(ours, net, xs, ys), relax_peak_bytes=peak_bytes(relax, net, xs),
-                        fwd_steps=_steps(info, "steps"), adjoint_steps=_steps(info, "adjoint_steps")))
+        rows.append(
+            row(
+                "rbp-scaling",
+                f"CTRNN n={n} B={B} float32",
+                "nd.RBP batch_value_and_grad",
+                "nd.relax alone",
+                t,
+                t_r,
+                "memory O(n^2 + B n): the weights and the batch's states",
+                peak_bytes=peak_bytes(ours, net, xs, ys),
+                relax_peak_bytes=peak_bytes(relax, net, xs),
+                fwd_steps=_steps(info, "steps"),
+                adjoint_steps=_steps(info, "adjoint_steps"),
+            )
+        )
     return rows
 
 
@@ -227,10 +276,20 @@ def _memory_vs_steps(n, B, quick=False):
         f = _rbp_fn(est, rtol=rtol, atol=0.1 * rtol, dt0=dt0, max_steps=100_000)
         _, _, info = f(net, xs, ys)
         t, _ = time_fn(f, net, xs, ys, repeats=3)
-        rows.append(row("rbp-memory", f"CTRNN n={n} B={B} float32, rtol={rtol:g} dt0={dt0:g}", "nd.RBP batch_value_and_grad",
-                        "-", t, t, "peak_bytes constant in steps",
-                        peak_bytes=peak_bytes(f, net, xs, ys), fwd_steps=_steps(info, "steps"),
-                        adjoint_steps=_steps(info, "adjoint_steps")))
+        rows.append(
+            row(
+                "rbp-memory",
+                f"CTRNN n={n} B={B} float32, rtol={rtol:g} dt0={dt0:g}",
+                "nd.RBP batch_value_and_grad",
+                "-",
+                t,
+                t,
+                "peak_bytes constant in steps",
+                peak_bytes=peak_bytes(f, net, xs, ys),
+                fwd_steps=_steps(info, "steps"),
+                adjoint_steps=_steps(info, "adjoint_steps"),
+            )
+        )
     return rows
 
 

@@ -41,9 +41,16 @@ def _diffrax_loss(net, xs, ys):
         return net(t, r, xs[k])
 
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vf), diffrax.Euler(), t0=0.0, t1=float(T), dt0=1.0, y0=net.init_state(xs[0]),
+        diffrax.ODETerm(vf),
+        diffrax.Euler(),
+        t0=0.0,
+        t1=float(T),
+        dt0=1.0,
+        y0=net.init_state(xs[0]),
         saveat=diffrax.SaveAt(ts=jnp.arange(1, T + 1, dtype=xs.dtype)),
-        stepsize_controller=diffrax.ConstantStepSize(), adjoint=diffrax.ForwardMode(), max_steps=T + 2,
+        stepsize_controller=diffrax.ConstantStepSize(),
+        adjoint=diffrax.ForwardMode(),
+        max_steps=T + 2,
     )
     return jnp.sum(jax.vmap(lambda r, y: nd.losses.squared_error(net.readout(r), y))(sol.ys, ys))
 
@@ -116,24 +123,56 @@ def run(quick: bool = False, large: bool = False):
         tb, _ = time_fn(bptt, net, xs, ys, repeats=3)
         mem = peak_bytes(rtrl, net, xs, ys)
         flops = 2.0 * n * n * m  # the J p product per step
-        extra = dict(n=n, m=m, T=T, per_step_ms=1e3 * t / T, compile_s=compile_s, peak_bytes=mem,
-                     bytes_per_nm=(mem / (n * m)) if mem else None, grad_rel_err_vs_bptt=err,
-                     bptt_ms=1e3 * tb, tflops=flops * T / t / 1e12)
+        extra = dict(
+            n=n,
+            m=m,
+            T=T,
+            per_step_ms=1e3 * t / T,
+            compile_s=compile_s,
+            peak_bytes=mem,
+            bytes_per_nm=(mem / (n * m)) if mem else None,
+            grad_rel_err_vs_bptt=err,
+            bptt_ms=1e3 * tb,
+            tflops=flops * T / t / 1e12,
+        )
         if large:
             same_shape = _matmul_tflops((n, n), (n, m))
-            extra.update(matmul_tflops=device_rate, same_shape_matmul_tflops=same_shape,
-                         fraction_of_matmul=extra["tflops"] / device_rate)
+            extra.update(
+                matmul_tflops=device_rate,
+                same_shape_matmul_tflops=same_shape,
+                fraction_of_matmul=extra["tflops"] / device_rate,
+            )
         problem = f"CTRNN n={n} (m={m}), {T} Euler steps"
         if n <= peer_max:
             g_peer = peer(net, xs, ys)
             extra["peer_grad_rel_err"] = _rel(g_peer, g_ours)
             tp, _ = time_fn(peer, net, xs, ys, repeats=3)
             extra["peer_peak_bytes"] = peak_bytes(peer, net, xs, ys)
-            rows.append(row("rtrl", problem, "nd.RTRL value_and_grad", "diffrax ForwardMode jacfwd",
-                            t, tp, "time O(n^2 m), memory O(nm)", **extra))
+            rows.append(
+                row(
+                    "rtrl",
+                    problem,
+                    "nd.RTRL value_and_grad",
+                    "diffrax ForwardMode jacfwd",
+                    t,
+                    tp,
+                    "time O(n^2 m), memory O(nm)",
+                    **extra,
+                )
+            )
         else:
-            rows.append(row("rtrl", problem, "nd.RTRL value_and_grad", "(peer: m x m tangents, skipped)",
-                            t, float("nan"), "time O(n^2 m), memory O(nm)", **extra))
+            rows.append(
+                row(
+                    "rtrl",
+                    problem,
+                    "nd.RTRL value_and_grad",
+                    "(peer: m x m tangents, skipped)",
+                    t,
+                    float("nan"),
+                    "time O(n^2 m), memory O(nm)",
+                    **extra,
+                )
+            )
         times.append(t / T)
         mems.append(mem or np.nan)
         ms.append(m)
@@ -156,6 +195,11 @@ def run(quick: bool = False, large: bool = False):
             file=sys.stderr,
         )
         for r in rows:
-            r.update(time_slope_vs_n=slope_t, memory_slope_vs_n=slope_m, n2m_slope_vs_n=slope_work,
-                     nm_slope_vs_n=slope_nm, slope_fit_ns=ns)
+            r.update(
+                time_slope_vs_n=slope_t,
+                memory_slope_vs_n=slope_m,
+                n2m_slope_vs_n=slope_work,
+                nm_slope_vs_n=slope_nm,
+                slope_fit_ns=ns,
+            )
     return rows

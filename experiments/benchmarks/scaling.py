@@ -59,9 +59,16 @@ def _worker(sizes: dict) -> dict:
     X = (X - X.mean(0)[None]) / X.std(0)[None]
     net = nd.networks.Layered((2, sizes["hidden"], sizes["hidden"], 2), nd.activations.tanh, key=jr.PRNGKey(1))
     net, history = nd.training.fit(
-        net, (X, nd.training.one_hot_targets(y, 2)), objective=nd.SteadyState(nd.losses.squared_error),
-        estimator=nd.RBP(), optimizer=nd.config.optimizer("sgd", 0.02, momentum=0.9), epochs=sizes["epochs"],
-        batch_size=sizes["batch"], key=jr.PRNGKey(2), progress=False, devices="all" if len(jax.devices()) > 1 else None,
+        net,
+        (X, nd.training.one_hot_targets(y, 2)),
+        objective=nd.SteadyState(nd.losses.squared_error),
+        estimator=nd.RBP(),
+        optimizer=nd.config.optimizer("sgd", 0.02, momentum=0.9),
+        epochs=sizes["epochs"],
+        batch_size=sizes["batch"],
+        key=jr.PRNGKey(2),
+        progress=False,
+        devices="all" if len(jax.devices()) > 1 else None,
     )
     seconds = [r["seconds"] for r in history[1:]]
     out["epoch_s"] = float(np.median(seconds))
@@ -96,9 +103,10 @@ def _launch(processes: int, devices: int, sizes: dict, timeout: float = 1200) ->
     cmd = [sys.executable, "-m", "experiments.benchmarks.scaling", "--worker", json.dumps(sizes)]
     procs = []
     for i in range(processes):
-        launch = [] if processes == 1 else ["127.0.0.1:%d" % port, str(processes), str(i)]
-        procs.append(subprocess.Popen(cmd + launch, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        launch = [] if processes == 1 else [f"127.0.0.1:{port}", str(processes), str(i)]
+        procs.append(
+            subprocess.Popen(cmd + launch, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outs = []
     for p in procs:
         try:
@@ -110,8 +118,8 @@ def _launch(processes: int, devices: int, sizes: dict, timeout: float = 1200) ->
         if p.returncode != 0:
             raise RuntimeError(f"scaling worker ({processes}x{devices}) exited {p.returncode}: {stderr[-2000:]}")
         outs.append(stdout)
-    line = [l for l in outs[0].splitlines() if l.startswith("SCALING ")][-1]
-    return json.loads(line[len("SCALING "):])
+    line = [s for s in outs[0].splitlines() if s.startswith("SCALING ")][-1]
+    return json.loads(line[len("SCALING ") :])
 
 
 def run(quick: bool = False, large: bool = False):
@@ -128,17 +136,38 @@ def run(quick: bool = False, large: bool = False):
         D = procs * devs
         bound = f"<= {max(1 / D, 1 / cores):.2f} ({cores} cores)"
         same = np.allclose(r["sweep_final_loss"], base["sweep_final_loss"], rtol=1e-4, atol=1e-6)
-        rows.append(row(
-            "scaling", f"fit, double moon, Layered (2,{sizes['hidden']},{sizes['hidden']},2), B={sizes['batch']}",
-            name, "1 device", r["epoch_s"], base["epoch_s"], bound,
-            examples_per_s=r["examples_per_epoch"] / r["epoch_s"], train_loss=r["train_loss"],
-            loss_diff=abs(r["train_loss"] - base["train_loss"]), devices=D, load_average=r["load_average"],
-        ))
-        rows.append(row(
-            "scaling", f"sweep, {r['points']} points x {sizes['steps']} steps (experiments.sweep)", name, "1 device",
-            r["sweep_s"], base["sweep_s"], bound, points_per_s=r["points"] / r["sweep_s"],
-            compile_s=r["sweep_compile_s"], same_results=bool(same), devices=D, load_average=r["load_average"],
-        ))
+        rows.append(
+            row(
+                "scaling",
+                f"fit, double moon, Layered (2,{sizes['hidden']},{sizes['hidden']},2), B={sizes['batch']}",
+                name,
+                "1 device",
+                r["epoch_s"],
+                base["epoch_s"],
+                bound,
+                examples_per_s=r["examples_per_epoch"] / r["epoch_s"],
+                train_loss=r["train_loss"],
+                loss_diff=abs(r["train_loss"] - base["train_loss"]),
+                devices=D,
+                load_average=r["load_average"],
+            )
+        )
+        rows.append(
+            row(
+                "scaling",
+                f"sweep, {r['points']} points x {sizes['steps']} steps (experiments.sweep)",
+                name,
+                "1 device",
+                r["sweep_s"],
+                base["sweep_s"],
+                bound,
+                points_per_s=r["points"] / r["sweep_s"],
+                compile_s=r["sweep_compile_s"],
+                same_results=bool(same),
+                devices=D,
+                load_average=r["load_average"],
+            )
+        )
     return rows
 
 
@@ -146,8 +175,12 @@ if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--worker":
     if len(sys.argv) == 6:
         import jax
 
-        jax.distributed.initialize(coordinator_address=sys.argv[3], num_processes=int(sys.argv[4]),
-                                   process_id=int(sys.argv[5]), heartbeat_timeout_seconds=30)
+        jax.distributed.initialize(
+            coordinator_address=sys.argv[3],
+            num_processes=int(sys.argv[4]),
+            process_id=int(sys.argv[5]),
+            heartbeat_timeout_seconds=30,
+        )
     result = _worker(json.loads(sys.argv[2]))
     import jax
 

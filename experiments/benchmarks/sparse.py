@@ -66,24 +66,46 @@ def run(quick: bool = False, large: bool = False):
                 mem_s, mem_d = peak_bytes(fn, sparse, xs, ys), peak_bytes(fn, dense, xs, ys)
                 if base is None:  # density 1 comes first: the sparse path's own baseline
                     base, mem_1 = t_s, mem_s
-                rows.append(row(
-                    "sparse", f"CTRNN n={n} B={B} float32 steady state, density {d:g} (nnz={nnz})",
-                    f"nd.{est_name} value_and_grad, sparse W (O(nnz))", f"nd.{est_name} value_and_grad, dense masked W (O(n^2))",
-                    t_s, t_d, "time and memory O(nnz): time_vs_density_1 ~ nnz_ratio",
-                    density=d, nnz=nnz, nnz_ratio=nnz / (n * n), time_vs_density_1=t_s / base,
-                    us_per_knnz_per_example_step=1e6 * t_s / (B * int(info["steps"].max()) * nnz / 1e3),
-                    peak_bytes=mem_s, peer_peak_bytes=mem_d, rel_err=err, fwd_steps=int(info["steps"].max()),
-                    compile_s=c_s, peer_compile_s=c_d,
-                ))
+                rows.append(
+                    row(
+                        "sparse",
+                        f"CTRNN n={n} B={B} float32 steady state, density {d:g} (nnz={nnz})",
+                        f"nd.{est_name} value_and_grad, sparse W (O(nnz))",
+                        f"nd.{est_name} value_and_grad, dense masked W (O(n^2))",
+                        t_s,
+                        t_d,
+                        "time and memory O(nnz): time_vs_density_1 ~ nnz_ratio",
+                        density=d,
+                        nnz=nnz,
+                        nnz_ratio=nnz / (n * n),
+                        time_vs_density_1=t_s / base,
+                        us_per_knnz_per_example_step=1e6 * t_s / (B * int(info["steps"].max()) * nnz / 1e3),
+                        peak_bytes=mem_s,
+                        peer_peak_bytes=mem_d,
+                        rel_err=err,
+                        fwd_steps=int(info["steps"].max()),
+                        compile_s=c_s,
+                        peer_compile_s=c_d,
+                    )
+                )
                 # The scaling itself, visible in the markdown table: the sparse path against
                 # itself at density 1, to be read against the nnz ratio (and peak memory).
-                rows.append(row(
-                    "sparse-scaling",
-                    f"CTRNN n={n} B={B} float32 steady state, nnz ratio {nnz / (n * n):.4f}, "
-                    f"peak MB {mem_s / 2**20:.1f} vs {mem_1 / 2**20:.1f}" if mem_s and mem_1 else
-                    f"CTRNN n={n} B={B} float32 steady state, nnz ratio {nnz / (n * n):.4f}",
-                    f"nd.{est_name}, sparse W, density {d:g}", f"nd.{est_name}, sparse W, density 1",
-                    t_s, base, f"~ {nnz / (n * n):.3g} (the nnz ratio)",
-                    density=d, nnz=nnz, peak_bytes=mem_s, peer_peak_bytes=mem_1,
-                ))
+                rows.append(
+                    row(
+                        "sparse-scaling",
+                        f"CTRNN n={n} B={B} float32 steady state, nnz ratio {nnz / (n * n):.4f}, "
+                        f"peak MB {mem_s / 2**20:.1f} vs {mem_1 / 2**20:.1f}"
+                        if mem_s and mem_1
+                        else f"CTRNN n={n} B={B} float32 steady state, nnz ratio {nnz / (n * n):.4f}",
+                        f"nd.{est_name}, sparse W, density {d:g}",
+                        f"nd.{est_name}, sparse W, density 1",
+                        t_s,
+                        base,
+                        f"~ {nnz / (n * n):.3g} (the nnz ratio)",
+                        density=d,
+                        nnz=nnz,
+                        peak_bytes=mem_s,
+                        peer_peak_bytes=mem_1,
+                    )
+                )
     return rows

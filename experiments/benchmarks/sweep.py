@@ -20,8 +20,7 @@ import numpy as np
 import optax
 
 import neurodyn as nd
-from experiments.sweep import Config, Grid, Optimizer, SweepAxes
-from experiments.sweep import make_problem as sweep_make_problem
+from experiments.sweep import Config, Grid, make_problem as sweep_make_problem, Optimizer, SweepAxes
 
 from ._timing import row, time_side_by_side
 
@@ -43,7 +42,9 @@ def make_problem(cfg: Config, hidden: int, estimator, batch: bool = True):
         if batch:
             loss, grads, _ = nd.batch_value_and_grad(net, xb, yb, objective=obj, estimator=estimator)
             return loss, grads
-        losses, grads, _ = jax.vmap(lambda x, t: nd.value_and_grad(net, x, t, objective=obj, estimator=estimator))(xb, yb)
+        losses, grads, _ = jax.vmap(lambda x, t: nd.value_and_grad(net, x, t, objective=obj, estimator=estimator))(
+            xb, yb
+        )
         return jnp.mean(losses), nd.batch_mean(grads)
 
     def train_point(point):
@@ -79,8 +80,12 @@ def run(quick: bool = False, large: bool = False):
     steps = 5 if quick else 20
     repeats = 3 if quick else 7
     cfg = Config(
-        n_data=256, steps=steps, batch_size=16, optimizer=Optimizer("sgd", 0.9),
-        sweep=SweepAxes(seed=tuple(seeds), learning_rate=tuple(learning_rates)), grid=Grid(hidden=(hidden,)),
+        n_data=256,
+        steps=steps,
+        batch_size=16,
+        optimizer=Optimizer("sgd", 0.9),
+        sweep=SweepAxes(seed=tuple(seeds), learning_rate=tuple(learning_rates)),
+        grid=Grid(hidden=(hidden,)),
     )
     fn = make_problem(cfg, hidden, nd.RBP())
     fn_old = make_problem(cfg, hidden, nd.RBP(), batch=False)
@@ -119,9 +124,24 @@ def run(quick: bool = False, large: bool = False):
     extra = dict(test_accuracy_mean=float(acc.mean()), test_accuracy_max=float(acc.max()))
     return [
         row("sweep", problem, f"{P}-point vmapped sweep", "one point", t_many, t_one, "<= 8x", **extra),
-        row("sweep", problem, f"{P}-point vmapped sweep", f"Python loop of {P} runs", t_many, t_loop,
-            f"loop ~ {P}x one point", **extra),
-        row("sweep", problem, f"{P}-point vmapped sweep, batch_value_and_grad",
-            f"{P}-point vmapped sweep, batch_mean of vmapped value_and_grad (old path)", t_many, t_old,
-            "speed-up (below 1: the batch path is faster)", **extra),
+        row(
+            "sweep",
+            problem,
+            f"{P}-point vmapped sweep",
+            f"Python loop of {P} runs",
+            t_many,
+            t_loop,
+            f"loop ~ {P}x one point",
+            **extra,
+        ),
+        row(
+            "sweep",
+            problem,
+            f"{P}-point vmapped sweep, batch_value_and_grad",
+            f"{P}-point vmapped sweep, batch_mean of vmapped value_and_grad (old path)",
+            t_many,
+            t_old,
+            "speed-up (below 1: the batch path is faster)",
+            **extra,
+        ),
     ]

@@ -55,8 +55,10 @@ class Linear(AbstractAdjointSolve):
         solver = self.linear_solver
         if solver is None:
             atol = rtol * jnp.max(jnp.abs(g))
-            solver = lx.CG(rtol=rtol, atol=atol, max_steps=500) if symmetric else lx.GMRES(
-                rtol=rtol, atol=atol, max_steps=500, restart=40
+            solver = (
+                lx.CG(rtol=rtol, atol=atol, max_steps=500)
+                if symmetric
+                else lx.GMRES(rtol=rtol, atol=atol, max_steps=500, restart=40)
             )
         tags = (lx.symmetric_tag, lx.negative_semidefinite_tag) if symmetric else ()
         op = lx.FunctionLinearOperator(matvec, jnp.zeros_like(g), tags)
@@ -100,8 +102,9 @@ def _jax_gmres(matvec, g, rtol, atol, restart, max_steps, x0=None):
     import jax.scipy.sparse.linalg as jsla
 
     restarts = max(1, -(-max_steps // restart))
-    v, _ = jsla.gmres(matvec, -g, x0, tol=rtol, atol=atol, restart=restart, maxiter=restarts,
-                      solve_method="incremental")
+    v, _ = jsla.gmres(
+        matvec, -g, x0, tol=rtol, atol=atol, restart=restart, maxiter=restarts, solve_method="incremental"
+    )
     return v
 
 

@@ -19,9 +19,7 @@ def double_moon(key, n: int = 1000, *, radius: float = 10.0, width: float = 6.0,
     r = radius + width * (jr.uniform(k1, (n,)) - 0.5)
     theta = jnp.pi * jr.uniform(k2, (n,))
     upper = jnp.stack([r[:half] * jnp.cos(theta[:half]), r[:half] * jnp.sin(theta[:half])], axis=1)
-    lower = jnp.stack(
-        [r[half:] * jnp.cos(theta[half:]) + radius, -r[half:] * jnp.sin(theta[half:]) - distance], axis=1
-    )
+    lower = jnp.stack([r[half:] * jnp.cos(theta[half:]) + radius, -r[half:] * jnp.sin(theta[half:]) - distance], axis=1)
     X = jnp.concatenate([upper, lower])
     y = jnp.concatenate([jnp.zeros(half, jnp.int32), jnp.ones(n - half, jnp.int32)])
     perm = jr.permutation(k3, n)
@@ -36,7 +34,7 @@ def digits():
         from sklearn.datasets import load_digits
     except ImportError:
         raise ImportError(
-            "the digits data set ships with scikit-learn: install it with `pip install -e \".[data]\"` "
+            'the digits data set ships with scikit-learn: install it with `pip install -e ".[data]"` '
             "(or `pip install scikit-learn`)."
         ) from None
     d = load_digits()
@@ -68,7 +66,9 @@ def idx_images(path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
                 data = p.read_bytes()
                 data = gzip.decompress(data) if name.endswith(".gz") else data
                 if struct.unpack(">I", data[:4])[0] != magic:
-                    raise ValueError(f"{p} is not an IDX file (magic number {struct.unpack('>I', data[:4])[0]}, expected {magic})")
+                    raise ValueError(
+                        f"{p} is not an IDX file (magic number {struct.unpack('>I', data[:4])[0]}, expected {magic})"
+                    )
                 return data
         raise FileNotFoundError(
             f"expected {path / stem} (or {stem}.gz): put MNIST or Fashion-MNIST's IDX files there "
@@ -78,7 +78,10 @@ def idx_images(path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     images_file, labels_file = IDX_FILES[split]
     imgs, labels = read(images_file, 2051), read(labels_file, 2049)
     _, n, rows, cols = struct.unpack(">IIII", imgs[:16])
-    X = np.frombuffer(imgs, np.uint8, offset=16, count=n * rows * cols).reshape(n, rows * cols).astype(np.float32) / 255.0
+    X = (
+        np.frombuffer(imgs, np.uint8, offset=16, count=n * rows * cols).reshape(n, rows * cols).astype(np.float32)
+        / 255.0
+    )
     y = np.frombuffer(labels, np.uint8, offset=8, count=n).astype(np.int32)
     return X, y
 
@@ -117,7 +120,7 @@ def mnist1d(n: int = 5000, *, seed: int = 42, **args):
     except ImportError:
         raise ImportError(
             "MNIST-1D comes from its generator, the `mnist1d` package: install it with "
-            "`pip install neurodyn[data]` (or `pip install -e \".[data]\"`, or `pip install mnist1d`)."
+            '`pip install neurodyn[data]` (or `pip install -e ".[data]"`, or `pip install mnist1d`).'
         ) from None
     import random
 

@@ -53,9 +53,7 @@ class AbstractEstimator(eqx.Module):
     def check_objective(self, objective: AbstractObjective) -> None:
         """Raises a ValueError at trace time if this estimator cannot serve `objective`."""
         if not isinstance(objective, AbstractObjective):
-            raise ValueError(
-                f"objective must be nd.SteadyState(...) or nd.Trajectory(...), got {objective!r}."
-            )
+            raise ValueError(f"objective must be nd.SteadyState(...) or nd.Trajectory(...), got {objective!r}.")
         if not isinstance(objective, self.objectives):
             served = " and ".join(f"nd.{o.__name__}" for o in self.objectives)
             raise ValueError(

@@ -79,18 +79,14 @@ class BPTT(AbstractGradientResidualEstimator):
             return _two_phase_trajectory(net, x, y, objective, options)
         else:
             fn = self._trajectory
-        (loss, info), grads = eqx.filter_value_and_grad(fn, has_aux=True)(
-            net, x, y, objective, options
-        )
+        (loss, info), grads = eqx.filter_value_and_grad(fn, has_aux=True)(net, x, y, objective, options)
         return loss, grads, info
 
     def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
         params, static = eqx.partition(net, eqx.is_inexact_array)
         if isinstance(objective, Trajectory) and self.truncation is None and self.checkpoints is None:
             frozen = jax.lax.stop_gradient(net)
-            losses, residuals, info = jax.vmap(
-                lambda x, y: _two_phase_solve(frozen, x, y, objective, options)
-            )(xs, ys)
+            losses, residuals, info = jax.vmap(lambda x, y: _two_phase_solve(frozen, x, y, objective, options))(xs, ys)
             residuals = jax.lax.stop_gradient(residuals)
 
             def total(p):
@@ -151,9 +147,7 @@ class BPTT(AbstractGradientResidualEstimator):
     def _steady_state(self, net, x, y, objective, options):
         r0 = net.init_state(x)
         if self.truncation is None:
-            r, info = relax_loop(
-                net, x, r0, options, kind="checkpointed", checkpoints=self.checkpoints
-            )
+            r, info = relax_loop(net, x, r0, options, kind="checkpointed", checkpoints=self.checkpoints)
             return objective.value(net, r, y), info
         r_star, info = relax_loop(jax.lax.stop_gradient(net), x, r0, options)
         r_star = jax.lax.stop_gradient(r_star)
@@ -186,9 +180,7 @@ class BPTT(AbstractGradientResidualEstimator):
             def seg(r, j):
                 idx = first + j
                 i = jnp.clip(idx, 0, T - 1)
-                r_new = integrate_interval(
-                    options.solver, net, r, x[i], grid.t0s[i], grid.dts[i], grid.n_sub
-                )
+                r_new = integrate_interval(options.solver, net, r, x[i], grid.t0s[i], grid.dts[i], grid.n_sub)
                 return tree_where(idx >= 0, r_new, r), None
 
             r_start = starts[jnp.clip(first, 0, T - 1)]
@@ -357,7 +349,7 @@ def _two_phase_trajectory(net, x, y, objective, options):
     loss, residuals, info = _two_phase_solve(frozen, x, y, objective, options)
     residuals = jax.lax.stop_gradient(residuals)
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    grads = jax.grad(
-        lambda p: _two_phase_surrogate(eqx.combine(p, static), x, y, objective, options, residuals)
-    )(params)
+    grads = jax.grad(lambda p: _two_phase_surrogate(eqx.combine(p, static), x, y, objective, options, residuals))(
+        params
+    )
     return loss, grads, info

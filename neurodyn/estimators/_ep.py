@@ -151,9 +151,7 @@ class EP(AbstractSurrogateEstimator):
         if self.asymmetry_probes is not None and (
             not isinstance(self.asymmetry_probes, int) or self.asymmetry_probes < 0
         ):
-            raise ValueError(
-                f"EP asymmetry_probes must be None or an integer >= 0, got {self.asymmetry_probes!r}."
-            )
+            raise ValueError(f"EP asymmetry_probes must be None or an integer >= 0, got {self.asymmetry_probes!r}.")
         if not isinstance(self.beta, jax.core.Tracer) and not bool(jnp.all(self.beta > 0)):
             raise ValueError(
                 f"EP needs beta > 0, got beta={self.beta}. The sign of the nudge is fixed by "

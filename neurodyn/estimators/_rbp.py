@@ -81,9 +81,7 @@ class RBP(AbstractSurrogateEstimator):
         v, ainfo = adjoint.value, adjoint.info()
 
         # An adjoint that blows up, or makes no progress at all, signals an unstable equilibrium.
-        unstable = ~jnp.isfinite(adjoint.residual) | (
-            ~adjoint.converged & (adjoint.residual >= 1)
-        )
+        unstable = ~jnp.isfinite(adjoint.residual) | (~adjoint.converged & (adjoint.residual >= 1))
         extra = {}
         if self.stability_check:
             lam = _leading_eigenvalue(F_r, r, 0.1, self.power_iterations)
@@ -127,4 +125,3 @@ def _leading_eigenvalue(F_r, r, h, iterations):
     u, _ = jax.lax.scan(body, u0, None, length=iterations)
     mu = u @ (u + h * jvp(u))
     return (mu - 1) / h
-

@@ -21,9 +21,7 @@ class AbstractNetwork(eqx.Module):
     n_out: eqx.AbstractVar[int]
 
     @abc.abstractmethod
-    def __call__(
-        self, t: Real[Array, ""], r: Float[Array, " n"], x: Float[Array, " n_in"]
-    ) -> Float[Array, " n"]:
+    def __call__(self, t: Real[Array, ""], r: Float[Array, " n"], x: Float[Array, " n_in"]) -> Float[Array, " n"]:
         """The vector field `dr/dt = F(r, w, x)` at time `t`."""
 
     @abc.abstractmethod

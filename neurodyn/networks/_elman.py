@@ -37,7 +37,16 @@ class Elman(AbstractNetwork):
     n_in: int = eqx.field(static=True)
     n_out: int = eqx.field(static=True)
 
-    def __init__(self, n: int, n_in: int, n_out: int, activation: Callable = _act.logistic, *, gain: float = 0.5, key: PRNGKeyArray):
+    def __init__(
+        self,
+        n: int,
+        n_in: int,
+        n_out: int,
+        activation: Callable = _act.logistic,
+        *,
+        gain: float = 0.5,
+        key: PRNGKeyArray,
+    ):
         if min(n, n_in, n_out) < 1:
             raise ValueError(f"Elman sizes must be positive, got n={n}, n_in={n_in}, n_out={n_out}.")
         k1, k2, k3, k4 = jr.split(key, 4)

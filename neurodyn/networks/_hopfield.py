@@ -67,9 +67,7 @@ class Hopfield(AbstractEnergyNetwork):
         key: PRNGKeyArray,
     ):
         if min(n_in, n_hidden, n_out) < 1:
-            raise ValueError(
-                f"Hopfield sizes must be positive, got n_in={n_in}, n_hidden={n_hidden}, n_out={n_out}."
-            )
+            raise ValueError(f"Hopfield sizes must be positive, got n_in={n_in}, n_hidden={n_hidden}, n_out={n_out}.")
         n = n_hidden + n_out
         # The dense split is the one before sparsity existed: the same key gives the same
         # dense network; the mask's key is derived apart.
@@ -112,11 +110,7 @@ class Hopfield(AbstractEnergyNetwork):
 
     def energy(self, r, x):
         rho = self.activation(r)
-        return (
-            0.5 * jnp.sum(r * r)
-            - 0.5 * rho @ self.coupling(rho)
-            - rho @ (self.U @ x + self.b)
-        )
+        return 0.5 * jnp.sum(r * r) - 0.5 * rho @ self.coupling(rho) - rho @ (self.U @ x + self.b)
 
     def __call__(self, t, r, x):
         del t

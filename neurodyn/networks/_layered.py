@@ -45,19 +45,15 @@ class Layered(AbstractNetwork):
     ):
         sizes = tuple(int(s) for s in sizes)
         if len(sizes) < 2 or min(sizes) < 1:
-            raise ValueError(
-                f"Layered needs sizes (n_in, n_1, ..., n_L) with L >= 1 positive sizes, got {sizes}."
-            )
+            raise ValueError(f"Layered needs sizes (n_in, n_1, ..., n_L) with L >= 1 positive sizes, got {sizes}.")
         keys = jr.split(key, 2 * (len(sizes) - 1))
         self.weights = tuple(
-            normal_init(keys[i], (sizes[i + 1], sizes[i]), 1.0 / jnp.sqrt(sizes[i]))
-            for i in range(len(sizes) - 1)
+            normal_init(keys[i], (sizes[i + 1], sizes[i]), 1.0 / jnp.sqrt(sizes[i])) for i in range(len(sizes) - 1)
         )
         self.biases = tuple(jnp.zeros((s,)) for s in sizes[1:])
         acts = [activation] * (len(sizes) - 2) + [final_activation]
         self.activations = tuple(
-            _act.materialise(a, s, keys[len(sizes) - 1 + i])
-            for i, (a, s) in enumerate(zip(acts, sizes[1:]))
+            _act.materialise(a, s, keys[len(sizes) - 1 + i]) for i, (a, s) in enumerate(zip(acts, sizes[1:]))
         )
         self.sizes = sizes
         self.n_state = sum(sizes[1:])
@@ -72,10 +68,7 @@ class Layered(AbstractNetwork):
         del t
         xs = self.layers(r)
         below = [x] + xs[:-1]
-        out = [
-            -xl + f(W @ xb + b)
-            for xl, xb, W, b, f in zip(xs, below, self.weights, self.biases, self.activations)
-        ]
+        out = [-xl + f(W @ xb + b) for xl, xb, W, b, f in zip(xs, below, self.weights, self.biases, self.activations)]
         return jnp.concatenate(out)
 
     def forward(self, x: Float[Array, " n_in"]) -> Float[Array, " n"]:

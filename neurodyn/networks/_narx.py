@@ -43,7 +43,17 @@ class NARX(AbstractNetwork):
     n_in: int = eqx.field(static=True)
     n_out: int = eqx.field(static=True)
 
-    def __init__(self, n_in: int, n_out: int, q: int = 2, n_hidden: int = 8, activation: Callable = _act.tanh, *, gain: float = 0.5, key: PRNGKeyArray):
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        q: int = 2,
+        n_hidden: int = 8,
+        activation: Callable = _act.tanh,
+        *,
+        gain: float = 0.5,
+        key: PRNGKeyArray,
+    ):
         if q < 1:
             raise ValueError(f"NARX needs q >= 1 delays, got q={q}.")
         if min(n_in, n_out, n_hidden) < 1:

@@ -53,13 +53,11 @@ def as_mask(mask, n: int, *, symmetric: bool = False, who: str = "network") -> n
     if symmetric:
         if np.any(np.diag(m)):
             raise ValueError(
-                f"{who} mask must have a zero diagonal (no self-connections): "
-                "pass `mask & ~np.eye(n, dtype=bool)`."
+                f"{who} mask must have a zero diagonal (no self-connections): pass `mask & ~np.eye(n, dtype=bool)`."
             )
         if not np.array_equal(m, m.T):
             raise ValueError(
-                f"{who} mask must be symmetric (the energy couples i and j both ways): "
-                "pass `mask | mask.T`."
+                f"{who} mask must be symmetric (the energy couples i and j both ways): pass `mask | mask.T`."
             )
     return m
 

@@ -50,8 +50,13 @@ class FixedStep(AbstractSteppingRelaxation):
     def relax(self, term, args, r0, opts, *, kind, checkpoints):
         it = _FixedStepIteration(term, opts.solver, opts.dt0, self.check_every, opts.max_steps, opts.rtol, opts.atol)
         sol = iterate(
-            it, r0, args, max_iterations=-(-opts.max_steps // self.check_every), patience=self.patience,
-            kind=kind, checkpoints=checkpoints,
+            it,
+            r0,
+            args,
+            max_iterations=-(-opts.max_steps // self.check_every),
+            patience=self.patience,
+            kind=kind,
+            checkpoints=checkpoints,
         )
         return RelaxationSolution.from_iterate(sol, steps=sol.state[1])
 

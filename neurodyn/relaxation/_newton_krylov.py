@@ -81,8 +81,15 @@ class _NewtonIteration(AbstractIterativeSolver):
         _, jvp = jax.linearize(fn, r)
         # Inexact Newton needs a decrease, not a converged inner solve, so the iterate is
         # used whatever the inner solve reports.
-        d, _ = gmres(jvp, -f, tol=self.inner_rtol, atol=0.0, restart=self.restart,
-                     maxiter=self.inner_restarts, solve_method="incremental")
+        d, _ = gmres(
+            jvp,
+            -f,
+            tol=self.inner_rtol,
+            atol=0.0,
+            restart=self.restart,
+            maxiter=self.inner_restarts,
+            solve_method="incremental",
+        )
         # A failed inner solve (non-finite) falls back to an explicit Euler step.
         d = jnp.where(jnp.all(jnp.isfinite(d)), d, self.dt * f)
         r1 = r + d
