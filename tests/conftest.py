@@ -20,3 +20,13 @@ def getkey():
         return jr.PRNGKey(_counter[0])
 
     return _getkey
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Frees each test module's compiled executables when it ends. XLA's CPU backend maps
+    every executable's code into memory; the whole suite compiles thousands, which passed
+    the kernel's limit on memory mappings (vm.max_map_count = 65530) and segfaulted inside
+    the compiler late in the run."""
+    yield
+    jax.clear_caches()

@@ -35,7 +35,9 @@ def _cases():
         energy = isinstance(net, nd.networks.AbstractEnergyNetwork)
         for e, est in _estimators(energy):
             for weighted in (False, True):
-                fast = n in BASE and (not weighted or n == "hopfield")
+                # The default suite: every estimator on the Hopfield network (both weightings)
+                # and BPTT/RBP on the rate CTRNN; the rest in CI's slow step (time budget).
+                fast = n == "hopfield" or (n == "ctrnn-rate" and e in ("bptt", "rbp") and not weighted)
                 out.append(
                     pytest.param(
                         e,
@@ -86,11 +88,11 @@ def test_batch_equals_mean_of_examples_steady_state(est_name, net_name, est, net
 @pytest.mark.parametrize(
     "name,est,weighted",
     [
-        ("bptt", nd.BPTT(), False),
         ("bptt", nd.BPTT(), True),
-        ("bptt-truncated", nd.BPTT(truncation=2), True),
-        ("bptt-checkpointed", nd.BPTT(checkpoints=2), False),
         ("rtrl", nd.RTRL(), True),
+        pytest.param("bptt", nd.BPTT(), False, marks=pytest.mark.slow),
+        pytest.param("bptt-truncated", nd.BPTT(truncation=2), True, marks=pytest.mark.slow),
+        pytest.param("bptt-checkpointed", nd.BPTT(checkpoints=2), False, marks=pytest.mark.slow),
     ],
 )
 def test_batch_equals_mean_of_examples_trajectory(name, est, weighted, getkey):

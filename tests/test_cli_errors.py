@@ -340,6 +340,31 @@ def test_a_users_network_class_trains_by_import_path(tmp_path):
     assert summary[0].startswith("estimator,") and len(summary) == 3
     assert {line.split(",")[0] for line in summary[1:]} == {"bptt", "rbp"}
     assert (tmp_path / "run" / "bptt-seed0").is_dir() and (tmp_path / "run" / "rbp-seed0").is_dir()
+    # ... and compares the estimators on it against the exact gradient.
+    compare = (
+        "experiment: compare_estimators\n"
+        "steady:\n"
+        "  network: {kind: 'my_nets.tau:TauCTRNN', n_in: 3, n_out: 2, n: 6, gain: 0.5}\n"
+        "  batch: 2\n"
+        "  variants: {bptt: {kind: BPTT}, rbp: {kind: RBP}}\n"
+        "scaling: {enabled: false}\n"
+    )
+    (tmp_path / "cmp.yaml").write_text(compare)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.compare_estimators", "--config", "cmp.yaml", "--out", "cmp"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (tmp_path / "cmp" / "summary.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    by_name = {r.split(",")[header.index("estimator")]: r.split(",") for r in rows[1:] if r}
+    assert {"bptt", "rbp"} <= set(by_name)
+    for name in ("bptt", "rbp"):
+        assert float(by_name[name][header.index("cosine")]) > 0.999
 
 
 def test_deeply_nested_yaml_is_one_line(capsys, tmp_path):

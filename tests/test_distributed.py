@@ -140,6 +140,7 @@ def test_distributed_without_a_cluster_is_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_four_device_fit_equals_one_device():
     script = textwrap.dedent(
         """

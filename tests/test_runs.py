@@ -235,6 +235,7 @@ def test_checkpoint_metadata_is_json_with_checksums(tmp_path):
     assert np.isnan(meta["history"][0]["loss"])
 
 
+@pytest.mark.slow
 def test_a_damaged_sweep_chunk_is_named_and_recomputed(tmp_path):
     """experiments.sweep keeps each chunk's rows as a checksummed result: flipping bytes in
     it makes the rerun say which file was damaged and compute that chunk again."""
