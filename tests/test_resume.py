@@ -123,6 +123,7 @@ def test_killed_sweep_resumes_and_keeps_finished_points(tmp_path):
 
     reference = tmp_path / "reference"
     subprocess.run(cmd(reference), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    n_points = len(_summary(reference))  # the quick sweep's points (seeds x learning rates)
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = killed / "checkpoints" / "done-rbp-hidden16-points0-1"
@@ -132,13 +133,13 @@ def test_killed_sweep_resumes_and_keeps_finished_points(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = sorted(p.name for p in (killed / "checkpoints").glob("done-*"))
-    assert first.exists() and len(finished) < 4 and not (killed / "summary.csv").exists(), "killed mid-way"
+    assert first.exists() and len(finished) < n_points and not (killed / "summary.csv").exists(), "killed mid-way"
     saved = {name: (killed / "checkpoints" / name).stat().st_mtime_ns for name in finished}
     rerun = subprocess.run(cmd(killed), cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600)
     assert rerun.stderr.count("not recomputed") == len(finished)
     assert all((killed / "checkpoints" / n).stat().st_mtime_ns == t for n, t in saved.items())  # untouched
     a, b = _summary(reference), _summary(killed)
-    assert len(a) == len(b) == 4
+    assert len(a) == len(b) == n_points >= 4
     for ra, rb in zip(a, b):
         assert ra == rb
 
