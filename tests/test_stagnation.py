@@ -84,3 +84,26 @@ def test_stagnation_reaches_the_estimators_info(getkey):
         assert not bool(jnp.any(info["converged"])), type(est).__name__
         assert bool(jnp.all(jax.vmap(lambda r: r == nd.RESULTS.stagnated)(info["result"]))), type(est).__name__
         assert int(jnp.max(info["steps"])) < 1000
+
+
+class _FlatFloorNetwork(_FloorNetwork):
+    """The rounding floor as a constant of the dynamics' Jacobian (as real rounding is)."""
+
+    def __call__(self, t, r, x):
+        return self.net(t, r, x) + self.floor * jax.lax.stop_gradient(jnp.sin(1e6 * r))
+
+
+def test_rtrls_joint_loop_reports_like_a_relaxation(getkey):
+    """RTRL's steady state relaxes r and p = dr/dw together on `nd.iterate`: the same
+    outcomes as `nd.relax` for a budget, a non-finite state and a rounding floor."""
+    net, x, y = _ctrnn(getkey()), jr.normal(getkey(), (3,)), jr.normal(getkey(), (2,))
+    est, obj = nd.RTRL(), nd.SteadyState()
+    _, _, ok = nd.value_and_grad(net, x, y, objective=obj, estimator=est)
+    assert _is(ok["result"], nd.RESULTS.successful) and bool(ok["converged"])
+    _, _, short = nd.value_and_grad(net, x, y, objective=obj, estimator=est, max_steps=3)
+    assert _is(short["result"], nd.RESULTS.max_steps_reached) and int(short["steps"]) == 3
+    _, _, bad = nd.value_and_grad(net, x.at[0].set(jnp.nan), y, objective=obj, estimator=est)
+    assert _is(bad["result"], nd.RESULTS.nonfinite) and not bool(bad["converged"])
+    # (The floor's own derivative, 1e2 cos(1e6 r), would make p diverge: it is kept out of J.)
+    _, _, floor = nd.value_and_grad(_FlatFloorNetwork(net, 1e-4), x, y, objective=obj, estimator=est)
+    assert _is(floor["result"], nd.RESULTS.stagnated) and int(floor["steps"]) < 1000

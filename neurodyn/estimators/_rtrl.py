@@ -1,14 +1,16 @@
 """Real-time recurrent learning: forward sensitivities `p = dr/dw` stepped with the state."""
 
 import functools as ft
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from .._dynamics import time_grid
+from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
@@ -163,32 +165,39 @@ def _trajectory(params, static, x, y, objective, options, step, state0, contract
     return loss, grads, info
 
 
+class _JointRelaxation(AbstractIterativeSolver):
+    # r and p = dr/dw stepped together with fixed solver steps until both step differences
+    # (over dt) fall below atol + rtol rms(.). The solver state is carried across steps (as
+    # `nd.relax` does): the relaxation is autonomous, so FSAL solvers reuse their last stage.
+    init_fn: Callable
+    step_fn: Callable
+    dt: Any
+    rtol: Any
+    atol: Any
+
+    def init(self, y0, args):
+        return self.init_fn(y0, args, jnp.zeros_like(self.dt), self.dt)
+
+    def step(self, y, state, args, iteration):
+        new, state = self.step_fn(y, args, iteration.astype(self.dt.dtype) * self.dt, self.dt, state)
+        diff = jtu.tree_map(jnp.subtract, new, y)
+        return new, state, jnp.maximum(rms_norm(diff[0]), tree_rms(diff[1])) / self.dt
+
+    def tolerance(self, y, args):
+        r, p = y
+        return self.atol + self.rtol * jnp.maximum(rms_norm(r), tree_rms(p))
+
+
 def _steady_state(params, static, x, y, objective, options, init, step, state0, contract):
+    from ..relaxation import FixedStep
+
     dt = jnp.asarray(options.dt0, state0[0].dtype)
-    big = jnp.asarray(jnp.finfo(dt.dtype).max, dt.dtype)
-    # The solver state is carried across steps (as `nd.relax` does): the relaxation is
-    # autonomous, so FSAL solvers reuse their last stage.
-    s0 = init(state0, x, jnp.zeros_like(dt), dt)
-
-    def tol(state):
-        r, p = state
-        return options.atol + options.rtol * jnp.maximum(rms_norm(r), tree_rms(p))
-
-    def cond(c):
-        state, _, k, res = c
-        return (k < options.max_steps) & ~(res <= tol(state)) & jnp.isfinite(res)
-
-    def body(c):
-        state, s, k, _ = c
-        new, s = step(state, x, k.astype(dt.dtype) * dt, dt, s)
-        diff = jtu.tree_map(jnp.subtract, new, state)
-        res = jnp.maximum(rms_norm(diff[0]), tree_rms(diff[1])) / dt
-        return new, s, k + 1, res
-
-    state, _, steps, res = eqxi.while_loop(
-        cond, body, (state0, s0, jnp.asarray(0), big), max_steps=options.max_steps, kind="lax"
-    )
-    r, p = state
+    solver = _JointRelaxation(init, step, dt, options.rtol, options.atol)
+    # The joint loop stops on stagnation as a FixedStep relaxation does (its patience, in
+    # convergence checks of one step each).
+    relaxation = options.relaxation if isinstance(options.relaxation, FixedStep) else FixedStep()
+    sol = iterate(solver, state0, x, max_iterations=options.max_steps, patience=relaxation.patience)
+    r, p = sol.value
 
     def value(params, r):
         return objective.value(eqx.combine(params, static), r, y)
@@ -196,9 +205,7 @@ def _steady_state(params, static, x, y, objective, options, init, step, state0, 
     loss, (g_direct, g_r) = jax.value_and_grad(value, argnums=(0, 1))(params, r)
     grads = _tree_add(g_direct, contract(p, g_r))
     residual = rms_norm(eqx.combine(params, static)(0.0, r, x))
-    finite = jnp.isfinite(res) & jnp.isfinite(residual) & jnp.isfinite(tree_rms(p))
-    converged = finite & (res <= tol(state))
-    result = RESULTS.where(
-        converged, RESULTS.successful, RESULTS.where(finite, RESULTS.max_steps_reached, RESULTS.nonfinite)
-    )
-    return loss, grads, dict(result=result, converged=converged, steps=steps, residual=residual)
+    # The state and p come from `iterate`'s finiteness test; the residual at r is checked too.
+    result = RESULTS.where(jnp.isfinite(residual) | (sol.result != RESULTS.successful), sol.result, RESULTS.nonfinite)
+    converged = result == RESULTS.successful
+    return loss, grads, dict(result=result, converged=converged, steps=sol.iterations, residual=residual)
