@@ -12,6 +12,7 @@ from ._joint import (
     contract as contract,
     integrate_interval_joint as integrate_interval_joint,
     joint_step as joint_step,
+    report as report,
     sensitivity_aux as sensitivity_aux,
     zero_sensitivities as zero_sensitivities,
 )

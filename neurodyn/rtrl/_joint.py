@@ -43,3 +43,11 @@ def zero_sensitivities(sensitivity, params, n, aux):
 def contract(sensitivity, p, g_r, aux):
     """`g_r^T p`, the gradient through the state."""
     return sensitivity.contract(p, g_r, aux)
+
+
+def report(sensitivity, p, aux, g_r=None) -> dict:
+    """What the strategy reports about its current sensitivities, as scalars for an `info`
+    dict (`{}` for a strategy without a `report` method; `nd.rtrl.UORO` reports its
+    factor norms and, with `variance=True`, estimates of its variance)."""
+    fn = getattr(sensitivity, "report", None)
+    return {} if fn is None else fn(p, aux, g_r)

@@ -27,8 +27,8 @@ class UORO(AbstractStochasticSensitivity):
     exact RTRL (= BPTT) on the same discretisation; averaging `K` independent draws
     (different `key`s) falls towards it as `1/sqrt(K)`.
 
-    The sensitivity state is `(u, v, k)`: `u` of shape `(n,)`, `v` shaped like the
-    parameters, and `k` the number of steps taken; step `k` draws its signs from
+    The sensitivity state is `(u, v, k)` (with `variance=True`, `(u, v, k, u2, v2)`): `u`
+    of shape `(n,)`, `v` shaped like the parameters, and `k` the number of steps taken; step `k` draws its signs from
     `jax.random.fold_in(key, k)`, so a run is reproducible and different keys give
     independent draws (vmap over keys for many). Under `jax.vmap` over a batch every
     example uses the same signs; `nd.online` keeps counting across episode resets.
@@ -38,9 +38,20 @@ class UORO(AbstractStochasticSensitivity):
     variance grows with the trajectory length and the number of parameters): average over
     draws, or use a small learning rate.
 
+    How noisy a draw is can be read off the run (`report`): the norms of the two factors
+    always, and with `variance=True` an unbiased estimate of the variance itself, from a
+    second, independent pair `(u2, v2)` stepped alongside the first with its own signs
+    (twice the cost per step; the gradient is still the first pair's, the same as with
+    `variance=False` and the same key). For two independent unbiased estimates `a`, `b` of
+    the same quantity, `||a - b||^2 / 2` is an unbiased estimate of the total variance
+    `E||a - E a||^2` of one of them, and `<a, b>` one of `||E a||^2` (the same
+    two-replica estimate that Cooijmans & Martens 2019 use to study UORO's variance).
+
     **Arguments:**
 
     - `key`: a `jax.random` key or an integer seed (default 0).
+    - `variance`: also step the second pair that `report` estimates the variance from
+      (default False).
 
     !!! warning
 
@@ -51,11 +62,13 @@ class UORO(AbstractStochasticSensitivity):
     """
 
     key: PRNGKeyArray
+    variance: bool = eqx.field(static=True, default=False)
 
-    def __init__(self, key: PRNGKeyArray | int = 0):
+    def __init__(self, key: PRNGKeyArray | int = 0, variance: bool = False):
         if isinstance(key, int) and not isinstance(key, bool):
             key = jr.PRNGKey(key)
         self.key = key
+        self.variance = bool(variance)
 
     def prepare(self, params, static, n, n_in, dtype):
         del params, static, n, n_in, dtype
@@ -64,12 +77,13 @@ class UORO(AbstractStochasticSensitivity):
     def zeros(self, params, n, aux):
         del aux
         dtype = jtu.tree_leaves(params)[0].dtype
-        return (jnp.zeros((n,), dtype), jtu.tree_map(jnp.zeros_like, params), jnp.asarray(0, jnp.int32))
+        pair = (jnp.zeros((n,), dtype), jtu.tree_map(jnp.zeros_like, params))
+        return pair + (jnp.asarray(0, jnp.int32),) + (pair if self.variance else ())
 
     def restart(self, p, aux):
         del aux
-        u, v, k = p
-        return (jnp.zeros_like(u), jtu.tree_map(jnp.zeros_like, v), k)
+        zero = jtu.tree_map(jnp.zeros_like, p)
+        return zero[:2] + (p[2],) + zero[3:]
 
     def stepper(self, solver, params, static, aux):
         del aux
@@ -80,31 +94,94 @@ class UORO(AbstractStochasticSensitivity):
 
         def step(state, x, t0, dt, solver_state=None):
             del solver_state
-            r, (u, v, k) = state
+            r, p = state
+            u, v, k = p[:3]
 
             def phi(r, params):
                 net = eqx.combine(params, static)
                 s = solver_init(solver, net, r, x, t0, dt)
                 return solver_step(solver, net, r, x, t0, dt, s, False)[0]
 
-            r1, Au = jax.jvp(lambda r: phi(r, params), (r,), (u,))
+            # One linearisation in r serves both pairs; one VJP in w per pair.
+            r1, jvp = jax.linearize(lambda r: phi(r, params), r)
             _, vjp = jax.vjp(lambda w: phi(r, w), params)
-            nu = jr.rademacher(jr.fold_in(self.key, k), r.shape, r.dtype)
-            (nuM,) = vjp(nu)
-            eps = jnp.finfo(r.dtype).eps
-            rho0 = jnp.sqrt((_norm(v) + eps) / (_norm(Au) + eps))
-            rho1 = jnp.sqrt((_norm(nuM) + eps) / (_norm(nu) + eps))
-            u1 = rho0 * Au + rho1 * nu
-            v1 = jtu.tree_map(lambda a, b: a / rho0.astype(a.dtype) + b / rho1.astype(b.dtype), v, nuM)
-            return (r1, (u1, v1, k + 1)), None
+            key = jr.fold_in(self.key, k)
+            new = _pair_step(jvp, vjp, u, v, jr.rademacher(key, r.shape, r.dtype)) + (k + 1,)
+            if self.variance:
+                nu2 = jr.rademacher(jr.fold_in(key, 1), r.shape, r.dtype)
+                new = new + _pair_step(jvp, vjp, p[3], p[4], nu2)
+            return (r1, new), None
 
         return init, step
 
     def contract(self, p, g_r, aux):
         del aux
-        u, v, _ = p
-        c = jnp.vdot(g_r, u.astype(g_r.dtype))
-        return jtu.tree_map(lambda a: c.astype(a.dtype) * a, v)
+        return _contract_pair(p[0], p[1], g_r)
+
+    def report(self, p, aux=None, g_r=None) -> dict[str, Array]:
+        r"""How noisy the current estimate is, as scalars for an `info` dict.
+
+        **Arguments:**
+
+        - `p`: the sensitivity state (at the end of a trajectory, or at an update).
+        - `aux`: unused (the strategy reads nothing from the network).
+        - `g_r`: optionally `dl/dr` at this time, for the variance of the gradient term
+          `g_r^T p` rather than of `p` itself.
+
+        **Returns:**
+
+        - `uoro_u_norm`, `uoro_v_norm`: `||u||` and `||v||` (UORO's scalings keep them
+          balanced; their product `||u v^T||_F` is the size of the estimate, and its
+          square an unbiased estimate of `E||u v^T||_F^2 = ||p||_F^2 + variance`).
+
+        With `variance=True`, also (`a = u v^T`, `b = u2 v2^T`, the two independent draws):
+
+        - `uoro_variance`: `||a - b||_F^2 / 2`, unbiased for the total variance
+          `E||u v^T - p||_F^2` of one draw of the sensitivities;
+        - `uoro_signal`: `<a, b>_F`, unbiased for `||p||_F^2` (it can come out negative
+          when the noise dominates);
+        - with `g_r`: `uoro_grad_variance`, `||g_r^T a - g_r^T b||^2 / 2`, unbiased for the
+          total variance of the gradient term `g_r^T u v^T` (the whole state part of the
+          gradient when the loss is at this one time, e.g. a class read at the last step).
+
+        One run gives one sample of each: they are as noisy as the draw they describe
+        (average them over a batch, steps or runs before reading a ratio).
+        """
+        del aux
+        u, v = p[0], p[1]
+        out = dict(uoro_u_norm=jnp.linalg.norm(u), uoro_v_norm=_norm(v))
+        if not self.variance:
+            return out
+        u2, v2 = p[3], p[4]
+        uu, vv = jnp.vdot(u, u2), _dot(v, v2)
+        out["uoro_signal"] = uu * vv
+        # ||a - b||^2 = ||u||^2 ||v||^2 + ||u2||^2 ||v2||^2 - 2 (u.u2)(v.v2): O(n + m).
+        out["uoro_variance"] = 0.5 * (jnp.vdot(u, u) * _dot(v, v) + jnp.vdot(u2, u2) * _dot(v2, v2) - 2 * uu * vv)
+        if g_r is not None:
+            diff = jtu.tree_map(jnp.subtract, _contract_pair(u, v, g_r), _contract_pair(u2, v2, g_r))
+            out["uoro_grad_variance"] = 0.5 * _dot(diff, diff)
+        return out
+
+
+def _pair_step(jvp, vjp, u, v, nu):
+    # u' = rho0 A u + rho1 nu,  v' = v / rho0 + (nu^T M) / rho1  (Tallec & Ollivier 2018).
+    Au = jvp(u)
+    (nuM,) = vjp(nu)
+    eps = jnp.finfo(u.dtype).eps
+    rho0 = jnp.sqrt((_norm(v) + eps) / (_norm(Au) + eps))
+    rho1 = jnp.sqrt((_norm(nuM) + eps) / (_norm(nu) + eps))
+    u1 = rho0 * Au + rho1 * nu
+    v1 = jtu.tree_map(lambda a, b: a / rho0.astype(a.dtype) + b / rho1.astype(b.dtype), v, nuM)
+    return u1, v1
+
+
+def _contract_pair(u, v, g_r):
+    c = jnp.vdot(g_r, u.astype(g_r.dtype))
+    return jtu.tree_map(lambda a: c.astype(a.dtype) * a, v)
+
+
+def _dot(a, b) -> Array:
+    return sum(jnp.vdot(x, y) for x, y in zip(jtu.tree_leaves(a), jtu.tree_leaves(b)))
 
 
 def _norm(tree) -> Array:
