@@ -7,17 +7,20 @@ is what BPTT and RTRL differentiate exactly.
 """
 
 import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import diffrax
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
+from ._custom_types import Info, Input, Readout, State, Time, Times
 from ._misc import rms_norm, tree_dtype
 from ._options import (
     check_option_names,
@@ -26,6 +29,7 @@ from ._options import (
     trajectory_options,
 )
 from ._outcome import RESULTS
+from .adjoint import AbstractAdjointSolve, AdjointODE
 from .networks import AbstractEnergyNetwork, AbstractNetwork
 
 
@@ -62,14 +66,14 @@ def _default_relaxation():
 
 def relax_loop(
     net: AbstractNetwork,
-    x: Float[Array, " n_in"],
-    r0: Float[Array, " n"],
+    x: Input,
+    r0: State,
     opts: IntegrationOptions,
     *,
     kind: Literal["lax", "checkpointed", "bounded"] = "lax",
     checkpoints: int | None = None,
-    forcing=None,
-):
+    forcing: Callable[[State], State] | None = None,
+) -> tuple[State, Info]:
     """Relaxes until `rms(F(r)) < atol + rtol rms(r)` or `max_steps`, with the strategy
     `opts.relaxation` (`None`: the default `FixedStep(check_every=2)`, or `FixedStep()`
     when differentiated through).
@@ -96,7 +100,15 @@ def relax_loop(
     return sol.value, relax_info(net, x, sol.value, sol.steps, sol.residual, opts, sol.result == RESULTS.stagnated)
 
 
-def relax_info(net, x, r, steps, res, opts, stagnated=False) -> dict:
+def relax_info(
+    net: AbstractNetwork,
+    x: Input,
+    r: State,
+    steps: Int[Array, ""],
+    res: Real[Array, ""],
+    opts: IntegrationOptions,
+    stagnated: bool | Bool[Array, ""] = False,
+) -> Info:
     """The `info` of a relaxation that stopped at `r` after `steps` solver steps, its last
     stopping quantity `res` (step difference over `dt0`) judged against the tolerance."""
     from ._iterate import classify
@@ -114,27 +126,31 @@ def relax_info(net, x, r, steps, res, opts, stagnated=False) -> dict:
 class _Nudged(AbstractNetwork):
     # Wraps a network with an extra drift (EP's `beta dl/dr`); never exported.
     net: AbstractNetwork
-    forcing: object
+    forcing: Callable[[State], State]
+
+    def __init__(self, net: AbstractNetwork, forcing: Callable[[State], State]):
+        self.net = net
+        self.forcing = forcing
 
     @property
-    def n_state(self):
+    def n_state(self) -> int:
         return self.net.n_state
 
     @property
-    def n_in(self):
+    def n_in(self) -> int:
         return self.net.n_in
 
     @property
-    def n_out(self):
+    def n_out(self) -> int:
         return self.net.n_out
 
-    def __call__(self, t, r, x):
+    def __call__(self, t: Time, r: State, x: Input) -> State:
         return self.net(t, r, x) + self.forcing(r)
 
-    def init_state(self, x):
+    def init_state(self, x: Input) -> State:
         return self.net.init_state(x)
 
-    def readout(self, r):
+    def readout(self, r: State) -> Readout:
         return self.net.readout(r)
 
 
@@ -152,7 +168,7 @@ class TimeGrid(eqx.Module):
     n_sub: int = eqx.field(static=True)
 
 
-def concrete_times(ts: ArrayLike, what: str = "ts") -> tuple[float, ...]:
+def concrete_times(ts: Times, what: str = "ts") -> tuple[float, ...]:
     """`ts` as a tuple of Python floats, checked: positive and strictly increasing."""
     if isinstance(ts, jax.core.Tracer):
         raise ValueError(
@@ -239,7 +255,7 @@ def rollout_loop(
 # ----------------------------------------------------------------------------------------
 
 
-def check_input(net: AbstractNetwork, x, *, sequence: bool, what: str = "x") -> Array:
+def check_input(net: AbstractNetwork, x: ArrayLike, *, sequence: bool, what: str = "x") -> Array:
     """Casts `x` to the network's dtype and checks its shape; raises a clear ValueError."""
     if not isinstance(net, AbstractNetwork):
         raise ValueError(f"expected a neurodyn network (an `nd.networks.AbstractNetwork`), got {type(net).__name__}.")
@@ -340,7 +356,14 @@ def _relax_jit(net, x, r0, opts, adjoint):
     return _implicit_relax(diff, static, r0, opts, adjoint)
 
 
-def relax(net: AbstractNetwork, x, *, r0=None, adjoint=None, **options):
+def relax(
+    net: AbstractNetwork,
+    x: Real[ArrayLike, " n_in"],
+    *,
+    r0: Real[ArrayLike, " n"] | None = None,
+    adjoint: AbstractAdjointSolve | None = None,
+    **options: Any,
+) -> tuple[Float[Array, " n"], Info]:
     """Runs the network to its steady state `F(r*, w, x) = 0` for one input `x`.
 
     **Arguments:**
@@ -367,16 +390,9 @@ def relax(net: AbstractNetwork, x, *, r0=None, adjoint=None, **options):
     x = check_input(net, x, sequence=False)
     opts = steady_state_options(tree_dtype(net), **options)
     if adjoint is None:
-        from .adjoint import AdjointODE
-
         adjoint = AdjointODE()
-    else:
-        from .adjoint import AbstractAdjointSolve
-
-        if not isinstance(adjoint, AbstractAdjointSolve):
-            raise ValueError(
-                f"`adjoint` must be an nd.adjoint strategy such as nd.adjoint.AdjointODE(), got {adjoint!r}."
-            )
+    elif not isinstance(adjoint, AbstractAdjointSolve):
+        raise ValueError(f"`adjoint` must be an nd.adjoint strategy such as nd.adjoint.AdjointODE(), got {adjoint!r}.")
     return _relax_jit(net, x, _initial_state(net, x, r0), opts, adjoint)
 
 
@@ -388,7 +404,15 @@ def _rollout_jit(net, xs, r0, grid, solver, output):
     return rs, info
 
 
-def rollout(net: AbstractNetwork, xs, ts, *, r0=None, output: str = "readout", **options):
+def rollout(
+    net: AbstractNetwork,
+    xs: Real[ArrayLike, "T n_in"],
+    ts: Times,
+    *,
+    r0: Real[ArrayLike, " n"] | None = None,
+    output: Literal["readout", "state"] = "readout",
+    **options: Any,
+) -> tuple[Float[Array, "T m"], Info]:
     """Integrates a trajectory from `t = 0` with the input `xs[k]` held on `(ts[k-1], ts[k]]`.
 
     **Arguments:**
@@ -410,12 +434,12 @@ def rollout(net: AbstractNetwork, xs, ts, *, r0=None, output: str = "readout", *
     if output not in ("readout", "state"):
         raise ValueError(f"output must be 'readout' or 'state', got {output!r}.")
     xs = check_input(net, xs, sequence=True, what="xs")
-    ts = concrete_times(ts)
-    if len(ts) != xs.shape[0]:
-        raise ValueError(f"xs has {xs.shape[0]} rows but ts has {len(ts)} times; they must match.")
+    times = concrete_times(ts)
+    if len(times) != xs.shape[0]:
+        raise ValueError(f"xs has {xs.shape[0]} rows but ts has {len(times)} times; they must match.")
     dtype = tree_dtype(net)
     opts = trajectory_options(dtype, **options)
-    grid = time_grid(ts, opts.dt0, opts.max_steps, dtype)
+    grid = time_grid(times, opts.dt0, opts.max_steps, dtype)
     return _rollout_jit(net, xs, _initial_state(net, xs[0], r0), grid, opts.solver, output)
 
 

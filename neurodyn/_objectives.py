@@ -2,17 +2,21 @@
 
 import abc
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, Inexact, Shaped
 
 from . import losses as _losses
+from ._custom_types import Scalar, State, StateOrStates, States, Target, Times
 from ._dynamics import check_input, concrete_times
 from ._misc import tree_dtype
 from ._options import IntegrationOptions, steady_state_options, trajectory_options
+from .networks import AbstractNetwork
 
 
 class AbstractObjective(eqx.Module):
@@ -21,21 +25,24 @@ class AbstractObjective(eqx.Module):
     loss: eqx.AbstractVar[Callable]
 
     @abc.abstractmethod
-    def check_data(self, net, x, y) -> tuple[Array, Array]:
-        """Checks and casts one example; raises ValueError naming the shapes."""
+    def check_data(
+        self, net: AbstractNetwork, x: ArrayLike, y: Target
+    ) -> tuple[Float[Array, "*T n_in"], Shaped[Array, "..."]]:
+        """Checks and casts one example; raises ValueError naming the shapes. The input is
+        `(n_in,)` for a steady state and `(T, n_in)` along a trajectory."""
 
     @abc.abstractmethod
-    def options(self, dtype, **given) -> IntegrationOptions:
+    def options(self, dtype: DTypeLike, **given: Any) -> IntegrationOptions:
         """The integration options, with this objective's defaults for the unset ones."""
 
     @abc.abstractmethod
-    def value(self, net, r, y) -> Float[Array, ""]:
+    def value(self, net: AbstractNetwork, r: StateOrStates, y: Target) -> Scalar:
         """The scalar loss at the state(s) `r` the estimators solved for (the steady state
         `(n,)`, or the states at the save times `(T, n)`), every estimator's one call into
         the objective."""
 
 
-def _check_target(net, y, loss, lead: tuple[int, ...], what: str) -> Array:
+def _check_target(net: AbstractNetwork, y: Target, loss: Callable, lead: tuple[int, ...], what: str) -> Array:
     y = jnp.asarray(y)
     if jnp.iscomplexobj(y):
         raise ValueError(
@@ -81,14 +88,16 @@ class SteadyState(AbstractObjective):
 
     loss: Callable = _losses.squared_error
 
-    def check_data(self, net, x, y):
+    def check_data(
+        self, net: AbstractNetwork, x: ArrayLike, y: Target
+    ) -> tuple[Float[Array, " n_in"], Shaped[Array, "..."]]:
         x = check_input(net, x, sequence=False)
         return x, _check_target(net, y, self.loss, (), "y")
 
-    def options(self, dtype, **given):
+    def options(self, dtype: DTypeLike, **given: Any) -> IntegrationOptions:
         return steady_state_options(dtype, **given)
 
-    def value(self, net, r: Float[Array, " n"], y) -> Float[Array, ""]:
+    def value(self, net: AbstractNetwork, r: State, y: Target) -> Scalar:
         """The loss at state `r`."""
         return self.loss(net.readout(r), y)
 
@@ -109,7 +118,9 @@ class Trajectory(AbstractObjective):
     ts: tuple[float, ...] = eqx.field(static=True)
     weights: Float[Array, " T"] | None
 
-    def __init__(self, loss: Callable = _losses.squared_error, ts: ArrayLike = (1.0,), weights=None):
+    def __init__(
+        self, loss: Callable = _losses.squared_error, ts: Times = (1.0,), weights: Float[ArrayLike, " T"] | None = None
+    ):
         self.loss = loss
         self.ts = concrete_times(ts)
         if weights is not None:
@@ -120,26 +131,28 @@ class Trajectory(AbstractObjective):
                 )
         self.weights = weights
 
-    def check_data(self, net, x, y):
+    def check_data(
+        self, net: AbstractNetwork, x: ArrayLike, y: Target
+    ) -> tuple[Float[Array, "T n_in"], Shaped[Array, "..."]]:
         x = check_input(net, x, sequence=True)
         T = len(self.ts)
         if x.shape[0] != T:
             raise ValueError(f"x has {x.shape[0]} rows but the objective has {T} times in ts.")
         return x, _check_target(net, y, self.loss, (T,), "y")
 
-    def options(self, dtype, **given):
+    def options(self, dtype: DTypeLike, **given: Any) -> IntegrationOptions:
         return trajectory_options(dtype, **given)
 
-    def alphas(self, dtype) -> Float[Array, " T"]:
+    def alphas(self, dtype: DTypeLike) -> Float[Array, " T"]:
         if self.weights is None:
             return jnp.ones((len(self.ts),), dtype=dtype)
         return self.weights.astype(dtype)
 
-    def terms(self, net, rs: Float[Array, "T n"], y) -> Float[Array, " T"]:
+    def terms(self, net: AbstractNetwork, rs: States, y: Target) -> Inexact[Array, " T"]:
         """The weighted per-time losses `alpha_k l_k`."""
         per_time = jax.vmap(lambda r, yk: self.loss(net.readout(r), yk))(rs, y)
         return self.alphas(per_time.dtype) * per_time
 
-    def value(self, net, rs: Float[Array, "T n"], y) -> Float[Array, ""]:
+    def value(self, net: AbstractNetwork, rs: States, y: Target) -> Scalar:
         """The weighted sum of the per-time losses along the states `rs`."""
         return jnp.sum(self.terms(net, rs, y))

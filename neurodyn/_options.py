@@ -12,6 +12,8 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 
+from .relaxation import AbstractRelaxation
+
 
 OPTION_NAMES = ("solver", "dt0", "rtol", "atol", "max_steps", "relaxation")
 
@@ -26,7 +28,7 @@ class IntegrationOptions(eqx.Module):
     max_steps: int = eqx.field(static=True)
     # None: the steady-state default (`relax_loop` picks `FixedStep` when it is
     # differentiated through, as BPTT does).
-    relaxation: object = None
+    relaxation: AbstractRelaxation | None = None
 
 
 def _tolerances(dtype) -> tuple[float, float]:
@@ -57,7 +59,6 @@ def steady_state_options(
 
     `relaxation` (an `nd.relaxation` strategy, default `FixedStep(check_every=2)`) decides how those
     solver steps are combined; see `nd.relaxation`."""
-    from .relaxation import AbstractRelaxation
 
     if relaxation is not None and not isinstance(relaxation, AbstractRelaxation):
         raise ValueError(

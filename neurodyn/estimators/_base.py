@@ -1,10 +1,31 @@
 import abc
+from typing import Any, TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PyTree, Real, Shaped
 
+from .._custom_types import Grads, Info, Scalar
 from .._objectives import AbstractObjective
+from .._options import IntegrationOptions
+from ..networks import AbstractNetwork
+
+
+# equinox's documented idiom: type checkers know `ClassVar`, equinox checks `AbstractClassVar`.
+if TYPE_CHECKING:
+    from typing import ClassVar as AbstractClassVar
+else:
+    from equinox import AbstractClassVar
+
+# One checked example's input and target, `(n_in,)`/`(T, n_in)` and a float or class-index target.
+CheckedInput = Float[Array, "*T n_in"]
+CheckedTarget = Shaped[Array, "..."]
+# A batch of them, with a leading batch axis.
+BatchInput = Float[Array, "B *T n_in"]
+BatchTarget = Shaped[Array, "B ..."]
+# What an estimator keeps from its forward pass for the backward one.
+Residuals = PyTree[Any]
 
 
 class AbstractEstimator(eqx.Module):
@@ -17,9 +38,16 @@ class AbstractEstimator(eqx.Module):
     `nd.value_and_grad` and `nd.batch_value_and_grad`, which check the input.
     """
 
-    objectives: eqx.AbstractClassVar[tuple[type[AbstractObjective], ...]]
+    objectives: AbstractClassVar[tuple[type[AbstractObjective], ...]]
 
-    def value_and_grad(self, net, x, y, objective, options):
+    def value_and_grad(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Grads, Info]:
         """`(loss, grads, info)` for one checked example; `options` are resolved
         `IntegrationOptions`. `grads` has the structure of
         `eqx.filter(net, eqx.is_inexact_array)`."""
@@ -27,7 +55,14 @@ class AbstractEstimator(eqx.Module):
         return loss, grads, info
 
     @abc.abstractmethod
-    def value_grad_and_residuals(self, net, x, y, objective, options):
+    def value_grad_and_residuals(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Grads, Info, Residuals]:
         """`(loss, grads, info, residuals)`: `value_and_grad` plus what
         `grads_from_residuals` needs to form `scale * grads` again.
 
@@ -35,12 +70,29 @@ class AbstractEstimator(eqx.Module):
         pass and `grads_from_residuals` in the backward pass."""
 
     @abc.abstractmethod
-    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
+    def grads_from_residuals(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+        residuals: Residuals,
+        scale: Real[ArrayLike, ""],
+    ) -> Grads:
         """`scale * grads` from `value_grad_and_residuals`'s residuals (linear in `scale`,
         the cotangent of the loss)."""
 
     @abc.abstractmethod
-    def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
+    def batch_value_and_grad(
+        self,
+        net: AbstractNetwork,
+        xs: BatchInput,
+        ys: BatchTarget,
+        weights: Float[Array, " B"],
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Grads, Info]:
         """`(loss, grads, info)` for a checked batch: `loss = sum_b weights_b l_b` (the
         weights are normalised by the caller to sum to one), `grads` its gradient with the
         structure of `eqx.filter(net, eqx.is_inexact_array)`, `info` per example (leading
@@ -63,14 +115,14 @@ class AbstractEstimator(eqx.Module):
             )
 
 
-def weighted_sum(weights, values):
+def weighted_sum(weights: Float[Array, " B"], values: Float[Array, " B"]) -> Float[Array, ""]:
     """`sum_b weights_b values_b`, with examples of weight zero contributing exactly zero
     (a padded example's NaN loss does not leak into the batch's)."""
     values = jnp.where(weights > 0, values, jnp.zeros((), values.dtype))
     return jnp.sum(weights.astype(values.dtype) * values)
 
 
-def tree_weighted_sum(weights, tree):
+def tree_weighted_sum(weights: Float[Array, " B"], tree: PyTree[Array]) -> PyTree[Array]:
     """`sum_b weights_b leaf_b` for every leaf, as a GEMV over the flattened leaf (XLA's CPU
     backend runs a leading-axis reduction of a `(B, n, n)` array several times slower)."""
 
@@ -98,15 +150,38 @@ class AbstractSurrogateEstimator(AbstractEstimator):
     """
 
     @abc.abstractmethod
-    def solve(self, net, x, y, objective, options):
+    def solve(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Residuals, Info]:
         """`(loss, residuals, info)` for one example: the states `surrogate` needs."""
 
     @abc.abstractmethod
-    def surrogate(self, net, x, y, objective, residuals):
+    def surrogate(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        residuals: Residuals,
+    ) -> Scalar:
         """A scalar whose gradient in the parameters of `net` (at fixed `residuals`) is the
         estimated gradient of the loss."""
 
-    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
+    def grads_from_residuals(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+        residuals: Residuals,
+        scale: Real[ArrayLike, ""],
+    ) -> Grads:
         del options
         params, static = eqx.partition(net, eqx.is_inexact_array)
 
@@ -117,13 +192,28 @@ class AbstractSurrogateEstimator(AbstractEstimator):
         (grads,) = vjp(jnp.asarray(scale, out.dtype))
         return grads
 
-    def value_grad_and_residuals(self, net, x, y, objective, options):
+    def value_grad_and_residuals(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Grads, Info, Residuals]:
         loss, residuals, info = self.solve(jax.lax.stop_gradient(net), x, y, objective, options)
         residuals = jax.lax.stop_gradient(residuals)
         grads = self.grads_from_residuals(net, x, y, objective, options, residuals, jnp.ones((), loss.dtype))
         return loss, grads, info, residuals
 
-    def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
+    def batch_value_and_grad(
+        self,
+        net: AbstractNetwork,
+        xs: BatchInput,
+        ys: BatchTarget,
+        weights: Float[Array, " B"],
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Grads, Info]:
         frozen = jax.lax.stop_gradient(net)
         losses, residuals, info = jax.vmap(lambda x, y: self.solve(frozen, x, y, objective, options))(xs, ys)
         residuals = jax.lax.stop_gradient(residuals)
@@ -146,13 +236,36 @@ class AbstractGradientResidualEstimator(AbstractEstimator):
     `(loss, grads, info)`, and `batch_value_and_grad`."""
 
     @abc.abstractmethod
-    def _loss_grads_info(self, net, x, y, objective, options):
+    def _loss_grads_info(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Grads, Info]:
         """`(loss, grads, info)` for one checked example."""
 
-    def value_grad_and_residuals(self, net, x, y, objective, options):
+    def value_grad_and_residuals(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Grads, Info, Residuals]:
         loss, grads, info = self._loss_grads_info(net, x, y, objective, options)
         return loss, grads, info, grads
 
-    def grads_from_residuals(self, net, x, y, objective, options, residuals, scale):
+    def grads_from_residuals(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+        residuals: Residuals,
+        scale: Real[ArrayLike, ""],
+    ) -> Grads:
         del net, x, y, objective, options
         return jax.tree.map(lambda g: scale * g, residuals)

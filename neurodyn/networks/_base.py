@@ -5,7 +5,9 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Real
+from jaxtyping import Array, ArrayLike, PRNGKeyArray
+
+from .._custom_types import Input, Readout, Scalar, State, Time
 
 
 class AbstractNetwork(eqx.Module):
@@ -21,15 +23,16 @@ class AbstractNetwork(eqx.Module):
     n_out: eqx.AbstractVar[int]
 
     @abc.abstractmethod
-    def __call__(self, t: Real[Array, ""], r: Float[Array, " n"], x: Float[Array, " n_in"]) -> Float[Array, " n"]:
-        """The vector field `dr/dt = F(r, w, x)` at time `t`."""
+    def __call__(self, t: Time, r: State, x: Input) -> State:
+        """The vector field `dr/dt = F(r, w, x)` at time `t` (a Python float or a 0-d array);
+        `r` and `x` are real, or complex inside holomorphic EP."""
 
     @abc.abstractmethod
-    def init_state(self, x: Float[Array, " n_in"]) -> Float[Array, " n"]:
+    def init_state(self, x: Input) -> State:
         """The initial state `r0` for input `x`."""
 
     @abc.abstractmethod
-    def readout(self, r: Float[Array, " n"]) -> Float[Array, " n_out"]:
+    def readout(self, r: State) -> Readout:
         """What the loss sees of the state `r`."""
 
 
@@ -41,10 +44,10 @@ class AbstractEnergyNetwork(AbstractNetwork):
     """
 
     @abc.abstractmethod
-    def energy(self, r: Float[Array, " n"], x: Float[Array, " n_in"]) -> Float[Array, ""]:
+    def energy(self, r: State, x: Input) -> Scalar:
         """The energy `E(r, x)` with `F(r, x) = -dE/dr`."""
 
 
-def normal_init(key, shape, scale, dtype=None):
+def normal_init(key: PRNGKeyArray, shape: tuple[int, ...], scale: ArrayLike, dtype=None) -> Array:
     dtype = jnp.result_type(float) if dtype is None else dtype
-    return scale * jax.random.normal(key, shape, dtype)
+    return jnp.multiply(scale, jax.random.normal(key, shape, dtype))
