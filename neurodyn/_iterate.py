@@ -79,6 +79,16 @@ def classify(converged, finite, stagnated) -> RESULTS:
     )
 
 
+def stall_update(res, anchor, since):
+    """The stagnation counter after a new stopping quantity `res`: `(anchor, since)` is the
+    last value that fell by at least 1% and the checks since. A residual far above (10x) the
+    anchor is divergence, not stagnation: it does not count. Elementwise, so a batch-native
+    loop (BPTT's stored relaxation) counts per example exactly as `iterate` does."""
+    better = res < 0.99 * anchor
+    stalled = ~better & (res <= 10 * anchor)
+    return jnp.where(better, res, anchor), jnp.where(better, 0, since + stalled.astype(since.dtype))
+
+
 def iterate(
     solver: AbstractIterativeSolver,
     y0: PyTree,
@@ -111,10 +121,7 @@ def iterate(
         y, state, it, _, (anchor, since) = carry
         y, state, res = solver.step(y, state, args, it)
         res = jnp.asarray(res, dtype)
-        better = res < 0.99 * anchor
-        stalled = ~better & (res <= 10 * anchor)
-        stall = (jnp.where(better, res, anchor), jnp.where(better, 0, since + stalled.astype(since.dtype)))
-        return y, state, it + 1, res, stall
+        return y, state, it + 1, res, stall_update(res, anchor, since)
 
     init = (y0, solver.init(y0, args), jnp.asarray(0), big, (big, jnp.asarray(0)))
     y, state, it, res, (_, since) = eqxi.while_loop(

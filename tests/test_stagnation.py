@@ -79,7 +79,7 @@ def test_stagnation_reaches_the_estimators_info(getkey):
     """Each estimator reports the stalled forward relaxation per example in the batch."""
     net = _FloorNetwork(_ctrnn(getkey()), 1e-4)
     xs, ys = jr.normal(getkey(), (2, 3)), jr.normal(getkey(), (2, 2))
-    for est in (nd.RBP(), nd.EP(0.01)):
+    for est in (nd.RBP(), nd.EP(0.01), nd.BPTT(), nd.BPTT(stored_steps=1000)):
         _, _, info = nd.batch_value_and_grad(net, xs, ys, objective=nd.SteadyState(), estimator=est)
         assert not bool(jnp.any(info["converged"])), type(est).__name__
         assert bool(jnp.all(jax.vmap(lambda r: r == nd.RESULTS.stagnated)(info["result"]))), type(est).__name__

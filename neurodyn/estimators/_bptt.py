@@ -12,6 +12,7 @@ from .._dynamics import (
     time_grid,
     tree_where,
 )
+from .._iterate import stall_update
 from .._misc import rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
@@ -220,26 +221,41 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
     def tol(R):
         return options.atol + options.rtol * jax.vmap(rms_norm)(R)
 
+    # Stagnation as `nd.iterate` counts it, per example (patience in steps: this loop checks
+    # every step). The loop never runs past `S` steps: beyond them the states no longer fit
+    # and the caller falls back to the checkpointed loop anyway.
+    patience = _patience_in_steps(options.relaxation)
+
     def fcond(c):
-        _, _, k, done, _, _ = c
-        return (k < max_steps) & ~jnp.all(done)
+        _, _, k, done, _, _, _ = c
+        return (k < S) & ~jnp.all(done)
 
     def fbody(c):
-        R, buf, k, done, K, res = c
-        buf = jax.lax.dynamic_update_index_in_dim(buf, R, jnp.minimum(k, S - 1), 0)
+        R, buf, k, done, K, res, (anchor, since) = c
+        buf = jax.lax.dynamic_update_index_in_dim(buf, R, k, 0)
         R1 = step_batch(frozen, R, k)
         res1 = jax.vmap(rms_norm)(R1 - R) / dt
         live = ~done
         R = jnp.where(live[:, None], R1, R)
         res = jnp.where(live, res1, res)
         K = jnp.where(live, k + 1, K)
-        done = done | (res1 <= tol(R1)) | ~jnp.isfinite(res1)
-        return R, buf, k + 1, done, K, res
+        anchor1, since1 = stall_update(res1, anchor, since)
+        anchor, since = jnp.where(live, anchor1, anchor), jnp.where(live, since1, since)
+        stuck = since >= patience if patience is not None else jnp.zeros_like(done)
+        done = done | (res1 <= tol(R1)) | ~jnp.isfinite(res1) | stuck
+        return R, buf, k + 1, done, K, res, (anchor, since)
 
     big = jnp.full((B,), jnp.finfo(dtype).max, dtype)
-    init = (R0, jnp.zeros((S,) + R0.shape, dtype), jnp.asarray(0), jnp.zeros((B,), bool), jnp.zeros((B,), int), big)
-    R, buf, k_max, _, K, res = jax.lax.while_loop(fcond, fbody, init)
-    info = jax.vmap(lambda x, r, steps, res: relax_info(frozen, x, r, steps, res, options))(xs, R, K, res)
+    zero = jnp.zeros((B,), int)
+    buf0 = jnp.zeros((S,) + R0.shape, dtype)
+    init = (R0, buf0, jnp.asarray(0), jnp.zeros((B,), bool), zero, big, (big, zero))
+    R, buf, k_max, done, K, res, (_, since) = jax.lax.while_loop(fcond, fbody, init)
+    # Every example stopped within S steps (or S is the whole budget): the states fit.
+    fits = jnp.all(done) | (S >= max_steps)
+    stagnated = since >= patience if patience is not None else jnp.zeros_like(done)
+    info = jax.vmap(lambda x, r, steps, res, stag: relax_info(frozen, x, r, steps, res, options, stag))(
+        xs, R, K, res, stagnated
+    )
 
     def readout_loss(p, R):
         m = eqx.combine(p, static)
@@ -254,19 +270,28 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
 
     def bbody(c):
         j, A, G = c
-        Rj = jax.lax.dynamic_index_in_dim(buf, jnp.clip(j, 0, S - 1), 0, keepdims=False)
+        Rj = jax.lax.dynamic_index_in_dim(buf, j, 0, keepdims=False)
         active = (j < K)[:, None]
         _, vjp = jax.vjp(lambda p, R: step_batch(eqx.combine(p, static), R, j), params, Rj)
         g_p, g_R = vjp(jnp.where(active, A, jnp.zeros((), dtype)))
         return j - 1, jnp.where(active, g_R, A), jax.tree.map(jnp.add, G, g_p)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    _, A0, G = jax.lax.while_loop(bcond, bbody, (k_max - 1, A, zeros))
+    # When the states do not fit the caller discards this path: no backward steps.
+    _, A0, G = jax.lax.while_loop(bcond, bbody, (jnp.where(fits, k_max - 1, -1), A, zeros))
     # The initial state may depend on the parameters (a learnt r0).
     _, vjp0 = jax.vjp(lambda p: jax.vmap(eqx.combine(p, static).init_state)(xs), params)
     (g0,) = vjp0(A0)
     grads = jax.tree.map(lambda a, b, c: a + b + c, g_readout, G, g0)
-    return loss, grads, dict(info, loss=losses), jnp.max(K) <= S
+    return loss, grads, dict(info, loss=losses), fits
+
+
+def _patience_in_steps(relaxation):
+    # FixedStep's patience counts convergence checks of `check_every` steps.
+    from ..relaxation import FixedStep
+
+    relaxation = relaxation if isinstance(relaxation, FixedStep) else FixedStep()
+    return None if relaxation.patience is None else relaxation.patience * relaxation.check_every
 
 
 def _fresh_step(solver, net, r, x, t0, dt):
