@@ -34,6 +34,8 @@ import math
 import re
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -44,9 +46,12 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import ArrayLike
 
+from . import losses as _losses
 from ._batch import batch_value_and_grad
 from ._dynamics import relax
+from ._objectives import Trajectory
 from .config import ConfigError
 
 
@@ -100,20 +105,134 @@ def _tree_norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jtu.tree_leaves(tree)))
 
 
-def _batch_grad(params, static, xb, yb, objective, estimator, l2, options):
-    # The batch gradient in one reverse pass (nd.batch_value_and_grad), the path every
-    # experiment trains through.
-    loss, grads, info = batch_value_and_grad(
-        eqx.combine(params, static), xb, yb, objective=objective, estimator=estimator, **options
+def _is_zero(x) -> bool:
+    return isinstance(x, (int, float)) and x == 0
+
+
+class TrainStep(eqx.Module):
+    """One training step on a mini-batch, pure and jittable: the batch gradient
+    (`nd.batch_value_and_grad`, one reverse pass), plus `l2 * w`, through the optax
+    optimiser. Built by `make_train_step`; every experiment trains through it (`fit` scans
+    it over an epoch's mini-batches, a sweep vmaps it over points, `experiments.sequence_task`
+    compiles it once per estimator).
+
+    `step(params, opt_state, static, xb, yb, weights=None) -> (params, opt_state, loss, info)`
+    with `params, static = eqx.partition(net, eqx.is_inexact_array)`, `weights` optional
+    per-example weights `(B,)` (as for `nd.batch_value_and_grad`), `loss` the batch's mean
+    loss before the update and `info` two scalars: `grad_norm` (of the gradient the optimiser
+    got, l2 included) and `converged_rate` (the fraction of the batch's solves that converged).
+
+    A module (equal settings hash equal, so jitted functions taking it share one
+    compilation); its fields may hold traced values (a swept learning rate inside the
+    optimiser, an estimator from `nd.sweeps.with_values`, a traced `l2`)."""
+
+    objective: Any
+    estimator: Any
+    optimizer: optax.GradientTransformation
+    l2: Any = 0.0
+    options: dict = eqx.field(default_factory=dict)
+
+    def init(self, params):
+        """The optimiser state for `params`."""
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes its int32 count with floats
+            return self.optimizer.init(params)
+
+    def grad(self, params, static, xb, yb, weights=None):
+        """`(loss, grads, converged_rate)` of the batch: the gradient the optimiser gets."""
+        loss, grads, info = batch_value_and_grad(
+            eqx.combine(params, static),
+            xb,
+            yb,
+            objective=self.objective,
+            estimator=self.estimator,
+            weights=weights,
+            **self.options,
+        )
+        if not _is_zero(self.l2):
+            grads = jtu.tree_map(lambda g, p: g + self.l2 * p, grads, params)
+        return loss, grads, jnp.mean(info["converged"].astype(loss.dtype))
+
+    def apply(self, params, opt_state, grads):
+        """`(params, opt_state)` after one optimiser update with `grads`."""
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def __call__(self, params, opt_state, static, xb, yb, weights=None):
+        loss, grads, converged = self.grad(params, static, xb, yb, weights)
+        params, opt_state = self.apply(params, opt_state, grads)
+        return params, opt_state, loss, dict(grad_norm=_tree_norm(grads), converged_rate=converged)
+
+
+def make_train_step(objective, estimator, optimizer: optax.GradientTransformation, *, l2=0.0, **options) -> TrainStep:
+    """The train step of `objective`, `estimator` and `optimizer` (with weight decay `l2` and
+    integration `options`): `step(params, opt_state, static, xb, yb, weights=None) ->
+    (params, opt_state, loss, info)`, see `TrainStep`.
+
+    ```python
+    step = nd.training.make_train_step(nd.SteadyState(loss), nd.RBP(), optax.adam(1e-3))
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    opt_state = step.init(params)
+    params, opt_state, loss, info = jax.jit(step, static_argnums=2)(params, opt_state, static, xb, yb)
+    ```
+    """
+    return TrainStep(objective, estimator, optimizer, l2, dict(options))
+
+
+class _StepWeightedLoss(eqx.Module):
+    """`loss(prediction, target[:-1])` scaled by `target[-1]`: a time's weight carried by its target."""
+
+    loss: Any
+
+    def __call__(self, prediction, target):
+        return target[-1] * self.loss(prediction, target[:-1])
+
+
+class StepWeightedTrajectory(Trajectory):
+    """A `nd.Trajectory` whose per-time weights differ between the examples of a batch:
+    each target row carries its time's weight as an extra last column, `(T, n_out + 1)`
+    (`with_step_weights` builds both). `nd.batch_value_and_grad` shares one objective
+    across the batch, so a per-example `alpha_k` travels with the data instead; every
+    trajectory estimator serves it as a `Trajectory` (the loss of each time is
+    `alpha_bk l(readout(r_k), y_bk)`; the objective's own `weights` multiply on top)."""
+
+    def __init__(self, loss: Callable = _losses.squared_error, ts: ArrayLike = (1.0,), weights=None):
+        super().__init__(_StepWeightedLoss(loss), ts, weights)
+
+    def check_data(self, net, x, y):
+        y = jnp.asarray(y)
+        if y.ndim != 2 or jnp.issubdtype(y.dtype, jnp.integer):
+            raise ValueError(
+                f"StepWeightedTrajectory takes float targets with the weights as a last column, (T, n_out + 1); got "
+                f"{y.dtype} {y.shape} (one-hot class indices, and build both with nd.training.with_step_weights)"
+            )
+        x, target = Trajectory(self.loss.loss, self.ts).check_data(net, x, y[:, :-1])
+        return x, jnp.concatenate([target, y[:, -1:].astype(target.dtype)], axis=-1)
+
+
+def with_step_weights(objective: Trajectory, ys, w):
+    """`(objective', ys')` for per-example per-time weights `w` `(B, T)` (the third output
+    of `nd.data.sequences` tasks, batched): `objective'` a `StepWeightedTrajectory` with the
+    loss, times and weights of `objective`, `ys'` the targets `(B, T, n_out)` with `w` as a
+    last column. `nd.batch_value_and_grad(net, xs, ys', objective=objective', ...)` is then
+    `mean_b sum_k alpha_k w_bk l(readout(r_bk), y_bk)`, the mean of the per-example
+    trajectory losses (and its gradient)."""
+    if not isinstance(objective, Trajectory):
+        raise ValueError(f"with_step_weights takes an nd.Trajectory objective, got {type(objective).__name__}")
+    if isinstance(objective, StepWeightedTrajectory):
+        objective = Trajectory(objective.loss.loss, objective.ts, objective.weights)
+    ys, w = jnp.asarray(ys), jnp.asarray(w)
+    if w.shape != ys.shape[:2]:
+        raise ValueError(f"step weights have shape {w.shape}; expected {ys.shape[:2]}, one per example and time")
+    return (
+        StepWeightedTrajectory(objective.loss, objective.ts, objective.weights),
+        jnp.concatenate([ys, w[..., None].astype(ys.dtype)], axis=-1),
     )
-    if l2:
-        grads = jtu.tree_map(lambda g, p: g + l2 * p, grads, params)
-    return loss, grads, jnp.mean(info["converged"].astype(loss.dtype))
 
 
-def _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options, batch_sharding):
+def _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding):
     def batch_grad(params, xb, yb):
-        return _batch_grad(params, static, xb, yb, objective, estimator, l2, options)
+        return step.grad(params, static, xb, yb)
 
     if batch_sharding is not None:
         # Data parallel: each device runs batch_value_and_grad on its slice of the batch (its
@@ -122,9 +241,7 @@ def _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, o
         # mini-batch. Equal slices, so the mean of the means is the batch mean.
         def local(params, xb, yb):
             # One flat vector, so the step costs one all-reduce, not one per parameter array.
-            flat, unflatten = jax.flatten_util.ravel_pytree(
-                _batch_grad(params, static, xb, yb, objective, estimator, l2, options)
-            )
+            flat, unflatten = jax.flatten_util.ravel_pytree(step.grad(params, static, xb, yb))
             return unflatten(jax.lax.pmean(flat, "data"))
 
         data = PartitionSpec("data")
@@ -136,39 +253,35 @@ def _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, o
             check_vma=False,
         )
 
-    def step(carry, idx):
+    def one(carry, idx):
         params, opt_state = carry
         xb, yb = X[idx], Y[idx]
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
             yb = jax.lax.with_sharding_constraint(yb, batch_sharding)
         loss, grads, conv = batch_grad(params, xb, yb)
-        with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = step.apply(params, opt_state, grads)
         return (params, opt_state), (loss, _tree_norm(grads), conv)
 
-    (params, opt_state), (loss, gnorm, conv) = jax.lax.scan(step, (params, opt_state), perm)
+    (params, opt_state), (loss, gnorm, conv) = jax.lax.scan(one, (params, opt_state), perm)
     return params, opt_state, jnp.mean(loss), jnp.mean(gnorm), jnp.mean(conv)
 
 
 # Module level, with everything as arguments: fits with equal settings share one compilation
-# (equinox hashes the non-array arguments: the optimiser, objective, options).
+# (equinox hashes the non-array arguments: the step's optimiser, objective, options).
 @eqx.filter_jit
-def _epoch(params, opt_state, key, X, Y, static, objective, estimator, optimizer, l2, n_batches, batch_size, options):
+def _epoch(params, opt_state, key, X, Y, static, step, n_batches, batch_size):
     perm = jr.permutation(key, X.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
-    return _scan_batches(params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options, None)
+    return _scan_batches(params, opt_state, perm, X, Y, static, step, None)
 
 
 @eqx.filter_jit
-def _epoch_sharded(params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options, batch_sharding):
+def _epoch_sharded(params, opt_state, perm, X, Y, static, step, batch_sharding):
     # The data-parallel epoch: `perm` (the same as `_epoch` draws) comes in replicated, each
     # mini-batch is sharded over the mesh's "data" axis, parameters and optimiser state stay
     # replicated (the outputs are constrained to it, so every process holds the same copy).
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
-    out = _scan_batches(
-        params, opt_state, perm, X, Y, static, objective, estimator, optimizer, l2, options, batch_sharding
-    )
+    out = _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding)
     return jax.lax.with_sharding_constraint(out, replicated)
 
 
@@ -393,18 +506,229 @@ def _converged_rate_fell(history) -> bool:
     return rates[-1] < 0.95 and rates[-1] < max(rates) - 0.02
 
 
-def _progress_line(tag, row, epochs, n_batches, times) -> str:
-    per_epoch = float(np.mean(times[1:] if len(times) > 1 else times))  # the first holds the compilation
-    parts = [f"[{tag}] epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.6g}"]
-    if row.get("valid_accuracy") is not None:
-        parts.append(f"valid acc {row['valid_accuracy']:.4f}")
-    parts.append(f"converged {100 * row['converged_rate']:.0f}%")
-    parts.append(f"{n_batches / times[-1]:.3g} steps/s ({times[-1]:.3g} s/epoch)")
+def _progress_line(
+    tag, row, units, steps, times, *, unit="epoch", total=None, interval=None, done=None, trained=None
+) -> str:
+    """`[tag] epoch 3/20  loss ...  valid acc ...  converged ...  N steps/s (s/epoch)  ETA`:
+    `row["epoch"]` counts `unit`s up to `total` (default `units`); `steps` training steps
+    took `trained` seconds (default `times[-1]`, the whole unit); the ETA is the mean time of the rows after the first (which
+    holds the compilation) times the `units - done` rows left."""
+    per_unit = float(np.mean(times[1:] if len(times) > 1 else times))
+    done = row["epoch"] if done is None else done
+    parts = [f"[{tag}] {unit} {row['epoch']}/{units if total is None else total}", f"loss {row['train_loss']:.6g}"]
+    for key, name in (("valid_accuracy", "valid acc"), ("test_accuracy", "test acc"), ("test_mse", "test mse")):
+        if row.get(key) is not None and (key != "test_accuracy" or row.get("valid_accuracy") is None):
+            parts.append(f"{name} {row[key]:.4f}")
+    if row.get("converged_rate") is not None:
+        parts.append(f"converged {100 * row['converged_rate']:.0f}%")
+    parts.append(f"{steps / (trained or times[-1]):.3g} steps/s ({times[-1]:.3g} s/{interval or unit})")
     if row.get("stopped"):
         parts.append(f"stopped: {row['stopped']}")
     else:
-        parts.append(f"ETA {_seconds(per_epoch * (epochs - row['epoch']))}")
+        parts.append(f"ETA {_seconds(per_unit * (units - done))}")
     return "  ".join(parts)
+
+
+class _TensorBoard:
+    """The rows' numbers as TensorBoard scalars (tensorboardX event files in the run
+    directory, next to metrics.jsonl), step = the row's counter."""
+
+    def __init__(self, path):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                'tensorboard: true needs tensorboardX, which is not installed: pip install -e ".[tb]"'
+            ) from None
+        self.writer = SummaryWriter(logdir=str(path))
+
+    def add(self, row, unit):
+        step = int(row["epoch"])
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+def train_loop(
+    advance: Callable,
+    state,
+    units: int,
+    *,
+    run=None,
+    settings: dict | None = None,
+    evaluate: Callable | None = None,
+    stopping: Stopping = Stopping(),
+    on_nonfinite: str = "raise",
+    progress: bool = True,
+    log_extra: dict | None = None,
+    tag: str = "",
+    unit: str = "epoch",
+    total: int | None = None,
+    interval: str | None = None,
+    steps: int | Callable[[int], int] = 1,
+    place: Callable | None = None,
+    tensorboard: bool = False,
+):
+    """The one training loop: `units` calls of `advance`, each followed by the row, the
+    checks, the evaluation, the checkpoint and the progress line; resumes from `run`.
+
+    **Arguments:**
+
+    - `advance(state, i) -> (state, row)`: the `i`-th unit of training (an epoch of `fit`,
+      `log_every` steps of `experiments.sequence_task`, a chunk of an online stream), pure in
+      `i` (its data derives from `i`, e.g. `fold_in(key, i)`, so a resumed run sees the same
+      batches). `row` holds `train_loss` and optionally `epoch` (the counter shown and logged;
+      default `i + 1`), `grad_norm`, `converged_rate` and any other columns.
+    - `state`: the initial training state, a pytree of arrays (`(params, opt_state)`), what
+      is checkpointed.
+    - `run`: an `nd.runs.RunDir`: after every unit the state, the history and `settings` are
+      checkpointed (atomically; resume continues from the newest intact one; `settings`
+      that differ from the checkpoint's raise `nd.runs.StaleRunError`), the row is appended
+      to `metrics.jsonl`; a finished run is returned as it is, and a run that ended for
+      lack of units continues when given more.
+    - `evaluate(state) -> dict`: columns added after each finite unit (`valid_accuracy`, ...).
+    - `stopping`: a `Stopping` (its rules read the history only).
+    - `on_nonfinite`: `"raise"` (`NonFiniteError`) or `"stop"` when the loss, the gradient
+      norm or the state's floats stop being finite; the non-finite state is never
+      checkpointed.
+    - `progress`, `log_extra`, `tag`: one line per unit on stderr (process 0), prefixed
+      `[tag]`; `log_extra` columns are added to every row.
+    - `unit`, `total`, `interval`, `steps`: the progress line's words: `row["epoch"]` counts
+      `unit`s up to `total` (default `units`); `steps` (an int or `i -> int`) training steps
+      per unit give the steps/s; `interval` names the time a unit takes (default `unit`).
+    - `place(state) -> state`: applied to a restored state (e.g. to put it on devices).
+    - `tensorboard`: also write the rows as TensorBoard scalars in the run directory
+      (tensorboardX; the optional extra `tb`).
+
+    **Returns:** `(state, history)`. A unit that stops training records the reason in its
+    row's `stopped`: a `stopping` criterion, `"nonfinite"`, or `unit + "s"` (all done).
+    """
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    talk = progress and jax.process_index() == 0
+    extra = log_extra or {}
+    end = f"{unit}s"
+    history, start = [], 0
+    board = _TensorBoard(run.path) if tensorboard and run is not None and run.writer else None
+    if tensorboard and run is None and talk:
+        _say(f"[{tag}] note: tensorboard=True writes into a run directory: pass run=nd.runs.RunDir(...)")
+    if run is not None:
+        restored, meta = run.checkpoint(state, expect=None if settings is None else dict(settings=settings))
+        if jax.process_count() > 1:
+            _same_checkpoint_everywhere(run, meta)
+        if restored is not None:
+            state = restored if place is None else place(restored)
+            history, start = meta["history"], meta["step"]
+            if meta.get("finished") and history and history[-1].get("stopped") == end and start < units:
+                # More units than the run was given: it continues, as if it had been given them
+                # from the start (its last row was not the end).
+                history[-1] = {k: v for k, v in history[-1].items() if k != "stopped"}
+                meta["finished"] = False
+            run.replace_rows(history)  # rows a killed run logged after its last checkpoint go
+            if meta.get("finished") or start >= units:
+                if talk:
+                    last = history[-1] if history else {}
+                    _say(
+                        f"[{tag}] {run.path}: finished already ({last.get('stopped')} at {unit} "
+                        f"{last.get('epoch')}), not retrained"
+                    )
+                if board is not None:
+                    board.close()
+                return state, history
+        if talk:
+            _say(
+                f"[{tag}] run directory {run.path}: "
+                + (
+                    f"resuming after {unit} {history[-1]['epoch'] if history else start}/{total or units}"
+                    if start
+                    else "new run"
+                )
+            )
+
+    def checkpoint(state, i, finished):
+        run.save_checkpoint(state, dict(step=i + 1, history=history, finished=finished, settings=settings))
+
+    times = []
+    for i in range(start, units):
+        t0 = time.perf_counter()
+        new_state, row = advance(state, i)
+        trained = time.perf_counter() - t0  # the steps/s: training only, without the evaluation
+        row = dict(epoch=i + 1, **row) if "epoch" not in row else dict(row)
+        checks = [("the training loss", row["train_loss"])]
+        if "grad_norm" in row:
+            checks.append(("the gradient norm", row["grad_norm"]))
+        bad = [what for what, v in checks if not math.isfinite(v)]
+        if not bool(_all_finite(eqx.filter(new_state, eqx.is_inexact_array))):
+            bad.append("the parameters")
+        if bad:
+            kept = (
+                f"; the last finite checkpoint ({unit} {history[-1]['epoch']}) is kept in {run.path}"
+                if run is not None and history
+                else ""
+            )
+            what = bad[0] if len(bad) == 1 else ", ".join(bad[:-1]) + " and " + bad[-1]
+            values = f"loss {row['train_loss']:.6g}" + (
+                f", gradient norm {row['grad_norm']:.6g}" if "grad_norm" in row else ""
+            )
+            message = (
+                f"{unit} {row['epoch']}/{total or units}: {what} became non-finite ({values}): training diverged; "
+                f"lower the learning rate, or dt0 if the dynamics blew up{kept}"
+            )
+            if on_nonfinite == "raise":
+                if board is not None:
+                    board.close()
+                raise NonFiniteError(message)
+            # "stop": keep the last finite state; the row says why training ended.
+            row.update(seconds=time.perf_counter() - t0, **extra, stopped="nonfinite")
+            history.append(row)
+            if run is not None:
+                checkpoint(state, i, True)
+                run.log(row)
+            if talk:
+                _say(f"[{tag}] {message}: stopped")
+            break
+        state = new_state
+        if evaluate is not None:
+            row.update(evaluate(state))
+        row["seconds"] = time.perf_counter() - t0
+        row.update(extra)
+        history.append(row)
+        reason = stop_reason(history, stopping)
+        if reason is None and i + 1 == units:
+            reason = end
+        if reason is not None:
+            row["stopped"] = reason
+        if run is not None:
+            # The checkpoint first: a kill before the log line loses nothing (resume rewrites
+            # metrics.jsonl from the checkpoint's history).
+            checkpoint(state, i, reason is not None)
+            run.log(row)
+        if board is not None:
+            board.add(row, unit)
+        times.append(row["seconds"])
+        if talk:
+            n_steps = steps(i) if callable(steps) else steps
+            line = _progress_line(
+                tag, row, units, n_steps, times, unit=unit, total=total, interval=interval, done=i + 1, trained=trained
+            )
+            _say(line)
+            if "converged_rate" in row and _converged_rate_fell(history):
+                _say(
+                    f"[{tag}] warning: only {100 * row['converged_rate']:.0f}% of the examples' solves converged "
+                    f"this {unit} (best {100 * max(r['converged_rate'] for r in history):.0f}%): their gradients are "
+                    "unreliable; lower dt0 or the learning rate (info['result'] says stagnated, max_steps or nonfinite)"
+                )
+        if reason is not None:
+            break
+    if board is not None:
+        board.close()
+    if talk and run is not None:
+        _say(f"[{tag}] done: {history[-1].get('stopped') if history else 'no ' + end}; run directory {run.path}")
+    return state, history
 
 
 def fit(
@@ -426,6 +750,7 @@ def fit(
     log_extra: dict | None = None,
     on_nonfinite: str = "raise",
     devices=None,
+    tensorboard: bool = False,
     **options,
 ):
     """Trains `net` on `train = (X, Y)` with mini-batch gradients from `estimator`.
@@ -462,7 +787,12 @@ def fit(
       a mean over the batch) is averaged across devices (`jax.shard_map` with one
       `lax.pmean` per mini-batch: each device relaxes its own examples): the same numbers
       as one device up to the order of the float sums. See "Data parallel" below.
+    - `tensorboard`: also write every row as TensorBoard scalars into the run directory
+      (needs `run` and tensorboardX: `pip install -e ".[tb]"`).
     - `**options`: integration options passed to every relaxation.
+
+    Each mini-batch is one `TrainStep` (`make_train_step`), scanned over the epoch in one
+    jitted call; the epochs run through `train_loop`, the loop every experiment shares.
 
     **Returns:** `(net, history)`; `history` is a list of per-epoch rows: `epoch`,
     `train_loss`, `grad_norm`, `converged_rate` (the fraction of examples whose forward and
@@ -505,14 +835,14 @@ def fit(
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples: lower batch_size.")
     n_batches = n // batch_size
+    step = make_train_step(objective, estimator, optimizer, l2=l2, **options)
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    with jax.numpy_dtype_promotion("standard"):
-        opt_state = optimizer.init(params)
+    opt_state = step.init(params)
     talk = progress and jax.process_index() == 0
     data_devices = _data_devices(devices, batch_size, talk)
     extra = log_extra or {}
     tag = "/".join(str(extra[k]) for k in ("estimator", "seed") if k in extra) or type(estimator).__name__
-    history, start = [], 0
+    settings = None
     if run is not None:
         settings = fit_settings(
             net,
@@ -527,147 +857,62 @@ def fit(
             test=test,
             **options,
         )
-        restored, meta = run.checkpoint((params, opt_state), expect=dict(settings=settings))
-        if jax.process_count() > 1:
-            _same_checkpoint_everywhere(run, meta)
-        if restored is not None:
-            params, opt_state = restored
-            history, start = meta["history"], meta["step"]
-            if meta.get("finished") and history[-1].get("stopped") == "epochs" and start < epochs:
-                # More epochs than the run was given: it continues, as if it had been given them
-                # from the start (its last row was not the end).
-                history[-1] = {k: v for k, v in history[-1].items() if k != "stopped"}
-                meta["finished"] = False
-            run.replace_rows(history)  # rows a killed run logged after its last checkpoint go
-            if meta.get("finished"):
-                if talk:
-                    _say(
-                        f"[{tag}] {run.path}: finished already ({history[-1].get('stopped')} at epoch "
-                        f"{history[-1]['epoch']}), not retrained"
-                    )
-                return eqx.combine(params, static), history
-        if talk:
-            _say(
-                f"[{tag}] run directory {run.path}: "
-                + (f"resuming after epoch {start}/{epochs}" if start else "new run")
-            )
 
+    place = None
     if data_devices is not None:
         mesh = Mesh(np.asarray(data_devices), ("data",))
         batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
         replicated = NamedSharding(mesh, PartitionSpec())
         X, Y = _global(X, replicated), _global(Y, replicated)
-        params, opt_state = _global_tree((params, opt_state), replicated)
-        if talk:
-            _say(f"[{tag}] data parallel over {len(data_devices)} devices ({jax.process_count()} process(es))")
 
-    times = []
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
+        def place(state):
+            return _global_tree(state, replicated)
+
+    def advance(state, epoch):
+        params, opt_state = state
         if data_devices is None:
-            new_params, new_opt_state, loss, gnorm, conv = _epoch(
-                params,
-                opt_state,
-                jr.fold_in(key, epoch),
-                X,
-                Y,
-                static,
-                objective,
-                estimator,
-                optimizer,
-                l2,
-                n_batches,
-                batch_size,
-                options,
+            params, opt_state, loss, gnorm, conv = _epoch(
+                params, opt_state, jr.fold_in(key, epoch), X, Y, static, step, n_batches, batch_size
             )
         else:
             # The permutation `_epoch` draws, drawn on this process's device (the same bits on
             # every process) and replicated.
             perm = jr.permutation(jr.fold_in(key, epoch), n)[: n_batches * batch_size].reshape(n_batches, batch_size)
-            new_params, new_opt_state, loss, gnorm, conv = _epoch_sharded(
-                params,
-                opt_state,
-                _global(perm, replicated),
-                X,
-                Y,
-                static,
-                objective,
-                estimator,
-                optimizer,
-                l2,
-                options,
-                batch_sharding,
+            params, opt_state, loss, gnorm, conv = _epoch_sharded(
+                params, opt_state, _global(perm, replicated), X, Y, static, step, batch_sharding
             )
-        row = dict(epoch=epoch + 1, train_loss=float(loss), grad_norm=float(gnorm), converged_rate=float(conv))
-        bad = [
-            what
-            for what, ok in (
-                ("the training loss", math.isfinite(row["train_loss"])),
-                ("the gradient norm", math.isfinite(row["grad_norm"])),
-                ("the parameters", bool(_all_finite(new_params))),
-            )
-            if not ok
-        ]
-        if bad:
-            kept = (
-                f"; the last finite checkpoint (epoch {epoch}) is kept in {run.path}"
-                if run is not None and epoch
-                else ""
-            )
-            what = bad[0] if len(bad) == 1 else ", ".join(bad[:-1]) + " and " + bad[-1]
-            message = (
-                f"epoch {epoch + 1}/{epochs}: {what} became non-finite (loss {row['train_loss']:.6g}, "
-                f"gradient norm {row['grad_norm']:.6g}): training diverged; lower the learning rate, or dt0 if "
-                f"the dynamics blew up{kept}"
-            )
-            if on_nonfinite == "raise":
-                raise NonFiniteError(message)
-            # "stop": keep the last finite parameters; the row says why training ended.
-            row.update(seconds=time.perf_counter() - t0, **extra, stopped="nonfinite")
-            history.append(row)
-            if run is not None:
-                run.save_checkpoint(
-                    (params, opt_state), dict(step=epoch + 1, history=history, finished=True, settings=settings)
-                )
-                run.log(row)
-            if talk:
-                _say(f"[{tag}] {message}: stopped")
-            break
-        params, opt_state = new_params, new_opt_state
-        current = eqx.combine(params if data_devices is None else _local(params), static)
+        return (params, opt_state), dict(train_loss=float(loss), grad_norm=float(gnorm), converged_rate=float(conv))
+
+    def evaluate(state):
+        current = eqx.combine(state[0] if data_devices is None else _local(state[0]), static)
+        row = {}
         if valid is not None:
             row["valid_accuracy"] = accuracy(current, *valid, **options)
         if test is not None:
             row["test_accuracy"] = accuracy(current, *test, **options)
-        row["seconds"] = time.perf_counter() - t0
-        row.update(extra)
-        history.append(row)
-        reason = stop_reason(history, stopping)
-        if reason is None and epoch + 1 == epochs:
-            reason = "epochs"
-        if reason is not None:
-            row["stopped"] = reason
-        if run is not None:
-            # The checkpoint first: a kill before the log line loses nothing (resume rewrites
-            # metrics.jsonl from the checkpoint's history).
-            run.save_checkpoint(
-                (params, opt_state),
-                dict(step=epoch + 1, history=history, finished=reason is not None, settings=settings),
-            )
-            run.log(row)
-        times.append(row["seconds"])
+        return row
+
+    state = (params, opt_state)
+    if data_devices is not None:
+        state = place(state)
         if talk:
-            _say(_progress_line(tag, row, epochs, n_batches, times))
-            if _converged_rate_fell(history):
-                _say(
-                    f"[{tag}] warning: only {100 * row['converged_rate']:.0f}% of the examples' solves converged "
-                    f"this epoch (best {100 * max(r['converged_rate'] for r in history):.0f}%): their gradients are "
-                    "unreliable; lower dt0 or the learning rate (info['result'] says stagnated, max_steps or nonfinite)"
-                )
-        if reason is not None:
-            break
-    if talk and run is not None:
-        _say(f"[{tag}] done: {history[-1].get('stopped') if history else 'no epochs'}; run directory {run.path}")
+            _say(f"[{tag}] data parallel over {len(data_devices)} devices ({jax.process_count()} process(es))")
+    (params, opt_state), history = train_loop(
+        advance,
+        state,
+        epochs,
+        run=run,
+        settings=settings,
+        evaluate=evaluate if valid is not None or test is not None else None,
+        stopping=stopping,
+        on_nonfinite=on_nonfinite,
+        progress=progress,
+        log_extra=extra,
+        tag=tag,
+        steps=n_batches,
+        place=place,
+        tensorboard=tensorboard,
+    )
     if data_devices is not None:
         params = _local(params)
     return eqx.combine(params, static), history
