@@ -3,14 +3,19 @@ truncated BPTT, RTRL), fresh sequences every step.
 
     python -m experiments.sequence_task --config configs/copy_task.yaml [--quick] [--out DIR]
 
-Writes `summary.csv` (final loss and recall accuracy per estimator), `metrics.jsonl` (loss
-every `log_every` steps) and `figures/training.png`. Each (estimator, seed) is a resumable
-sub-run (`<out>/<estimator>-seed<k>/`, checkpointed every `log_every` steps): run the same
-command again after an interruption to continue.
+Writes `summary.csv` (per estimator and seed: final loss and recall accuracy, `step_seconds`
+the wall time of one training step after compilation, `step_peak_bytes` the compiled step's
+memory: XLA's temporaries + arguments + outputs), `metrics.jsonl` (loss every `log_every`
+steps) and `figures/training.png`. Each (estimator, seed) is a resumable sub-run
+(`<out>/<estimator>-seed<k>/`) of the training engine, `nd.training.train_loop`, with the
+step of `nd.training.make_train_step` (the batch gradient, `nd.batch_value_and_grad`),
+checkpointed every `log_every` steps: run the same command again after an interruption to
+continue. `tensorboard: true` also writes TensorBoard event files into each sub-run.
 """
 
 import dataclasses
 import sys
+import time
 from typing import Any
 
 import diffrax
@@ -63,6 +68,9 @@ class Config:
     batch_size: int = ndc.field(32, help="sequences per step", ge=1)
     log_every: int = ndc.field(50, help="evaluate, log and checkpoint every this many steps", ge=1)
     seeds: tuple[int, ...] = ndc.field((0,), help="one run per seed", ge=0, nonempty=True)
+    tensorboard: bool = ndc.field(
+        False, help='also write TensorBoard event files into each sub-run (pip install -e ".[tb]")'
+    )
 
 
 def mnist1d_sequences():
@@ -98,6 +106,18 @@ def sampler(task: Task, train=None):
     raise ndc.ConfigError(f"unknown task '{task.name}' (copy, adding, delayed_xor, mnist1d)")
 
 
+def step_memory(compiled) -> int | None:
+    """Bytes a compiled step needs at its peak, as XLA reports it: temporaries plus arguments
+    plus outputs (`None` where the backend reports nothing)."""
+    try:
+        stats = compiled.memory_analysis()
+    except (NotImplementedError, jax.errors.JaxRuntimeError):
+        return None
+    if stats is None:
+        return None
+    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
+
+
 @ndc.entrypoint
 def main(argv=None):
     cfg, args = ndc.cli(Config, argv, description=__doc__)
@@ -120,23 +140,25 @@ def main(argv=None):
         for name, est in estimators.items():
             net = ndc.build_network(cfg.network, n_in=n_in, n_out=n_out, key=jr.PRNGKey(seed))
             params, static = eqx.partition(net, eqx.is_inexact_array)
-            with jax.numpy_dtype_promotion("standard"):
-                opt_state = opt.init(params)
+            # Each sequence has its own step weights w (B, T): they travel with the targets
+            # (nd.training.with_step_weights), so the batch gradient is nd.batch_value_and_grad's.
+            objective = nd.Trajectory(loss, np.arange(1, T + 1))
+            weighted, _ = nd.training.with_step_weights(objective, ys0[None], w0[None])
+            step = nd.training.make_train_step(weighted, est, opt, **opts)
+            opt_state = step.init(params)
+            key = jr.PRNGKey(100 + seed)
 
-            @eqx.filter_jit
-            def step(params, opt_state, key, est=est, static=static):
-                xs, ys, w = jax.vmap(sample)(jr.split(key, cfg.batch_size))
-                net = eqx.combine(params, static)
+            def train_step(params, opt_state, i, step=step, static=static, key=key):
+                # The data of step i derives from fold_in(key, i): a resumed run sees the same batches.
+                xs, ys, w = jax.vmap(sample)(jr.split(jr.fold_in(key, i), cfg.batch_size))
+                _, yw = nd.training.with_step_weights(objective, ys, w)
+                params, opt_state, lval, _ = step(params, opt_state, static, xs, yw)
+                return params, opt_state, lval / jnp.mean(jnp.sum(w, -1))  # the loss per weighted step
 
-                def one(x, y, wk):
-                    obj = nd.Trajectory(loss, np.arange(1, T + 1), wk)
-                    return nd.value_and_grad(net, x, y, objective=obj, estimator=est, **opts)[:2]
-
-                losses, grads = jax.vmap(one)(xs, ys, w)
-                grads = nd.batch_mean(grads)
-                with jax.numpy_dtype_promotion("standard"):
-                    updates, opt_state = opt.update(grads, opt_state, params)
-                return optax.apply_updates(params, updates), opt_state, jnp.mean(losses) / jnp.mean(jnp.sum(w, -1))
+            # Compiled once, ahead of time: its memory is read from the executable, and every
+            # timed step below runs compiled code.
+            compiled = jax.jit(train_step).lower(params, opt_state, jnp.asarray(0, jnp.int32)).compile()
+            peak_bytes = step_memory(compiled)
 
             @eqx.filter_jit
             def evaluate(params, key, test, static=static):
@@ -149,31 +171,39 @@ def main(argv=None):
                     return jnp.sum(hit * w) / jnp.sum(w)
                 return jnp.sum(w[..., None] * (preds - ys) ** 2) / jnp.sum(w)
 
-            # Each (estimator, seed) is a resumable sub-run, checkpointed every log_every steps;
-            # the data of step i derives from fold_in(key, i), so a resumed run sees the same batches.
+            def advance(state, u, compiled=compiled):
+                params, opt_state = state
+                first, last = u * cfg.log_every, min((u + 1) * cfg.log_every, cfg.steps)
+                t0 = time.perf_counter()
+                for i in range(first, last):
+                    params, opt_state, lval = compiled(params, opt_state, jnp.asarray(i, jnp.int32))
+                lval = float(lval)  # waits for the last step
+                seconds = time.perf_counter() - t0
+                return (params, opt_state), dict(epoch=last, train_loss=lval, step_seconds=seconds / (last - first))
+
+            # Each (estimator, seed) is a resumable sub-run of the training engine (nd.training.train_loop),
+            # checkpointed every log_every steps.
             sub = RunDir(run.path / f"{ndc.check_name(name, 'estimators', key=True)}-seed{seed}", cfg)
-            restored, meta = sub.checkpoint((params, opt_state))
-            history, start = [], 0
-            if restored is not None:
-                (params, opt_state), history, start = restored, meta["history"], meta["step"]
-                sub.replace_rows(history)
-            key = jr.PRNGKey(100 + seed)
-            for i in range(start, cfg.steps):
-                params, opt_state, lval = step(params, opt_state, jr.fold_in(key, i))
-                if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.steps:
-                    row = dict(
-                        part="training",
-                        estimator=name,
-                        seed=seed,
-                        epoch=i + 1,
-                        train_loss=float(lval),
-                        **{metric_name: float(evaluate(params, jr.PRNGKey(999), test))},
-                    )
-                    history.append(row)
-                    sub.save_checkpoint((params, opt_state), dict(step=i + 1, history=history))
-                    sub.log(row)
+            units = -(-cfg.steps // cfg.log_every)
+            (params, opt_state), history = nd.training.train_loop(
+                advance,
+                (params, opt_state),
+                units,
+                run=sub,
+                evaluate=lambda state, evaluate=evaluate: {
+                    metric_name: float(evaluate(state[0], jr.PRNGKey(999), test))
+                },
+                log_extra=dict(part="training", estimator=name, seed=seed),
+                tag=f"{name}/{seed}",
+                unit="step",
+                total=cfg.steps,
+                interval=f"{cfg.log_every} steps",
+                steps=lambda u: min((u + 1) * cfg.log_every, cfg.steps) - u * cfg.log_every,
+                tensorboard=cfg.tensorboard,
+            )
             last = history[-1]
             curves += history
+            timed = [r["step_seconds"] for r in history if r.get("step_seconds") is not None]
             rows.append(
                 dict(
                     estimator=name,
@@ -185,10 +215,17 @@ def main(argv=None):
                             metric_name
                         ]
                     },
+                    # Per training step after compilation (the median over the logged intervals),
+                    # and the compiled step's memory (temp + arguments + outputs; None where the
+                    # backend does not report it).
+                    step_seconds=float(np.median(timed)) if timed else None,
+                    step_peak_bytes=peak_bytes,
                 )
             )
             print(
-                f"{name} seed {seed}: loss {last['train_loss']:.4f}, {metric_name} {last[metric_name]:.4f}",
+                f"{name} seed {seed}: loss {last['train_loss']:.4f}, {metric_name} {last[metric_name]:.4f}, "
+                f"{1e3 * rows[-1]['step_seconds']:.3g} ms/step"
+                + (f", {peak_bytes / 2**20:.3g} MiB per compiled step" if peak_bytes is not None else ""),
                 file=sys.stderr,
             )
     run.replace_rows(curves)
