@@ -165,6 +165,17 @@ def test_uoro_online_with_one_update_is_a_step_with_its_trajectory_gradient():
     assert_tree_close(eqx.filter(trained, eqx.is_inexact_array), expected, rtol=1e-10, atol=1e-12)
 
 
+def test_uoro_with_a_runge_kutta_solver():
+    # diffrax's Runge-Kutta solvers loop over their stages in a reverse-mode-only while loop
+    # by default; UORO differentiates the step forwards too (A u), so it steps the JVP with
+    # a plain loop: the same gradient as with a forward-and-reverse one.
+    tsit5 = dict(solver=diffrax.Tsit5(), dt0=0.5)
+    _, g, info = _grad(NET, nd.rtrl.UORO(1), **tsit5)
+    _, g_bounded, _ = _grad(NET, nd.rtrl.UORO(1), solver=diffrax.Tsit5(scan_kind="bounded"), dt0=0.5)
+    assert bool(info["converged"])
+    assert_tree_close(g, g_bounded, rtol=1e-12, atol=1e-14)
+
+
 def test_uoro_refuses_a_steady_state():
     with pytest.raises(ValueError, match="cannot serve a SteadyState objective: its sensitivities are redrawn"):
         nd.value_and_grad(NET, XS[0], YS[0], objective=nd.SteadyState(), estimator=nd.RTRL(nd.rtrl.UORO(0)))

@@ -87,6 +87,12 @@ class UORO(AbstractStochasticSensitivity):
 
     def stepper(self, solver, params, static, aux):
         del aux
+        # A u is a JVP of the step map and nu^T M a VJP. diffrax's Runge-Kutta solvers loop
+        # over their stages in a checkpointed while loop by default, which is reverse-mode
+        # only: the JVP steps with a plain while loop over the (fixed) stages, the same step.
+        forward = solver
+        if hasattr(solver, "scan_kind") and solver.scan_kind in (None, "checkpointed"):
+            forward = eqx.tree_at(lambda s: s.scan_kind, solver, "lax", is_leaf=lambda x: x is None)
 
         def init(state, x, t0, dt):
             del state, x, t0, dt
@@ -97,14 +103,15 @@ class UORO(AbstractStochasticSensitivity):
             r, p = state
             u, v, k = p[:3]
 
-            def phi(r, params):
+            def phi(solver, r, params):
                 net = eqx.combine(params, static)
                 s = solver_init(solver, net, r, x, t0, dt)
                 return solver_step(solver, net, r, x, t0, dt, s, False)[0]
 
-            # One linearisation in r serves both pairs; one VJP in w per pair.
-            r1, jvp = jax.linearize(lambda r: phi(r, params), r)
-            _, vjp = jax.vjp(lambda w: phi(r, w), params)
+            def jvp(t):
+                return jax.jvp(lambda r: phi(forward, r, params), (r,), (t,))
+
+            r1, vjp = jax.vjp(lambda w: phi(solver, r, w), params)
             key = jr.fold_in(self.key, k)
             new = _pair_step(jvp, vjp, u, v, jr.rademacher(key, r.shape, r.dtype)) + (k + 1,)
             if self.variance:
@@ -165,7 +172,7 @@ class UORO(AbstractStochasticSensitivity):
 
 def _pair_step(jvp, vjp, u, v, nu):
     # u' = rho0 A u + rho1 nu,  v' = v / rho0 + (nu^T M) / rho1  (Tallec & Ollivier 2018).
-    Au = jvp(u)
+    _, Au = jvp(u)
     (nuM,) = vjp(nu)
     eps = jnp.finfo(u.dtype).eps
     rho0 = jnp.sqrt((_norm(v) + eps) / (_norm(Au) + eps))
