@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 
 import neurodyn as nd
 import neurodyn.distributed  # noqa: F401  (nd.distributed)
@@ -92,9 +91,13 @@ def n_train(cfg: Config) -> int:
     return len(tr[0])
 
 
-def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=()):
+def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=(), make_step=None):
     """`train_point(point) -> {final_loss, test_accuracy}`: one training run as a pure
-    function of the swept numbers, ready for `nd.sweeps.run`."""
+    function of the swept numbers, ready for `nd.sweeps.run`. Each mini-batch is one step of
+    `make_step(objective, estimator, optimizer)` (default `nd.training.make_train_step`, the
+    training engine's step on `nd.batch_value_and_grad`; `experiments.benchmarks.sweep`
+    passes the old per-example path)."""
+    make_step = nd.training.make_train_step if make_step is None else make_step
     X, y = nd.data.double_moon(jr.PRNGKey(0), cfg.n_data, distance=-1.0)
     (tr, _, te) = nd.data.split(np.asarray(X), np.asarray(y), valid_fraction=0.0)
     pre = nd.preprocessing.Preprocessor.fit(tr[0], "standardize")  # training split only
@@ -108,19 +111,16 @@ def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=()):
         net = nd.networks.Layered((2, hidden, 2), nd.activations.relu, key=key)
         params, static = eqx.partition(net, eqx.is_inexact_array)
         opt = ndc.optimizer(cfg.optimizer.name, point["learning_rate"], momentum=cfg.optimizer.momentum)
-        with jax.numpy_dtype_promotion("standard"):
-            opt_state = opt.init(params)
+        step = make_step(obj, est, opt)  # the swept learning rate and estimator fields are traced in it
 
-        def step(carry, k):
+        def one(carry, k):
             params, opt_state = carry
             idx = jr.choice(k, Xtr.shape[0], (cfg.batch_size,), replace=False)
-            net = eqx.combine(params, static)
-            loss, grads, _ = nd.batch_value_and_grad(net, Xtr[idx], ytr[idx], objective=obj, estimator=est)
-            with jax.numpy_dtype_promotion("standard"):
-                updates, opt_state = opt.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            params, opt_state, loss, _ = step(params, opt_state, static, Xtr[idx], ytr[idx])
+            return (params, opt_state), loss
 
-        (params, _), losses = jax.lax.scan(step, (params, opt_state), jr.split(jr.fold_in(key, 1), cfg.steps))
+        keys = jr.split(jr.fold_in(key, 1), cfg.steps)
+        (params, _), losses = jax.lax.scan(one, (params, step.init(params)), keys)
         net = eqx.combine(params, static)
         r, _ = jax.vmap(lambda x: nd.relax(net, x))(Xte)
         pred = jnp.argmax(jax.vmap(net.readout)(r), -1)

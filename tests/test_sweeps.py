@@ -88,3 +88,16 @@ def test_with_values_sets_array_fields_inside_a_sweep():
         nd.sweeps.with_values(nd.EP(), {"variant": 1.0})
     with pytest.raises(ValueError, match="EP has no field 'bta'"):
         nd.sweeps.with_values(nd.EP(), {"bta": 1.0})
+
+
+@pytest.mark.slow  # two compilations of a small training sweep
+def test_the_sweep_trains_with_the_engine_step_and_takes_another_gradient_path():
+    from experiments.benchmarks.sweep import PerExampleStep
+    from experiments.sweep import Config, Grid, make_problem, SweepAxes
+
+    cfg = Config(n_data=64, steps=3, batch_size=8, sweep=SweepAxes(seed=(0,), learning_rate=(0.03,)), grid=Grid((4,)))
+    points = nd.sweeps.product(seed=[0, 1], learning_rate=[0.03])
+    engine = nd.sweeps.run(make_problem(cfg, 4, nd.RBP()), points)
+    old = nd.sweeps.run(make_problem(cfg, 4, nd.RBP(), make_step=PerExampleStep), points)
+    for k in engine:
+        np.testing.assert_allclose(np.asarray(engine[k]), np.asarray(old[k]), rtol=2e-3, atol=2e-4)
