@@ -129,8 +129,8 @@ def test_sparse_snap1_online_equals_the_dense_layout():
 
 def test_uoro_is_unbiased():
     # The mean over K independent draws (keys) falls towards exact RTRL as 1/sqrt(K).
-    # Observed (this CTRNN, T = 5, Euler dt = 1): one draw 1.69 (RMS), the RMS of 16
-    # disjoint means of 64 draws 0.258, the mean of all 1024 draws 0.041 (ratio 6.3;
+    # Observed (this CTRNN, T = 5, Euler dt = 1): one draw 1.98 (RMS), the RMS of 16
+    # disjoint means of 64 draws 0.255, the mean of all 1024 draws 0.073 (ratio 3.5;
     # sqrt(16) = 4 expected, the 1024-draw error being one noisy sample). Asserted:
     # ratio > 2 and the 1024-draw error < 0.15.
     _, exact, _ = _grad(NET, nd.rtrl.Exact())

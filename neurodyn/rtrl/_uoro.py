@@ -28,10 +28,15 @@ class UORO(AbstractStochasticSensitivity):
     (different `key`s) falls towards it as `1/sqrt(K)`.
 
     The sensitivity state is `(u, v, k)` (with `variance=True`, `(u, v, k, u2, v2)`): `u`
-    of shape `(n,)`, `v` shaped like the parameters, and `k` the number of steps taken; step `k` draws its signs from
-    `jax.random.fold_in(key, k)`, so a run is reproducible and different keys give
-    independent draws (vmap over keys for many). Under `jax.vmap` over a batch every
-    example uses the same signs; `nd.online` keeps counting across episode resets.
+    of shape `(n,)`, `v` shaped like the parameters, and `k` the number of steps taken. Step
+    `k` draws its signs from the key, `k` and (with `mix_input=True`, the default) a hash of
+    the bits of the step's input `x`: a run is reproducible, different keys give
+    independent draws (vmap over keys for many), and the examples of a batch and the
+    successive calls of a training loop, whose inputs differ, get different signs, so that
+    averaging over a batch and over training steps averages the noise too. (With
+    `mix_input=False` the signs depend on the key and `k` alone: every example and every
+    call of `nd.RTRL` draws the same ones.) `nd.online` keeps counting `k` across episode
+    resets.
 
     Cost per step: time O(cost(F) + m) (one JVP and one VJP of the step, a few norms),
     memory O(n + m), against O(n^2 m) and O(nm) for exact RTRL. The estimate is noisy (its
@@ -52,6 +57,7 @@ class UORO(AbstractStochasticSensitivity):
     - `key`: a `jax.random` key or an integer seed (default 0).
     - `variance`: also step the second pair that `report` estimates the variance from
       (default False).
+    - `mix_input`: draw the signs from the input's bits too (default True), above.
 
     !!! warning
 
@@ -63,12 +69,14 @@ class UORO(AbstractStochasticSensitivity):
 
     key: PRNGKeyArray
     variance: bool = eqx.field(static=True, default=False)
+    mix_input: bool = eqx.field(static=True, default=True)
 
-    def __init__(self, key: PRNGKeyArray | int = 0, variance: bool = False):
+    def __init__(self, key: PRNGKeyArray | int = 0, variance: bool = False, mix_input: bool = True):
         if isinstance(key, int) and not isinstance(key, bool):
             key = jr.PRNGKey(key)
         self.key = key
         self.variance = bool(variance)
+        self.mix_input = bool(mix_input)
 
     def prepare(self, params, static, n, n_in, dtype):
         del params, static, n, n_in, dtype
@@ -113,6 +121,8 @@ class UORO(AbstractStochasticSensitivity):
 
             r1, vjp = jax.vjp(lambda w: phi(solver, r, w), params)
             key = jr.fold_in(self.key, k)
+            if self.mix_input:
+                key = jr.fold_in(key, _bits_hash(x))
             new = _pair_step(jvp, vjp, u, v, jr.rademacher(key, r.shape, r.dtype)) + (k + 1,)
             if self.variance:
                 nu2 = jr.rademacher(jr.fold_in(key, 1), r.shape, r.dtype)
@@ -180,6 +190,14 @@ def _pair_step(jvp, vjp, u, v, nu):
     u1 = rho0 * Au + rho1 * nu
     v1 = jtu.tree_map(lambda a, b: a / rho0.astype(a.dtype) + b / rho1.astype(b.dtype), v, nuM)
     return u1, v1
+
+
+def _bits_hash(x) -> Array:
+    # A uint32 hash of the bits of `x` (exact data, identical on every code path that steps
+    # the same example), mixed by odd multipliers so that the position of each value counts.
+    bits = jax.lax.bitcast_convert_type(jnp.asarray(x), jnp.uint32).ravel()
+    mult = (2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1) * jnp.uint32(0x9E3779B1)
+    return jnp.sum((bits ^ (bits >> 16)) * mult, dtype=jnp.uint32)
 
 
 def _contract_pair(u, v, g_r):
