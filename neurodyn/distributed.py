@@ -30,15 +30,18 @@ through unchanged.
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
+from jaxtyping import ArrayLike
 
 from .config import ConfigError
 
 
 __all__ = ["initialize", "is_initialized", "global_array"]
 
-_STATE = {"tag": None}
+_STATE: dict[str, str | None] = {"tag": None}
 
 _FATAL_MARKERS = (
     "Terminating process because the JAX distributed service detected fatal errors",
@@ -88,7 +91,9 @@ def initialize(
     """
     if is_initialized():
         return
-    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+    kwargs: dict[str, Any] = dict(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
     if heartbeat_timeout is not None:
         kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout)
     if initialization_timeout is not None:
@@ -110,12 +115,15 @@ def initialize(
             f"--distributed ({' '.join(given) or 'from the environment'}): {why}; give --coordinator-address HOST:PORT "
             "--num-processes N --process-id I, or start the processes under SLURM (srun)"
         ) from None
-    _STATE["tag"] = f"process {jax.process_index()}/{jax.process_count()}"
+    tag = f"process {jax.process_index()}/{jax.process_count()}"
+    _STATE["tag"] = tag
     if tidy_errors:
-        _tidy_stderr(_STATE["tag"])
+        _tidy_stderr(tag)
 
 
-def global_array(local, sharding, shape=None):
+def global_array(
+    local: ArrayLike | Callable[..., ArrayLike], sharding: jax.sharding.Sharding, shape: Sequence[int] | None = None
+) -> jax.Array:
     """A global array of `sharding` (over the devices of every process) from each process's
     own data. `local` is either the whole array (every process holds a copy and supplies its
     devices' blocks from it) or a function `index -> block` (then give the global `shape`)
@@ -211,6 +219,7 @@ def _tidy_stderr(tag: str) -> None:
             close_fds=True,
             start_new_session=True,
         )
+        assert filt.stdin is not None  # stdin=PIPE
         os.dup2(filt.stdin.fileno(), 2)
         filt.stdin.close()
     except OSError:

@@ -1,17 +1,20 @@
 """Losses: squared error, softmax cross-entropy, L2 weight penalty.
 
-A loss takes one prediction `p = net.readout(r)` and one target `y` and returns a scalar.
+A loss takes one prediction `p = net.readout(r)` and one target `y` and returns a scalar
+(complex inside holomorphic EP, which runs the losses on complex readouts).
 Targets are float vectors of the readout's shape, or (cross-entropy only) an integer class.
 """
+
+import functools
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array, ArrayLike, Float, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Float, Inexact, PyTree, Shaped
 
 
-def squared_error(p: Float[Array, " k"], y: Float[ArrayLike, " k"]) -> Float[Array, ""]:
+def squared_error(p: Inexact[Array, " k"], y: Inexact[ArrayLike, " k"]) -> Inexact[Array, ""]:
     """`l(p, y) = 1/2 ||p - y||^2`; its gradient is `p - y`."""
     y = jnp.asarray(y)
     if jnp.issubdtype(y.dtype, jnp.integer):
@@ -24,8 +27,8 @@ def squared_error(p: Float[Array, " k"], y: Float[ArrayLike, " k"]) -> Float[Arr
 
 
 def softmax_cross_entropy(
-    logits: Float[Array, " k"], y: Shaped[ArrayLike, " k"] | Shaped[ArrayLike, ""]
-) -> Float[Array, ""]:
+    logits: Inexact[Array, " k"], y: Shaped[ArrayLike, " k"] | Shaped[ArrayLike, ""]
+) -> Inexact[Array, ""]:
     """`l = -sum_j y_j log softmax(p)_j`; `y` is a class index or a probability vector.
 
     A class index outside `[0, k)` (negative ones included: no wrapping) gives a NaN loss,
@@ -47,9 +50,10 @@ def l2_penalty(tree: PyTree, lam: float | ArrayLike) -> Float[Array, ""]:
     leaves = jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
     if not leaves:
         return jnp.zeros(())
-    return 0.5 * lam * sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
+    total = functools.reduce(jnp.add, [jnp.sum(jnp.square(leaf)) for leaf in leaves])
+    return jnp.multiply(0.5 * jnp.asarray(lam), total)
 
 
-def takes_class_index(loss) -> bool:
+def takes_class_index(loss: object) -> bool:
     """Whether `loss` accepts integer class targets (used by the input checks)."""
     return loss is softmax_cross_entropy

@@ -1,7 +1,10 @@
+from typing import cast
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+from jaxtyping import Array
 
 from ._base import AbstractAdjointSolve
 from ._common import adjoint_solution, default_rtol, relative_residual
@@ -54,7 +57,8 @@ class Linear(AbstractAdjointSolve):
         rtol = default_rtol(g.dtype)
         solver = self.linear_solver
         if solver is None:
-            atol = rtol * jnp.max(jnp.abs(g))
+            # A traced scalar, scaled to `g`: lineax annotates `float` but keeps it as an array field.
+            atol = cast(float, rtol * jnp.max(jnp.abs(g)))
             solver = (
                 lx.CG(rtol=rtol, atol=atol, max_steps=500)
                 if symmetric
@@ -92,9 +96,11 @@ class AbstractJaxKrylov(AbstractAdjointSolve):
     atol: eqx.AbstractVar[float | None]
     max_steps: eqx.AbstractVar[int]
 
-    def _tolerances(self, g):
+    def _tolerances(self, g: Array) -> tuple[float, float, float]:
         rtol = default_rtol(g.dtype) if self.rtol is None else self.rtol
-        atol = rtol * jnp.max(jnp.abs(g)) if self.atol is None else self.atol
+        # A traced scalar when scaled to `g`: jax.scipy's solvers annotate `float` but only
+        # compare against it inside their loops, where an array is what they get anyway.
+        atol = cast(float, rtol * jnp.max(jnp.abs(g))) if self.atol is None else self.atol
         return rtol, atol, 10 * rtol + (0.0 if self.atol is None else self.atol)
 
 

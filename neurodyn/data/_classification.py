@@ -37,8 +37,8 @@ def digits():
             'the digits data set ships with scikit-learn: install it with `pip install -e ".[data]"` '
             "(or `pip install scikit-learn`)."
         ) from None
-    d = load_digits()
-    return np.asarray(d.data, np.float32) / 16.0, np.asarray(d.target, np.int32)
+    X, y = load_digits(return_X_y=True)
+    return np.asarray(X, np.float32) / 16.0, np.asarray(y, np.int32)
 
 
 IDX_FILES = {
@@ -124,7 +124,7 @@ def mnist1d(n: int = 5000, *, seed: int = 42, **args):
         ) from None
     import random
 
-    config = m1d.get_dataset_args(as_dict=True)
+    config = dict(vars(m1d.get_dataset_args()))  # the defaults, from their ObjectView
     unknown = set(args) - set(config)
     if unknown:
         raise TypeError(f"mnist1d: unknown generator argument(s) {sorted(unknown)}; known: {sorted(config)}")

@@ -1,7 +1,9 @@
+from collections.abc import Callable
 from typing import Literal
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float
@@ -168,7 +170,7 @@ class EP(AbstractSurrogateEstimator):
                 # Re sum_k c_k E(r_k): the parameters enter through their complex copies,
                 # whose cast back to the reals in the reverse pass keeps the real part.
                 cnet, cx = _complexify(net), x.astype(states.dtype)
-                terms = [weights[k] * cnet.energy(states[k], cx) for k in range(self.points)]
+                terms = [weights[k] * cnet.energy(states[k], cx) for k in range(states.shape[0])]
                 dynamics_term = jnp.real(sum(terms[1:], terms[0]))
             else:
                 delta = jnp.real(weights @ states)
@@ -303,18 +305,22 @@ class _ComplexNudged(AbstractNetwork):
     # convergence test run unchanged on real arrays (the rms of the pair is that of |z|
     # over sqrt 2). `net` has complex parameters; never exported.
     net: AbstractNetwork
-    forcing: object
+    forcing: Callable[[Array], Array]
+
+    def __init__(self, net: AbstractNetwork, forcing: Callable[[Array], Array]):
+        self.net = net
+        self.forcing = forcing
 
     @property
-    def n_state(self):
+    def n_state(self) -> int:
         return 2 * self.net.n_state
 
     @property
-    def n_in(self):
+    def n_in(self) -> int:
         return self.net.n_in
 
     @property
-    def n_out(self):
+    def n_out(self) -> int:
         return self.net.n_out
 
     def __call__(self, t, s, x):
