@@ -7,12 +7,16 @@ floating dtype of the network, so that the same call works in float32 and in flo
 """
 
 import difflib
+from typing import TYPE_CHECKING
 
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 
-from .relaxation import AbstractRelaxation
+
+if TYPE_CHECKING:
+    # Imported lazily at run time: the relaxation strategies take these options.
+    from .relaxation import AbstractRelaxation
 
 
 OPTION_NAMES = ("solver", "dt0", "rtol", "atol", "max_steps", "relaxation")
@@ -28,7 +32,7 @@ class IntegrationOptions(eqx.Module):
     max_steps: int = eqx.field(static=True)
     # None: the steady-state default (`relax_loop` picks `FixedStep` when it is
     # differentiated through, as BPTT does).
-    relaxation: AbstractRelaxation | None = None
+    relaxation: "AbstractRelaxation | None" = None
 
 
 def _tolerances(dtype) -> tuple[float, float]:
@@ -59,6 +63,7 @@ def steady_state_options(
 
     `relaxation` (an `nd.relaxation` strategy, default `FixedStep(check_every=2)`) decides how those
     solver steps are combined; see `nd.relaxation`."""
+    from .relaxation import AbstractRelaxation
 
     if relaxation is not None and not isinstance(relaxation, AbstractRelaxation):
         raise ValueError(

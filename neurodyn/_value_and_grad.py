@@ -1,12 +1,17 @@
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, Float, Real
 
+from ._custom_types import Grads, Info, Target
 from ._misc import tree_dtype
 from ._objectives import AbstractObjective
 from ._options import check_option_names
 from ._outcome import flag_nonfinite
 from .estimators import AbstractEstimator, BPTT
+from .networks import AbstractNetwork
 
 
 @eqx.filter_custom_vjp
@@ -52,14 +57,14 @@ def _value_and_grad(net, x, y, objective, estimator, opts):
 
 
 def value_and_grad(
-    net,
-    x,
-    y,
+    net: AbstractNetwork,
+    x: Real[ArrayLike, "*T n_in"],
+    y: Target,
     *,
     objective: AbstractObjective,
     estimator: AbstractEstimator = BPTT(),
-    **options,
-):
+    **options: Any,
+) -> tuple[Float[Array, ""], Grads, Info]:
     r"""The loss and its gradient `dl/dw` for ONE example, by the chosen estimator.
 
     **Arguments:**

@@ -12,14 +12,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Inexact, PRNGKeyArray
 
 
 class AbstractActivation(eqx.Module):
-    """An elementwise nonlinearity `f`, applied to a vector of pre-activations."""
+    """An elementwise nonlinearity `f`, applied to a vector of pre-activations (real, or
+    complex inside holomorphic EP); `f(z)` has the shape of `z`."""
 
     @abc.abstractmethod
-    def __call__(self, z: Float[Array, "..."]) -> Float[Array, "..."]:
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         """Returns `f(z)` elementwise."""
 
 
@@ -36,42 +37,42 @@ class AbstractParametricActivation(AbstractActivation):
 class Identity(AbstractActivation):
     """`f(z) = z`."""
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return z
 
 
 class Logistic(AbstractActivation):
     """`f(z) = 1 / (1 + exp(-z))`, in (0, 1); `f' = f (1 - f)`."""
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jax.nn.sigmoid(z)
 
 
 class Tanh(AbstractActivation):
     """`f(z) = tanh(z) = 2 logistic(2z) - 1`, zero-centred."""
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jnp.tanh(z)
 
 
 class HardLogistic(AbstractActivation):
     """`f(z) = max(min(0.25 z + 0.5, 1), 0)`."""
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jnp.clip(0.25 * z + 0.5, 0, 1)
 
 
 class HardTanh(AbstractActivation):
     """`f(z) = max(min(z, 1), -1)`."""
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jnp.clip(z, -1, 1)
 
 
 class ReLU(AbstractActivation):
     """`f(z) = max(0, z)`."""
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jax.nn.relu(z)
 
 
@@ -80,7 +81,7 @@ class LeakyReLU(AbstractActivation):
 
     slope: float = 0.01
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jnp.where(z > 0, z, self.slope * z)
 
 
@@ -89,7 +90,7 @@ class ELU(AbstractActivation):
 
     alpha: float = 1.0
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         safe = jnp.minimum(z, 0)
         return jnp.where(z > 0, z, self.alpha * jnp.expm1(safe))
 
@@ -97,7 +98,7 @@ class ELU(AbstractActivation):
 class Softplus(AbstractActivation):
     """`f(z) = log(1 + exp(z))`, the smooth rectifier."""
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jax.nn.softplus(z)
 
 
@@ -114,11 +115,11 @@ class PReLU(AbstractParametricActivation):
     def __init__(self, slope: float | ArrayLike = 0.25):
         self.slope = jnp.asarray(slope, dtype=jnp.result_type(float))
 
-    def materialise(self, n, key):
+    def materialise(self, n: int, key: PRNGKeyArray) -> "AbstractParametricActivation":
         del key
         return PReLU(jnp.broadcast_to(self.slope, (n,)))
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jnp.maximum(z, 0) + self.slope * jnp.minimum(z, 0)
 
 
@@ -147,13 +148,13 @@ class Maxout(AbstractParametricActivation):
         if self.k < 2:
             raise ValueError(f"Maxout needs k >= 2 affine pieces, got k={self.k}.")
 
-    def materialise(self, n, key):
+    def materialise(self, n: int, key: PRNGKeyArray) -> "AbstractParametricActivation":
         slopes = jnp.linspace(1.0, 0.25, self.k)
         a = jnp.broadcast_to(slopes, (n, self.k)) + 0.01 * jr.normal(key, (n, self.k))
         c = jnp.zeros((n, self.k))
         return Maxout(self.k, a, c)
 
-    def __call__(self, z):
+    def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         if self.a is None or self.c is None:
             raise ValueError(
                 "Maxout has no parameters yet: pass it to a network (which sizes it), or "
@@ -162,7 +163,9 @@ class Maxout(AbstractParametricActivation):
         return jnp.max(self.a * z[..., None] + self.c, axis=-1)
 
 
-def materialise(activation: AbstractActivation | Callable, n: int, key: PRNGKeyArray) -> AbstractActivation | Callable:
+def materialise(
+    activation: AbstractActivation | Callable[[Array], Array], n: int, key: PRNGKeyArray
+) -> AbstractActivation | Callable[[Array], Array]:
     """Sizes a learnable activation's parameters to a layer of `n` units; others pass through."""
     if isinstance(activation, AbstractParametricActivation):
         return activation.materialise(n, key)

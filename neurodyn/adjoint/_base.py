@@ -1,4 +1,5 @@
 import abc
+from collections.abc import Callable
 
 import equinox as eqx
 from jaxtyping import Array, Bool, Float, Int
@@ -18,7 +19,7 @@ class AdjointSolution(eqx.Module):
     steps: Int[Array, ""]
     residual: Float[Array, ""]
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Array]:
         """The entries RBP adds to its `info`."""
         return dict(adjoint_converged=self.converged, adjoint_steps=self.steps, adjoint_residual=self.residual)
 
@@ -33,7 +34,14 @@ class AbstractAdjointSolve(eqx.Module):
     """
 
     @abc.abstractmethod
-    def solve(self, matvec, g, jacobian, symmetric: bool, dt: float) -> AdjointSolution:
+    def solve(
+        self,
+        matvec: Callable[[Float[Array, " n"]], Float[Array, " n"]],
+        g: Float[Array, " n"],
+        jacobian: Callable[[], Float[Array, "n n"]],
+        symmetric: bool,
+        dt: float,
+    ) -> AdjointSolution:
         """Returns an `AdjointSolution` with `J^T v ~= -g`. `jacobian()` builds the dense J
         on demand; `symmetric` says the network declares `J = J^T` (energy networks); `dt` is
         the forward relaxation's step, a step the adjoint dynamics are stable with too (J^T

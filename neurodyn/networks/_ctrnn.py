@@ -7,6 +7,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .. import activations as _act
+from .._custom_types import Input, Readout, State, Time
 from . import _sparse
 from ._base import AbstractNetwork, normal_init
 
@@ -122,7 +123,7 @@ class CTRNN(AbstractNetwork):
             return self.W @ v
         return _sparse.matvec(self.W, self.W_index, v, self.n_state)
 
-    def __call__(self, t, r, x):
+    def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         f = self.activation
         if self.form == "rate":
@@ -131,9 +132,9 @@ class CTRNN(AbstractNetwork):
             drdt = -r + self.recurrent(f(r)) + self.U @ x + self.b
         return drdt / self.tau
 
-    def init_state(self, x):
+    def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), dtype=self.W.dtype)
 
-    def readout(self, r):
+    def readout(self, r: State) -> Readout:
         h = r if self.form == "rate" else self.activation(r)
         return self.V @ h + self.c

@@ -6,6 +6,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import activations as _act
+from .._custom_types import Input, Readout, State, Time
 from ._base import AbstractNetwork, normal_init
 
 
@@ -57,12 +58,12 @@ class Elman(AbstractNetwork):
         self.activation = _act.materialise(activation, n, k4)
         self.n_state, self.n_in, self.n_out = n, n_in, n_out
 
-    def __call__(self, t, r, x):
+    def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         return -r + self.activation(self.W_a @ r + self.W_b @ x + self.b)
 
-    def init_state(self, x):
+    def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), self.W_a.dtype)
 
-    def readout(self, r):
+    def readout(self, r: State) -> Readout:
         return self.B @ r

@@ -7,6 +7,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .. import activations as _act
+from .._custom_types import Input, Readout, Scalar, State, Time
 from . import _sparse
 from ._base import AbstractEnergyNetwork, normal_init
 
@@ -108,17 +109,17 @@ class Hopfield(AbstractEnergyNetwork):
             return _sparse.symmetric_matvec(self.W, self.W_index, v, self.n_state)
         return self.symmetric_weights @ v
 
-    def energy(self, r, x):
+    def energy(self, r: State, x: Input) -> Scalar:
         rho = self.activation(r)
         return 0.5 * jnp.sum(r * r) - 0.5 * rho @ self.coupling(rho) - rho @ (self.U @ x + self.b)
 
-    def __call__(self, t, r, x):
+    def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         rho, drho = jax.jvp(self.activation, (r,), (jnp.ones_like(r),))
         return -r + drho * (self.coupling(rho) + self.U @ x + self.b)
 
-    def init_state(self, x):
+    def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), dtype=self.W.dtype)
 
-    def readout(self, r):
+    def readout(self, r: State) -> Readout:
         return r[self.n_hidden :]

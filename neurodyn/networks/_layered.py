@@ -4,9 +4,10 @@ from collections.abc import Callable, Sequence
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Inexact, PRNGKeyArray
 
 from .. import activations as _act
+from .._custom_types import Input, Readout, State, Time
 from ._base import AbstractNetwork, normal_init
 
 
@@ -60,11 +61,11 @@ class Layered(AbstractNetwork):
         self.n_in = sizes[0]
         self.n_out = sizes[-1]
 
-    def layers(self, r: Float[Array, " n"]) -> list[Float[Array, "..."]]:
+    def layers(self, r: State) -> list[Inexact[Array, " _"]]:
         """Splits the state into the layer activities `(x_1, ..., x_L)`."""
         return jnp.split(r, list(itertools.accumulate(self.sizes[1:-1])))
 
-    def __call__(self, t, r, x):
+    def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         xs = self.layers(r)
         below = [x] + xs[:-1]
@@ -79,8 +80,8 @@ class Layered(AbstractNetwork):
             out.append(h)
         return jnp.concatenate(out)
 
-    def init_state(self, x):
+    def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), dtype=self.weights[0].dtype)
 
-    def readout(self, r):
+    def readout(self, r: State) -> Readout:
         return r[self.n_state - self.n_out :]

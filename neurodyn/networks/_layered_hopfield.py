@@ -5,9 +5,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Inexact, PRNGKeyArray
 
 from .. import activations as _act
+from .._custom_types import Input, Readout, Scalar, State, Time
 from ._base import AbstractEnergyNetwork, normal_init
 
 
@@ -80,11 +81,11 @@ class LayeredHopfield(AbstractEnergyNetwork):
         self.n_in = sizes[0]
         self.n_out = sizes[-1]
 
-    def layers(self, r: Float[Array, " n"]) -> list[Float[Array, "..."]]:
+    def layers(self, r: State) -> list[Inexact[Array, " _"]]:
         """Splits the state into the layers `(s_1, ..., s_L)`."""
         return jnp.split(r, list(itertools.accumulate(self.sizes[1:-1])))
 
-    def energy(self, r, x):
+    def energy(self, r: State, x: Input) -> Scalar:
         ss = self.layers(r)
         rhos = [x] + [f(s) for f, s in zip(self.activations, ss)]
         E = 0.5 * jnp.sum(r * r)
@@ -92,7 +93,7 @@ class LayeredHopfield(AbstractEnergyNetwork):
             E = E - rhos[i + 1] @ (W @ rhos[i]) - b @ rhos[i + 1]
         return E
 
-    def __call__(self, t, r, x):
+    def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         ss = self.layers(r)
         # rho and rho' of every layer in one pass each (rho' by a JVP: any activation).
@@ -107,8 +108,8 @@ class LayeredHopfield(AbstractEnergyNetwork):
             out.append(-ss[i] + pairs[i][1] * drive)
         return jnp.concatenate(out)
 
-    def init_state(self, x):
+    def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), dtype=self.weights[0].dtype)
 
-    def readout(self, r):
+    def readout(self, r: State) -> Readout:
         return r[self.n_state - self.n_out :]

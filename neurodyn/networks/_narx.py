@@ -6,6 +6,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import activations as _act
+from .._custom_types import Input, Readout, State, Time
 from ._base import AbstractNetwork, normal_init
 
 
@@ -82,12 +83,12 @@ class NARX(AbstractNetwork):
         us_new = jnp.concatenate([x[None], us[:-1]]) if self.q > 1 else us
         return jnp.concatenate([ys_new.reshape(-1), us_new.reshape(-1)])
 
-    def __call__(self, t, r, x):
+    def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         return -r + self.step(r, x)
 
-    def init_state(self, x):
+    def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), self.W_h.dtype)
 
-    def readout(self, r):
+    def readout(self, r: State) -> Readout:
         return r[: self.n_out]

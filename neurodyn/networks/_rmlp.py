@@ -7,6 +7,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import activations as _act
+from .._custom_types import Input, Readout, State, Time
 from ._base import AbstractNetwork, normal_init
 
 
@@ -73,7 +74,7 @@ class RecurrentMLP(AbstractNetwork):
     def layers(self, r):
         return jnp.split(r, list(itertools.accumulate(self.sizes[1:-2])))
 
-    def __call__(self, t, r, x):
+    def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         out, below = [], x
         for xl, W, U, b, f in zip(self.layers(r), self.recurrent, self.feedforward, self.biases, self.activations):
@@ -82,8 +83,8 @@ class RecurrentMLP(AbstractNetwork):
             below = xl + F  # the layer's new value, read by the layer above
         return jnp.concatenate(out)
 
-    def init_state(self, x):
+    def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), self.V.dtype)
 
-    def readout(self, r):
+    def readout(self, r: State) -> Readout:
         return self.V @ self.layers(r)[-1]

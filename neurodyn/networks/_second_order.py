@@ -6,6 +6,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .. import activations as _act
+from .._custom_types import Input, Readout, State, Time
 from ._base import AbstractNetwork, normal_init
 
 
@@ -57,13 +58,13 @@ class SecondOrder(AbstractNetwork):
         self.activation = _act.materialise(activation, n, k3)
         self.n_state, self.n_in, self.n_out = n, n_in, n_out
 
-    def __call__(self, t, r, x):
+    def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         v = self.b + jnp.einsum("kij,i,j->k", self.w, r, x)
         return -r + self.activation(v)
 
-    def init_state(self, x):
+    def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), self.w.dtype)
 
-    def readout(self, r):
+    def readout(self, r: State) -> Readout:
         return self.V @ r + self.c

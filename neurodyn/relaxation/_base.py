@@ -1,9 +1,12 @@
 import abc
+from typing import Any, Literal
 
+import diffrax
 import equinox as eqx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, PyTree
 
 from .._iterate import Solution
+from .._options import IntegrationOptions
 from .._outcome import RESULTS
 
 
@@ -22,7 +25,7 @@ class RelaxationSolution(eqx.Module):
     result: RESULTS
 
     @classmethod
-    def from_iterate(cls, solution: Solution, steps=None) -> "RelaxationSolution":
+    def from_iterate(cls, solution: Solution, steps: Int[Array, ""] | None = None) -> "RelaxationSolution":
         return cls(
             solution.value,
             solution.iterations if steps is None else steps,
@@ -44,7 +47,16 @@ class AbstractRelaxation(eqx.Module):
     """
 
     @abc.abstractmethod
-    def relax(self, term, args, r0, opts, *, kind, checkpoints) -> RelaxationSolution:
+    def relax(
+        self,
+        term: diffrax.AbstractTerm,
+        args: PyTree[Any],
+        r0: Float[Array, " n"],
+        opts: IntegrationOptions,
+        *,
+        kind: Literal["lax", "checkpointed", "bounded"],
+        checkpoints: int | None,
+    ) -> RelaxationSolution:
         """Returns a `RelaxationSolution`. Converged means `residual <= atol + rtol rms(r)`
         (`<=`: with `atol = 0` a steady state at `r = 0` must still stop).
 
@@ -58,7 +70,7 @@ class AbstractSteppingRelaxation(AbstractRelaxation):
     `(r, p)` loop reproduces it (a capability, asked with `isinstance`)."""
 
 
-def tolerance(opts, r):
+def tolerance(opts: IntegrationOptions, r: Float[Array, " n"]) -> Float[Array, ""]:
     from .._misc import rms_norm
 
     return opts.atol + opts.rtol * rms_norm(r)

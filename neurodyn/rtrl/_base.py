@@ -1,5 +1,6 @@
 import abc
 from collections.abc import Callable
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -7,7 +8,23 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
-from jaxtyping import Array, PyTree
+from jaxtyping import Array, Bool, DTypeLike, Inexact, PyTree
+
+from .._custom_types import Input, State, Time
+
+
+# The network partitioned by `eqx.is_inexact_array`: its parameters `w` and the rest.
+Params = PyTree[Inexact[Array, "..."]]
+Static = PyTree[Any]
+# The sensitivities `p = dr/dw` in a strategy's layout, and what it read from the network.
+Sensitivities = PyTree[Inexact[Array, "..."]]
+Aux = PyTree[Any]
+# The joint state `(r, p)` that the solver steps.
+JointState = tuple[State, Sensitivities]
+# `init(state, x, t0, dt) -> solver_state` and `step(state, x, t0, dt, solver_state=None)
+# -> (state, solver_state)` on the joint system.
+JointInit = Callable[[JointState, Input, Time, Time], PyTree[Any]]
+JointStep = Callable[..., tuple[JointState, PyTree[Any]]]
 
 
 class AbstractSensitivity(eqx.Module):
@@ -27,7 +44,7 @@ class AbstractSensitivity(eqx.Module):
     """
 
     @abc.abstractmethod
-    def prepare(self, params, static, n: int, n_in: int, dtype) -> PyTree:
+    def prepare(self, params: Params, static: Static, n: int, n_in: int, dtype: DTypeLike) -> Aux:
         """What the strategy reads from the network once per run (`aux`, a pytree or None).
 
         **Arguments:**
@@ -37,16 +54,18 @@ class AbstractSensitivity(eqx.Module):
         """
 
     @abc.abstractmethod
-    def zeros(self, params, n: int, aux) -> PyTree:
+    def zeros(self, params: Params, n: int, aux: Aux) -> Sensitivities:
         """The sensitivities `p = 0` in this strategy's layout."""
 
     @abc.abstractmethod
-    def restart(self, p, aux) -> PyTree:
+    def restart(self, p: Sensitivities, aux: Aux) -> Sensitivities:
         """`p = 0` at an episode boundary of a stream (`nd.online`): like `zeros`, but a
         strategy that draws random numbers keeps its stream running."""
 
     @abc.abstractmethod
-    def stepper(self, solver: diffrax.AbstractSolver, params, static, aux):
+    def stepper(
+        self, solver: diffrax.AbstractSolver, params: Params, static: Static, aux: Aux
+    ) -> tuple[JointInit, JointStep]:
         """`(init, step)` for `solver` on the joint system `(r, p)`:
         `init(state, x, t0, dt) -> solver_state` and
         `step(state, x, t0, dt, solver_state=None) -> (state, solver_state)`, where
@@ -54,7 +73,7 @@ class AbstractSensitivity(eqx.Module):
         the input jumps), as `nd.rollout` does."""
 
     @abc.abstractmethod
-    def contract(self, p, g_r: Array, aux) -> PyTree:
+    def contract(self, p: Sensitivities, g_r: State, aux: Aux) -> Params:
         """`g_r^T p`, the gradient through the state, shaped like the parameters."""
 
 
@@ -65,10 +84,20 @@ class AbstractFieldSensitivity(AbstractSensitivity):
     `Exact`)."""
 
     @abc.abstractmethod
-    def derivative(self, F_r: Callable, F_w: Callable, params, r: Array, p, aux):
+    def derivative(
+        self,
+        F_r: Callable[[State], State],
+        F_w: Callable[[Params], State],
+        params: Params,
+        r: State,
+        p: Sensitivities,
+        aux: Aux,
+    ) -> tuple[State, Sensitivities]:
         """`(F(r), dp/dt)`, with `F_r: r -> F(r, w)` and `F_w: w -> F(r, w)`."""
 
-    def stepper(self, solver, params, static, aux):
+    def stepper(
+        self, solver: diffrax.AbstractSolver, params: Params, static: Static, aux: Aux
+    ) -> tuple[JointInit, JointStep]:
         def init(state, x, t0, dt):
             return solver.init(_JOINT, t0, t0 + dt, state, (params, static, x, self, aux))
 
@@ -109,7 +138,7 @@ class AbstractDenseSensitivity(AbstractFieldSensitivity):
     """
 
     @abc.abstractmethod
-    def mask(self, immediate: Callable[[int], PyTree[Array]]) -> PyTree[Array] | None:
+    def mask(self, immediate: Callable[[int], PyTree[Array]]) -> PyTree[Bool[Array, "..."]] | None:
         """The kept entries of `p` as a boolean pytree shaped like `p`, or None for all.
 
         **Arguments:**
@@ -119,7 +148,7 @@ class AbstractDenseSensitivity(AbstractFieldSensitivity):
         """
 
     @abc.abstractmethod
-    def propagate(self, jvp: Callable[[Array], Array], r: Array, p: PyTree[Array]) -> PyTree[Array]:
+    def propagate(self, jvp: Callable[[State], State], r: State, p: Sensitivities) -> Sensitivities:
         """`J p`, possibly approximated, with `jvp: v -> J(r) v` the linearised vector field."""
 
     def prepare(self, params, static, n, n_in, dtype):
