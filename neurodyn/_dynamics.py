@@ -116,10 +116,8 @@ def relax_info(
     tol = opts.atol + opts.rtol * rms_norm(r)
     residual = rms_norm(_vector_field(steps.astype(r.real.dtype) * opts.dt0, r, (net, x)))
     # The loop stops early on a non-finite step difference: that is divergence even when
-    # the state itself has not yet overflowed. (The outcome reads the state and the step
-    # difference only, not `residual`: an estimator that does not report the residual, EP's
-    # nudged phases, then pays no extra evaluation of F for it.)
-    finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(res)
+    # the state itself has not yet overflowed.
+    finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual) & jnp.isfinite(res)
     converged = finite & (res <= tol)
     result = classify(converged, finite, stagnated)
     return dict(result=result, converged=converged, steps=steps, residual=residual)
