@@ -3,8 +3,11 @@ stream, its weights updated while the stream runs (no backward pass, no stored h
 
     python -m experiments.online_rtrl --config configs/online_rtrl.yaml [--quick] [--out DIR]
 
-Each (sensitivity, seed) stream is saved when it ends; re-running the same command skips
-the finished ones. Writes `summary.csv` (running loss over the first and last `window`
+Each (sensitivity, seed) stream is a resumable sub-run (`<out>/rtrl-<sensitivity>-seed<k>/`)
+of the training engine (`nd.training.train_loop`): the stream runs in pieces of
+`checkpoint_every` steps through `nd.online.online_steps`, the online run's carry checkpointed
+after each, so re-running the same command after an interruption continues mid-stream (and
+skips finished streams). Writes `summary.csv` (running loss over the first and last `window`
 steps), `metrics.jsonl` (the running loss along the stream) and `figures/training.png`.
 """
 
@@ -12,6 +15,7 @@ import dataclasses
 import sys
 
 import equinox as eqx
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
@@ -40,6 +44,16 @@ class Config:
     )
     seeds: tuple[int, ...] = ndc.field((0,), help="one stream per seed", ge=0, nonempty=True)
     window: int = ndc.field(300, help="steps of the running loss reported first and last", ge=1)
+    checkpoint_every: int = ndc.field(
+        200, help="steps of the stream between checkpoints (and progress lines); a rerun resumes from the last", ge=1
+    )
+    tensorboard: bool = ndc.field(
+        False, help='also write TensorBoard event files into each sub-run (pip install -e ".[tb]")'
+    )
+
+
+# One compilation per piece length (and sensitivity), shared by every stream.
+steps = eqx.filter_jit(nd.online.online_steps)
 
 
 @ndc.entrypoint
@@ -52,47 +66,64 @@ def main(argv=None):
     for seed in cfg.seeds:
         teacher = nd.networks.CTRNN(cfg.n_teacher, cfg.n_in, 1, gain=cfg.teacher_gain, key=jr.PRNGKey(1000 + seed))
         xs, ys, _ = nd.data.sequences.teacher_rnn(jr.PRNGKey(2000 + seed), teacher, T=cfg.stream_length)
+        T = xs.shape[0]
         for sens in cfg.sensitivities:
-            # One stream per (sensitivity, seed), saved when it ends: a re-run skips it.
-            done_key = f"rtrl-{sens}-seed{seed}"
-            result = run.load_result(done_key) if run.done(done_key) else None
-            if result is not None:
-                print(f"{done_key}: done already, not recomputed", file=sys.stderr)
-            else:
-                student = nd.networks.CTRNN(cfg.n_student, cfg.n_in, 1, gain=0.5, key=jr.PRNGKey(seed))
-                _, losses = eqx.filter_jit(nd.online.fit_online)(
-                    student,
-                    xs,
-                    ys,
-                    optimizer=optax.adam(cfg.learning_rate),
-                    update_every=cfg.update_every,
-                    sensitivity=ndc.build_object({"kind": sens}, "sensitivities.", family="sensitivities"),
+            student = nd.networks.CTRNN(cfg.n_student, cfg.n_in, 1, gain=0.5, key=jr.PRNGKey(seed))
+            kw = dict(
+                optimizer=optax.adam(cfg.learning_rate),
+                update_every=cfg.update_every,
+                sensitivity=ndc.build_object({"kind": sens}, "sensitivities.", family="sensitivities"),
+            )
+            # The training state is the online run's carry (parameters, optimiser state, r and p, the
+            # accumulated gradient, the step) and the losses so far: checkpointed between pieces of the
+            # stream by the training engine, so an interrupted stream resumes where it stopped.
+            state = dict(
+                carry=nd.online.online_init(student, xs[0], optimizer=kw["optimizer"], sensitivity=kw["sensitivity"]),
+                losses=jnp.zeros((T,), xs.dtype),
+            )
+            w = min(cfg.window, T // 2)
+
+            def advance(state, i, student=student, xs=xs, ys=ys, kw=kw, w=w):
+                a, b = i * cfg.checkpoint_every, min((i + 1) * cfg.checkpoint_every, T)
+                carry, piece = steps(student, state["carry"], xs[a:b], ys[a:b], **kw)
+                losses = state["losses"].at[a:b].set(piece)
+                return dict(carry=carry, losses=losses), dict(
+                    epoch=b, train_loss=float(jnp.mean(losses[max(0, b - w) : b]))
                 )
-                L = np.asarray(losses)
-                w = min(cfg.window, len(L) // 2)
-                curve = [
-                    dict(
-                        part="training",
-                        estimator=f"rtrl-{sens}",
-                        seed=seed,
-                        epoch=i + 1,
-                        train_loss=float(np.mean(L[max(0, i - w) : i + 1])),
-                    )
-                    for i in range(0, len(L), max(len(L) // 50, 1))
-                ]
-                summary = dict(
-                    sensitivity=sens,
+
+            sub = RunDir(run.path / f"rtrl-{sens}-seed{seed}", cfg)
+            state, _ = nd.training.train_loop(
+                advance,
+                state,
+                -(-T // cfg.checkpoint_every),
+                run=sub,
+                log_extra=dict(part="training", estimator=f"rtrl-{sens}", seed=seed),
+                tag=f"rtrl-{sens}/{seed}",
+                unit="step",
+                total=T,
+                interval=f"{cfg.checkpoint_every} steps",
+                steps=lambda i: min((i + 1) * cfg.checkpoint_every, T) - i * cfg.checkpoint_every,
+                tensorboard=cfg.tensorboard,
+            )
+            L = np.asarray(state["losses"])
+            curves += [
+                dict(
+                    part="training",
+                    estimator=f"rtrl-{sens}",
                     seed=seed,
-                    first_loss=float(L[:w].mean()),
-                    last_loss=float(L[-w:].mean()),
-                    ratio=float(L[-w:].mean() / L[:w].mean()),
+                    epoch=i + 1,
+                    train_loss=float(np.mean(L[max(0, i - w) : i + 1])),
                 )
-                result = dict(curve=curve, summary=summary)
-                run.save_result(done_key, result)  # checksummed; a damaged one is recomputed
-                run.mark_done(done_key)
-            curves += result["curve"]
-            rows.append(result["summary"])
-            s = result["summary"]
+                for i in range(0, len(L), max(len(L) // 50, 1))
+            ]
+            s = dict(
+                sensitivity=sens,
+                seed=seed,
+                first_loss=float(L[:w].mean()),
+                last_loss=float(L[-w:].mean()),
+                ratio=float(L[-w:].mean() / L[:w].mean()),
+            )
+            rows.append(s)
             print(f"{sens} seed {seed}: online loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}", file=sys.stderr)
     run.replace_rows(curves)
     run.write_summary(rows)

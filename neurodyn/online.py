@@ -81,7 +81,9 @@ def fit_online(
     `(T,)`, each measured before the update it triggers (the online learning curve).
 
     A `lax.scan` over the stream: jit it with `eqx.filter_jit`, vmap it over seeds with
-    `eqx.filter_vmap` (networks, streams).
+    `eqx.filter_vmap` (networks, streams). `online_init` and `online_steps` are its two
+    halves: run a long stream in pieces (checkpointing the carry between them, as
+    `experiments.online_rtrl` does through `nd.training.train_loop`) to the same result.
 
     !!! warning
 
@@ -89,11 +91,79 @@ def fit_online(
         exact sensitivities is for small networks. The sensitivities after an update were
         computed with the old weights, so a learning rate too large for that lag diverges.
     """
+    _check_sensitivity(sensitivity)
+    if int(update_every) < 1 or int(steps_per_input) < 1:
+        raise ValueError(
+            f"update_every and steps_per_input must be positive integers, got {update_every} and {steps_per_input}."
+        )
+    xs = check_input(net, xs, sequence=True, what="xs")
+    carry = online_init(net, xs[0], optimizer=optimizer, sensitivity=sensitivity)
+    carry, losses = online_steps(
+        net,
+        carry,
+        xs,
+        ys,
+        optimizer=optimizer,
+        loss=loss,
+        weights=weights,
+        resets=resets,
+        update_every=update_every,
+        sensitivity=sensitivity,
+        solver=solver,
+        dt0=dt0,
+        steps_per_input=steps_per_input,
+    )
+    return eqx.combine(carry[0], eqx.filter(net, eqx.is_inexact_array, inverse=True)), losses
+
+
+def _check_sensitivity(sensitivity):
     if not isinstance(sensitivity, AbstractSensitivity):
         raise ValueError(
             f"sensitivity must be nd.rtrl.Exact(), nd.rtrl.SnAp1(), nd.rtrl.SparseSnAp1(), "
             f"nd.rtrl.Diagonal(), nd.rtrl.RFLO() or nd.rtrl.UORO(key), got {sensitivity!r}."
         )
+
+
+def online_init(net, x0, *, optimizer: optax.GradientTransformation, sensitivity: AbstractSensitivity = Exact()):
+    """The state of an online run before its first input, a tuple of arrays to pass to
+    `online_steps` (and to checkpoint between pieces of a stream): `(params, opt_state,
+    (r, p), accumulated gradient, k)`, with `r = net.init_state(x0)`, `p = 0` and `k = 0`
+    inputs seen."""
+    _check_sensitivity(sensitivity)
+    x0 = check_input(net, jnp.asarray(x0)[None], sequence=True, what="x0")[0]
+    dtype = tree_dtype(net)
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    aux = sensitivity_aux(sensitivity, params, static, net.n_state, net.n_in, dtype)
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes its int32 count with floats
+        opt_state = optimizer.init(params)
+    state0 = (net.init_state(x0), zero_sensitivities(sensitivity, params, net.n_state, aux))
+    return params, opt_state, state0, jtu.tree_map(jnp.zeros_like, params), jnp.asarray(0)
+
+
+def online_steps(
+    net,
+    carry,
+    xs,
+    ys,
+    *,
+    optimizer: optax.GradientTransformation,
+    loss=_losses.squared_error,
+    weights=None,
+    resets=None,
+    update_every: int = 1,
+    sensitivity: AbstractSensitivity = Exact(),
+    solver: diffrax.AbstractSolver = diffrax.Euler(),
+    dt0: float = 1.0,
+    steps_per_input: int = 1,
+):
+    """Continues the online run `carry` (from `online_init`, or a previous `online_steps`)
+    over the next piece of the stream, `xs (T, n_in)`, `ys (T, n_out)`: `(carry, losses)`.
+    `net` is the network the run started from (its structure, and what the sensitivity
+    strategy reads once per run); the other arguments are `fit_online`'s and must be the
+    same for every piece. Running a stream in pieces, each continuing the last one's carry,
+    is the same computation as one `fit_online` over the whole stream: checkpoint the carry
+    between pieces and an interrupted stream resumes where it stopped."""
+    _check_sensitivity(sensitivity)
     if int(update_every) < 1 or int(steps_per_input) < 1:
         raise ValueError(
             f"update_every and steps_per_input must be positive integers, got {update_every} and {steps_per_input}."
@@ -110,11 +180,8 @@ def fit_online(
     resets = jnp.zeros((T,), bool) if resets is None else jnp.asarray(resets, bool)
     if resets.shape != (T,):
         raise ValueError(f"resets has shape {resets.shape}; expected (T,) = ({T},).")
-    params, static = eqx.partition(net, eqx.is_inexact_array)
-    n = net.n_state
-    aux = sensitivity_aux(sensitivity, params, static, n, net.n_in, dtype)
-    with jax.numpy_dtype_promotion("standard"):  # optax mixes its int32 count with floats
-        opt_state = optimizer.init(params)
+    params0, static = eqx.partition(net, eqx.is_inexact_array)
+    aux = sensitivity_aux(sensitivity, params0, static, net.n_state, net.n_in, dtype)
     dt = jnp.asarray(dt0, dtype)
 
     def term(params, r, y, alpha):
@@ -143,8 +210,4 @@ def fit_online(
         params, opt_state, acc = jax.lax.cond(do_update, update, lambda a: a, (params, opt_state, acc))
         return (params, opt_state, state, acc, k + 1), loss_k
 
-    state0 = (net.init_state(xs[0]), zero_sensitivities(sensitivity, params, n, aux))
-    acc0 = jtu.tree_map(jnp.zeros_like, params)
-    carry = (params, opt_state, state0, acc0, jnp.asarray(0))
-    (params, *_), losses = jax.lax.scan(body, carry, (xs, ys, weights, resets))
-    return eqx.combine(params, static), losses
+    return jax.lax.scan(body, tuple(carry), (xs, ys, weights, resets))

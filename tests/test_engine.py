@@ -2,6 +2,9 @@
 resume (nd.training.make_train_step, nd.training.train_loop), per-example step weights,
 TensorBoard."""
 
+import json
+import pathlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -142,3 +145,57 @@ def test_tensorboard_without_tensorboardx_is_one_line_naming_the_extra(tmp_path,
     with pytest.raises(nd.config.ConfigError, match=r'pip install -e "\.\[tb\]"') as e:
         nd.training.train_loop(_advance, dict(x=jnp.zeros(3)), 2, run=RunDir(tmp_path), tensorboard=True)
     assert "\n" not in str(e.value)
+
+
+class _KillAfter:
+    """Patches RunDir.save_checkpoint: the process "dies" right after the `after`-th checkpoint
+    of the first sub-run it writes."""
+
+    def __init__(self, monkeypatch, after):
+        original, self.seen = RunDir.save_checkpoint, []
+
+        def save(run, tree, meta, name="last"):
+            original(run, tree, meta, name)
+            self.seen.append(run.path)
+            if run.path == self.seen[0] and meta["step"] == after:
+                raise _Killed
+
+        monkeypatch.setattr(RunDir, "save_checkpoint", save)
+
+
+def _summary(path):
+    import csv
+
+    with open(path / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow  # two experiments, each run three times (~25 s)
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("online_rtrl", ["--stream_length", "60", "--checkpoint_every", "20", "--window", "10"]),
+        ("sequence_task", ["--steps", "30", "--log_every", "10", "--estimators", "{bptt: {kind: BPTT}}"]),
+    ],
+)
+def test_an_interrupted_experiment_resumes_mid_run_to_the_same_summary(tmp_path, monkeypatch, module, argv):
+    import importlib
+
+    main = importlib.import_module(f"experiments.{module}").main
+    config = {"online_rtrl": "configs/online_rtrl.yaml", "sequence_task": "configs/copy_task.yaml"}[module]
+    base = ["--config", str(pathlib.Path(__file__).parents[1] / config), "--quick", *argv]
+    main([*base, "--out", str(tmp_path / "reference")])
+    with monkeypatch.context() as m:
+        _KillAfter(m, after=2)
+        with pytest.raises(_Killed):
+            main([*base, "--out", str(tmp_path / "killed")])
+    first = next(
+        p for p in sorted((tmp_path / "killed").iterdir()) if (p / "checkpoints").is_dir() and p.name != "checkpoints"
+    )
+    assert json.loads((first / "checkpoints" / "last.json").read_text())["step"] == 2  # killed mid-run
+    main([*base, "--out", str(tmp_path / "killed")])
+    a, b = _summary(tmp_path / "reference"), _summary(tmp_path / "killed")
+    drop = {"step_seconds"}  # wall time differs between runs
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a] == [
+        {k: v for k, v in r.items() if k not in drop} for r in b
+    ]

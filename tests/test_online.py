@@ -187,3 +187,21 @@ def test_teacher_stream_is_the_teachers_euler_rollout():
     ref, _ = nd.rollout(teacher, xs, np.arange(1, 8), **EULER1)
     np.testing.assert_allclose(ys, ref, rtol=1e-12)
     assert w.shape == (7,)
+
+
+@pytest.mark.slow  # two compilations of the online scan, ~10 s on the shared 2 cores
+def test_a_stream_in_pieces_is_the_whole_stream(getkey):
+    # online_init + online_steps over pieces, each continuing the last carry (what a resumed
+    # experiment does between checkpoints), is fit_online over the whole stream.
+    net = nd.networks.CTRNN(3, 2, 1, key=getkey())
+    xs, ys = jr.normal(getkey(), (9, 2)), jr.normal(getkey(), (9, 1))
+    kw = dict(optimizer=optax.adam(1e-2), update_every=2, sensitivity=nd.rtrl.SnAp1())
+    whole, losses = eqx.filter_jit(nd.online.fit_online)(net, xs, ys, **kw)
+    carry, pieces = nd.online.online_init(net, xs[0], optimizer=kw["optimizer"], sensitivity=kw["sensitivity"]), []
+    steps = eqx.filter_jit(nd.online.online_steps)  # one compilation for the three pieces
+    for a in (0, 3, 6):  # a piece ends between two updates
+        carry, piece = steps(net, carry, xs[a : a + 3], ys[a : a + 3], **kw)
+        pieces.append(piece)
+    assert_tree_close(carry[0], _params(whole), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.concatenate(pieces), losses, rtol=1e-12, atol=1e-14)
+    assert int(carry[-1]) == 9
