@@ -2,8 +2,9 @@
 
     python -m experiments.train --config configs/hopfield_digits.yaml [--quick] [--out DIR]
 
-Every (estimator, seed) trains in its own resumable sub-run (`<out>/<estimator>-seed<k>/`):
-kill the command and run it again to continue from the last epoch. The run writes
+Every (estimator, seed) trains in its own resumable sub-run (`<out>/<estimator>-seed<k>/`)
+through `nd.training.fit` (the training engine): kill the command and run it again to
+continue from the last epoch. `tensorboard: true` also writes TensorBoard event files there. The run writes
 `summary.csv` (final test accuracy per estimator and seed), `metrics.jsonl` (per epoch) and
 `figures/training.png` (loss and accuracy per estimator, band over seeds).
 """
@@ -96,6 +97,9 @@ class Config:
     train_subset: int = ndc.field(0, help="use only the first N training examples (0: all)", ge=0)
     dt0: float | None = ndc.field(None, help="the solver's step (default: the library's)", gt=0)
     max_steps: int | None = ndc.field(None, help="the solver's step budget (default: the library's)", ge=1)
+    tensorboard: bool = ndc.field(
+        False, help='also write TensorBoard event files into each sub-run (pip install -e ".[tb]")'
+    )
 
 
 def load_data(d: Data, seed: int):
@@ -213,6 +217,7 @@ def main(argv=None):
                 stopping=nd.training.Stopping(**dataclasses.asdict(cfg.stopping)),
                 run=sub,
                 log_extra=dict(estimator=name, seed=seed),
+                tensorboard=cfg.tensorboard,
                 **options,
             )
             curves += [dict(row, part="training") for row in history]
