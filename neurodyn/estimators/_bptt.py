@@ -90,24 +90,29 @@ class BPTT(AbstractGradientResidualEstimator):
             losses, residuals, info = jax.vmap(lambda x, y: _two_phase_solve(frozen, x, y, objective, options))(xs, ys)
             residuals = jax.lax.stop_gradient(residuals)
 
-            def total(p):
+            def surrogate_total(p):
                 m = eqx.combine(p, static)
                 per = jax.vmap(lambda x, y, res: _two_phase_surrogate(m, x, y, objective, options, res))(
                     xs, ys, residuals
                 )
                 return weighted_sum(weights, per)
 
-            return weighted_sum(weights, losses), jax.grad(total)(params), dict(info, loss=losses)
+            return weighted_sum(weights, losses), jax.grad(surrogate_total)(params), dict(info, loss=losses)
 
         if isinstance(objective, SteadyState) and self.truncation is None:
             return self._stored_or_checkpointed(net, xs, ys, weights, objective, options)
-        fn = self._steady_state if isinstance(objective, SteadyState) else self._trajectory
 
         # One reverse pass through the vmapped solve, the parameters shared across the
         # batch: every step's weight gradient is one matrix product over the batch.
         def total(p):
             m = eqx.combine(p, static)
-            losses, info = jax.vmap(lambda x, y: fn(m, x, y, objective, options))(xs, ys)
+
+            def one(x, y):
+                if isinstance(objective, Trajectory):
+                    return self._trajectory(m, x, y, objective, options)
+                return self._steady_state(m, x, y, objective, options)
+
+            losses, info = jax.vmap(one)(xs, ys)
             return weighted_sum(weights, losses), dict(info, loss=losses)
 
         (loss, info), grads = jax.value_and_grad(total, has_aux=True)(params)
