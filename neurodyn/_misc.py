@@ -1,4 +1,9 @@
+from collections.abc import Callable
+from typing import Any
+
 import jax.numpy as jnp
+import numpy as np
+from jaxtyping import DTypeLike, PyTree
 
 from ._custom_types import Array
 
@@ -18,11 +23,11 @@ def rms_norm(x: Array) -> Array:
     return jnp.where(jnp.all(jnp.isfinite(x)), value, jnp.inf)
 
 
-def default_floating_dtype():
-    return jnp.zeros(()).dtype if jnp.zeros(()).dtype.kind == "f" else jnp.float32
+def default_floating_dtype() -> np.dtype:
+    return jnp.zeros(()).dtype if jnp.zeros(()).dtype.kind == "f" else jnp.dtype(jnp.float32)
 
 
-def tree_dtype(tree):
+def tree_dtype(tree: PyTree[Any]) -> np.dtype:
     """The floating dtype of the first inexact leaf of ``tree``."""
     import equinox as eqx
     import jax.tree_util as jtu
@@ -33,7 +38,7 @@ def tree_dtype(tree):
     return leaves[0].dtype
 
 
-def planned_peak_bytes(fn, *args) -> int | None:
+def planned_peak_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
     """Peak memory XLA plans for a jitted `fn(*args)` (arguments + outputs + temporaries),
     in bytes; works for `jax.jit` and `eqx.filter_jit` functions. None where the backend
     does not report it."""
@@ -48,7 +53,7 @@ def planned_peak_bytes(fn, *args) -> int | None:
     return int(mem.temp_size_in_bytes + mem.output_size_in_bytes + mem.argument_size_in_bytes)
 
 
-def tree_cast(tree, dtype):
+def tree_cast(tree: PyTree[Any], dtype: DTypeLike) -> PyTree[Any]:
     """Casts the floating-point leaves of `tree` (e.g. a network) to `dtype`."""
     import equinox as eqx
     import jax
@@ -56,7 +61,7 @@ def tree_cast(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
 
 
-def batch_mean(tree):
+def batch_mean(tree: PyTree[Any]) -> PyTree[Any]:
     """The mean over the leading (batch) axis of every array leaf, as a matrix-vector product.
 
     Averaging vmapped per-example gradients with `jnp.mean(g, 0)` makes XLA's CPU backend

@@ -1,8 +1,11 @@
 """Outcomes of the solves, reported in ``info["result"]`` (diffrax's RESULTS pattern)."""
 
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
+from jaxtyping import Array, Bool, Inexact, PyTree
 
 
 class RESULTS(eqx.Enumeration):
@@ -41,7 +44,9 @@ def _all_finite(tree):
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def flag_failure(info: dict, ok, result: RESULTS, *, override: bool = False) -> dict:
+def flag_failure(
+    info: dict[str, Any], ok: bool | Bool[Array, "..."], result: RESULTS, *, override: bool = False
+) -> dict[str, Any]:
     """`info` with `converged = False` and `result = result` where `ok` is False (per
     example: works under `jit` and `vmap`, never raises). Unless `override`, an earlier
     failure's result is kept: the first reason found is the one reported."""
@@ -54,7 +59,7 @@ def flag_failure(info: dict, ok, result: RESULTS, *, override: bool = False) -> 
     return dict(info, converged=info["converged"] & ok, result=new_result)
 
 
-def flag_nonfinite(loss, grads, info: dict) -> dict:
+def flag_nonfinite(loss: Inexact[Array, "..."], grads: PyTree[Array], info: dict[str, Any]) -> dict[str, Any]:
     """`info` with `converged = False` and `result = RESULTS.nonfinite_gradient` where the
     `loss` or any leaf of `grads` is not finite: a non-finite gradient is never a success.
 

@@ -139,7 +139,7 @@ class Maxout(AbstractParametricActivation):
     a: Float[Array, "n k"] | None
     c: Float[Array, "n k"] | None
 
-    def __init__(self, k: int = 2, a=None, c=None):
+    def __init__(self, k: int = 2, a: Float[Array, "n k"] | None = None, c: Float[Array, "n k"] | None = None):
         self.k = k
         self.a = a
         self.c = c

@@ -11,18 +11,24 @@ Run it in float64 (`jax.config.update("jax_enable_x64", True)`) for a trustworth
 """
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Real, Shaped
 
 from ._batch import batch_value_and_grad
+from ._custom_types import Grads, Info, Target
 from ._dynamics import check_input, relax_loop, time_grid
 from ._misc import planned_peak_bytes, tree_dtype
 from ._objectives import AbstractObjective, SteadyState, Trajectory
 from ._options import steady_state_options
+from .estimators import AbstractEstimator
+from .networks import AbstractNetwork
 
 
 # ---------------------------------------------------------------------------------------
@@ -91,7 +97,9 @@ def _trajectory_reference(net, xs, y, objective: Trajectory, substeps: int = 100
     return eqx.filter_value_and_grad(run)(net)
 
 
-def reference_gradient(net, x, y, objective: AbstractObjective):
+def reference_gradient(
+    net: AbstractNetwork, x: Real[ArrayLike, "*T n_in"], y: Target, objective: AbstractObjective
+) -> tuple[Float[Array, ""], Grads]:
     """The exact `(loss, dl/dw)` for one example, independent of every estimator."""
     if isinstance(objective, SteadyState):
         x, y = objective.check_data(net, x, y)
@@ -102,7 +110,12 @@ def reference_gradient(net, x, y, objective: AbstractObjective):
     raise ValueError(f"no exact reference for objective {objective!r}")
 
 
-def batch_reference(net, xs, ys, objective):
+def batch_reference(
+    net: AbstractNetwork,
+    xs: Real[Array | np.ndarray, "B *T n_in"],
+    ys: Shaped[Array | np.ndarray, "B ..."],
+    objective: AbstractObjective,
+) -> tuple[Float[Array, ""], Grads]:
     """Mean loss and mean exact gradient over a batch."""
     losses, grads = [], []
     for x, y in zip(xs, ys):
@@ -123,12 +136,12 @@ def _leaves_with_paths(tree):
     return [(jtu.keystr(path), leaf) for path, leaf in flat]
 
 
-def flatten(grads) -> jnp.ndarray:
+def flatten(grads: Grads) -> Float[Array, " m"]:
     """All gradient leaves as one vector."""
     return jnp.concatenate([jnp.ravel(leaf) for _, leaf in _leaves_with_paths(grads)])
 
 
-def compare(grads, reference) -> dict:
+def compare(grads: Grads, reference: Grads) -> dict[str, float]:
     """Fidelity of `grads` against `reference`: cosine similarity, relative error
     `||g - g*|| / ||g*||`, sign agreement (fraction of entries with the same sign, over
     entries where the reference is not negligible), and the same per parameter leaf."""
@@ -150,7 +163,7 @@ def _stats(g, r):
     return dict(cosine=cosine, rel_error=rel, sign_agreement=sign)
 
 
-def alignment_matrix(grads: dict) -> tuple[list[str], np.ndarray]:
+def alignment_matrix(grads: dict[str, Grads]) -> tuple[list[str], Float[np.ndarray, "k k"]]:
     """The pairwise cosine between every two gradients (Marschall et al. 2020)."""
     names = list(grads)
     vecs = [np.asarray(flatten(grads[k]), np.float64) for k in names]
@@ -163,7 +176,9 @@ def alignment_matrix(grads: dict) -> tuple[list[str], np.ndarray]:
 # ---------------------------------------------------------------------------------------
 
 
-def batch_estimate(estimator, objective, **options):
+def batch_estimate(
+    estimator: AbstractEstimator, objective: AbstractObjective, **options: Any
+) -> Callable[[AbstractNetwork, Array, Array], tuple[Float[Array, ""], Grads, Info]]:
     """A jitted function `(net, xs, ys) -> (mean loss, mean grads, info)` for a batch
     (`nd.batch_value_and_grad`)."""
 
@@ -174,7 +189,16 @@ def batch_estimate(estimator, objective, **options):
     return run
 
 
-def measure(estimator, net, xs, ys, objective, *, repeats: int = 3, **options) -> dict:
+def measure(
+    estimator: AbstractEstimator,
+    net: AbstractNetwork,
+    xs: Real[Array, "B *T n_in"],
+    ys: Shaped[Array, "B ..."],
+    objective: AbstractObjective,
+    *,
+    repeats: int = 3,
+    **options: Any,
+) -> dict[str, Any]:
     """Runs `estimator` on the batch and reports the gradient, wall time (median of
     `repeats`), compile time (first call minus one run) and XLA's planned peak memory."""
     for x in xs[:1]:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -37,7 +38,7 @@ def _subplots(*args, figsize, **kwargs):
     return fig, fig.subplots(*args, **kwargs)
 
 
-def save(fig, path) -> list[str]:
+def save(fig: Figure, path: str | os.PathLike) -> list[str]:
     """Writes `path.png` (150 dpi) and `path.pdf`, each atomically (temporary file in the same
     directory, fsync, `os.replace`; permissions `0o666 & ~umask`); returns the two file names.
     If `fig` came from pyplot it is closed."""
@@ -46,7 +47,8 @@ def save(fig, path) -> list[str]:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = []
-    for fmt, kwargs in (("png", dict(dpi=150)), ("pdf", {})):
+    formats: tuple[tuple[str, dict[str, Any]], ...] = (("png", {"dpi": 150}), ("pdf", {}))
+    for fmt, kwargs in formats:
         final = path.with_name(f"{path.name}.{fmt}")
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.")
         try:
@@ -81,7 +83,7 @@ def fidelity_vs_knob(
     logx: bool = True,
     title: str | None = None,
     knob_label: str | None = None,
-):
+) -> Figure:
     """`metric` (default: relative error to the exact gradient) against one knob, one line
     per estimator variant (`rows[i]["estimator"]`), log-scaled error axis (and knob axis
     with `logx`). `slopes` maps an estimator name to its theoretical log-log slope, drawn
@@ -117,7 +119,7 @@ def fidelity_vs_knob(
     return fig
 
 
-def cost_vs_n(rows: Sequence[Mapping], *, title: str | None = None):
+def cost_vs_n(rows: Sequence[Mapping], *, title: str | None = None) -> Figure:
     """Wall time and peak memory against the network size `n`, per estimator (log-log)."""
     fig, (ax_t, ax_m) = _subplots(1, 2, figsize=(9.5, 3.8))
     for name, rs in sorted(_group(rows, "estimator").items()):
@@ -141,7 +143,7 @@ def cost_vs_n(rows: Sequence[Mapping], *, title: str | None = None):
     return fig
 
 
-def alignment(names: Sequence[str], M: np.ndarray, *, title: str | None = None):
+def alignment(names: Sequence[str], M: np.ndarray, *, title: str | None = None) -> Figure:
     """The pairwise gradient-alignment matrix: cosine between every two estimators."""
     k = len(names)
     fig, ax = _subplots(figsize=(2.4 + 0.8 * k, 1.0 + 0.7 * k))
@@ -167,7 +169,7 @@ def alignment(names: Sequence[str], M: np.ndarray, *, title: str | None = None):
 
 def training_curves(
     rows: Sequence[Mapping], *, metrics: Sequence[str] = ("train_loss", "test_accuracy"), title: str | None = None
-):
+) -> Figure:
     """Training curves per estimator with a band (min..max and mean) over seeds.
 
     `rows` carry `estimator`, `seed`, `epoch` and the metrics."""
@@ -205,7 +207,7 @@ def sweep_curves(
     *,
     logx: bool | None = None,
     title: str | None = None,
-):
+) -> Figure:
     """A sweep's result: `metric` against the swept value `x`, one line per `group` (a column,
     or several: `("estimator", "hidden")`), the mean over the remaining points at each `x`
     (the seeds) with a band from the lowest to the highest, and the points themselves.
@@ -260,7 +262,7 @@ def sweep_curves(
     return fig
 
 
-def slope(xs, ys) -> float:
+def slope(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray) -> float:
     """Least-squares slope of log(ys) against log(xs)."""
     lx, ly = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
     ok = np.isfinite(lx) & np.isfinite(ly)

@@ -12,7 +12,7 @@ from typing import Literal
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float, Real
 
 
 class Preprocessor(eqx.Module):
@@ -26,7 +26,11 @@ class Preprocessor(eqx.Module):
     transform: Float[Array, "d k"]
 
     @staticmethod
-    def fit(X, method: Literal["center", "standardize", "pca", "zca"] = "standardize", eps: float = 1e-5):
+    def fit(
+        X: Real[ArrayLike, "N d"],
+        method: Literal["center", "standardize", "pca", "zca"] = "standardize",
+        eps: float = 1e-5,
+    ) -> "Preprocessor":
         """Fits the map on `X` `(N, d)`.
 
         **Arguments:**
@@ -61,7 +65,7 @@ class Preprocessor(eqx.Module):
         dtype = jnp.zeros(()).dtype  # float64 when x64 is on, else float32
         return Preprocessor(jnp.asarray(mean, dtype), jnp.asarray(T, dtype))
 
-    def __call__(self, X):
+    def __call__(self, X: Real[ArrayLike, "*batch d"]) -> Float[Array, "*batch k"]:
         """Applies the map to `X` `(..., d)` (one example or a batch)."""
         X = jnp.asarray(X)
         mean = self.mean.astype(X.dtype).reshape((1,) * (X.ndim - 1) + self.mean.shape)

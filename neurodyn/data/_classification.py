@@ -1,15 +1,20 @@
 """Classification data sets, offline: generated, bundled with scikit-learn, or local files."""
 
 import gzip
+import os
 import pathlib
 import struct
+from typing import Any
 
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
 
 
-def double_moon(key, n: int = 1000, *, radius: float = 10.0, width: float = 6.0, distance: float = 1.0):
+def double_moon(
+    key: PRNGKeyArray, n: int = 1000, *, radius: float = 10.0, width: float = 6.0, distance: float = 1.0
+) -> tuple[Float[Array, "n 2"], Int[Array, " n"]]:
     """Haykin's double moon: two half rings of the given `radius` and `width`, the lower one
     shifted right by `radius` and down by `distance` (negative distance interleaves them).
 
@@ -26,7 +31,7 @@ def double_moon(key, n: int = 1000, *, radius: float = 10.0, width: float = 6.0,
     return X[perm], y[perm]
 
 
-def digits():
+def digits() -> tuple[Float[np.ndarray, "1797 64"], Int[np.ndarray, " 1797"]]:
     """scikit-learn's bundled 8x8 digits (1797 images, no download), pixels scaled to [0, 1].
 
     **Returns:** `(X, y)`, `X` `(1797, 64)`, `y` `(1797,)` int in 0..9."""
@@ -47,7 +52,7 @@ IDX_FILES = {
 }
 
 
-def idx_images(path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def idx_images(path: str | os.PathLike, split: str = "train") -> tuple[Float[np.ndarray, "N d"], Int[np.ndarray, " N"]]:
     """MNIST / Fashion-MNIST from local IDX files (nothing downloads): `path` is a directory
     holding `train-images-idx3-ubyte[.gz]` and `train-labels-idx1-ubyte[.gz]` (and the
     `t10k-*` files for `split="test"`), as distributed by LeCun et al. and Zalando.
@@ -86,7 +91,7 @@ def idx_images(path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def write_idx(path, X, y, split: str = "train") -> None:
+def write_idx(path: str | os.PathLike, X: ArrayLike, y: ArrayLike, split: str = "train") -> None:
     """Writes uint8 images `X` `(N, rows, cols)` and labels `y` as IDX files (tests, and
     converting other data to the format `idx_images` reads)."""
     path = pathlib.Path(path)
@@ -97,7 +102,7 @@ def write_idx(path, X, y, split: str = "train") -> None:
     (path / labels_file).write_bytes(struct.pack(">II", 2049, len(y)) + y.tobytes())
 
 
-def mnist1d(n: int = 5000, *, seed: int = 42, **args):
+def mnist1d(n: int = 5000, *, seed: int = 42, **args: Any) -> tuple[Float[np.ndarray, "n 40"], Int[np.ndarray, " n"]]:
     """MNIST-1D (Greydanus 2020, "Scaling down deep learning"), from its own generator: the
     `mnist1d` package (the `data` extra: `pip install "neurodyn[data]"`). Generated here,
     offline (`mnist1d.data.make_dataset`; its `get_dataset`, which downloads, is not used).
@@ -141,11 +146,18 @@ def mnist1d(n: int = 5000, *, seed: int = 42, **args):
     return X, y
 
 
-def split(X, y, *, test_fraction: float = 0.2, valid_fraction: float = 0.1, seed: int = 0):
+def split(
+    X: Shaped[ArrayLike, "N ..."],
+    y: Shaped[ArrayLike, "N ..."],
+    *,
+    test_fraction: float = 0.2,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """A deterministic shuffled train / valid / test split."""
+    X, y = np.asarray(X), np.asarray(y)
     n = len(X)
     perm = np.random.default_rng(seed).permutation(n)
     n_test, n_valid = int(n * test_fraction), int(n * valid_fraction)
     te, va, tr = perm[:n_test], perm[n_test : n_test + n_valid], perm[n_test + n_valid :]
-    X, y = np.asarray(X), np.asarray(y)
     return (X[tr], y[tr]), (X[va], y[va]), (X[te], y[te])

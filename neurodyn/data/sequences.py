@@ -8,18 +8,26 @@ Each function returns `(xs, ys, weights)` for one sequence: inputs `(T, n_in)`, 
 floating dtype (float32, or float64 with x64 enabled).
 """
 
+from typing import TypeAlias
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from jaxtyping import Array, DTypeLike, Float, PRNGKeyArray
 
 from .._misc import default_floating_dtype, tree_dtype
+from ..networks import AbstractNetwork
 
 
-def _dtype(dtype):
+# One sequence: inputs `(T, n_in)`, targets `(T, n_out)`, per-time loss weights `(T,)`.
+SequenceTask: TypeAlias = tuple[Float[Array, "T n_in"], Float[Array, "T n_out"], Float[Array, " T"]]
+
+
+def _dtype(dtype: DTypeLike | None) -> DTypeLike:
     return default_floating_dtype() if dtype is None else dtype
 
 
-def adding_problem(key, T: int = 20, *, dtype=None):
+def adding_problem(key: PRNGKeyArray, T: int = 20, *, dtype: DTypeLike | None = None) -> SequenceTask:
     """Hochreiter & Schmidhuber's adding problem.
 
     Channel 0 holds `U(0, 1)` values, channel 1 marks two positions (one in each half);
@@ -42,7 +50,9 @@ def adding_problem(key, T: int = 20, *, dtype=None):
     return xs, ys, weights
 
 
-def copy_task(key, length: int = 5, n_symbols: int = 4, delay: int = 5, *, dtype=None):
+def copy_task(
+    key: PRNGKeyArray, length: int = 5, n_symbols: int = 4, delay: int = 5, *, dtype: DTypeLike | None = None
+) -> SequenceTask:
     """Copy task: `length` random symbols (one-hot), `delay` blank steps, a go cue, then
     the network must reproduce the symbols in order.
 
@@ -62,7 +72,7 @@ def copy_task(key, length: int = 5, n_symbols: int = 4, delay: int = 5, *, dtype
     return xs, ys, weights
 
 
-def delayed_xor(key, delay: int = 4, *, dtype=None):
+def delayed_xor(key: PRNGKeyArray, delay: int = 4, *, dtype: DTypeLike | None = None) -> SequenceTask:
     """Delayed XOR: two bits (±1 on the single input channel) at steps 0 and `1 + delay`,
     then `delay` blank steps; the target at the last step is their XOR, `-a b` (±1).
     Predicting 0 gives a squared error of 1 (1/2 with the factor 1/2).
@@ -79,7 +89,7 @@ def delayed_xor(key, delay: int = 4, *, dtype=None):
     return xs, ys, weights
 
 
-def teacher_rnn(key, teacher, T: int = 100, *, dt: float = 1.0):
+def teacher_rnn(key: PRNGKeyArray, teacher: AbstractNetwork, T: int = 100, *, dt: float = 1.0) -> SequenceTask:
     """A stream to mimic: `N(0, 1)` inputs through a fixed `teacher` network, one Euler step
     of size `dt` per input from `teacher.init_state` (with `dt = 1` exactly what
     `nd.rollout(teacher, xs, ts=1..T, solver=diffrax.Euler(), dt0=1.0)` returns); the
