@@ -81,9 +81,13 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TYPE_CHECKING, TypeGuard
 
 import yaml
+
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class ConfigError(ValueError):
@@ -238,7 +242,13 @@ def _check_number(meta, value, where):
         raise ConfigError(f"'{where}' = {_fmt(value)} is out of range: must be {allowed}")
 
 
-def _check(meta, value, where):
+def _choices(choices) -> tuple[str, ...]:
+    """A field's `choices`: a sequence, or a function returning one (a registry's names)."""
+    values: Any = choices() if callable(choices) else choices
+    return tuple(values)
+
+
+def _check(meta: Mapping[str, Any], value: Any, where: str):
     if not meta or value is None:
         return
     if isinstance(value, (tuple, list)):
@@ -248,7 +258,7 @@ def _check(meta, value, where):
         _check_number(meta, value, where)
     choices = meta.get("choices")
     if choices is not None and isinstance(value, str):
-        options = tuple(choices() if callable(choices) else choices)
+        options = _choices(choices)
         if value not in options:
             close = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -266,8 +276,9 @@ def _check(meta, value, where):
             check_name(value, where)
     family = meta.get("spec")
     if family is not None:
-        check = check_network if family == "networks" else functools.partial(plan, family=family)
-        if meta.get("names"):
+        # Both check their spec's type themselves (one line naming it when it is not a mapping).
+        check: Callable[..., object] = check_network if family == "networks" else functools.partial(plan, family=family)
+        if meta.get("names") and isinstance(value, Mapping):
             for k, v in value.items():
                 check(v, where=f"{where}.{k}.")
         else:
@@ -288,7 +299,7 @@ def _field_meta(schema) -> dict[str, Mapping]:
     return {f.name: f.metadata for f in dataclasses.fields(schema)}
 
 
-def _is_dataclass_type(tp) -> bool:
+def _is_dataclass_type(tp) -> "TypeGuard[type[DataclassInstance]]":
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
@@ -373,7 +384,7 @@ def _merge(base: dict, over: Mapping) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def _plain(value):
+def _plain(value) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
@@ -395,7 +406,7 @@ def _paths(schema, data, prefix="") -> list[str]:
     """Every path an override may name (for "did you mean"): the schema's fields, and the
     loaded data's entries inside maps and lists."""
     if isinstance(data, (list, tuple)):
-        items = list(enumerate(data))
+        items: list[tuple[Any, Any]] = list(enumerate(data))
     elif isinstance(data, Mapping):
         items = list(data.items())
     else:
@@ -420,10 +431,13 @@ def _set_path(data: dict, schema, path: str, value, flag: str, all_paths):
     parts = path.split(".")
     if not path or any(not p for p in parts):
         raise unknown()
-    node, tp, creating = data, schema, False
+    node: Any = data
+    tp, creating = schema, False
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if _is_dataclass_type(tp):
+            if not isinstance(node, dict):
+                raise unknown()
             fields = {f.name: f for f in dataclasses.fields(tp)}
             name = part.replace("-", "_")
             if name not in fields:
@@ -435,9 +449,9 @@ def _set_path(data: dict, schema, path: str, value, flag: str, all_paths):
             if not isinstance(node.get(name), (Mapping, list)):
                 node[name] = {} if _is_dataclass_type(sub_tp) else _field_default(fields[name])
             node, tp = node[name], (sub_tp if _is_dataclass_type(sub_tp) else None)
-            if not isinstance(node, (Mapping, list)):
+            if not isinstance(node, (dict, list)):
                 raise unknown()
-        elif isinstance(node, Mapping):
+        elif isinstance(node, dict):
             key = part if part in node else None
             if key is None and ("kind" in node or creating):
                 # A new constructor argument of a spec (or inside one just created): checked
@@ -583,8 +597,7 @@ def _help_lines(schema, values, prefix="") -> list[str]:
             if meta.get(key) is not None:
                 rules.append(f"{op} {_fmt(meta[key])}")
         if meta.get("choices") is not None:
-            ch = meta["choices"]
-            rules.append("one of " + ", ".join(ch() if callable(ch) else ch))
+            rules.append("one of " + ", ".join(_choices(meta["choices"])))
         rule = f" [{'; '.join(rules)}]" if rules else ""
         lines.append(f"  --{prefix}{f.name} = {shown}\n        {meta.get('help', '')}{rule}")
     return lines
@@ -1102,11 +1115,12 @@ def _check_sizes(spec: Mapping, where: str):
                 raise ConfigError(f"'{at}' = {x} is out of range: must be >= 1 (a size)")
 
 
-def check_network(spec: Mapping, where: str = "network.") -> None:
-    """`build_network`'s checks without building (at load time, before the run starts)."""
-    spec = dict(spec) if isinstance(spec, Mapping) else spec
+def check_network(spec: object, where: str = "network.") -> None:
+    """`build_network`'s checks without building (at load time, before the run starts);
+    anything but a mapping is refused with one line."""
     if not isinstance(spec, Mapping):
         raise ConfigError(f"'{where.rstrip('.')}': expected a mapping {{kind: ..., ...}}, got {spec!r}")
+    spec = dict(spec)
     cls = resolve(spec.get("kind"), "networks", f"{where}kind")
     _check_sizes(spec, where)
     params = _signature_params(cls) or {}

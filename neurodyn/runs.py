@@ -69,6 +69,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -307,7 +308,12 @@ class RunDir:
           closed) wrote it: a start that failed before doing any work. Then it is replaced,
           with a note on stderr.
         """
-        cfg = _plain(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
+        if isinstance(config, Mapping):
+            cfg = _plain(dict(config))
+        elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+            cfg = _plain(dataclasses.asdict(config))
+        else:
+            raise TypeError(f"config must be a dataclass instance or a mapping, got {type(config).__name__}")
         digest = _json_digest(cfg)
         file = self.path / "config.yaml"
         key = os.path.realpath(self.path)
@@ -385,15 +391,15 @@ class RunDir:
             atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(_plain(dict(r))) + "\n" for r in rows))
 
     def write_summary(self, rows: Iterable[Mapping], columns: list[str] | None = None) -> None:
-        rows = [_plain(dict(r)) for r in rows]
+        table: list[dict[str, Any]] = [_plain(dict(r)) for r in rows]
         if columns is None:
             columns = []
-            for r in rows:
+            for r in table:
                 columns += [k for k in r if k not in columns]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(table)
         if self.writer:
             atomic_write(self.path / "summary.csv", buf.getvalue())
 
@@ -484,8 +490,8 @@ class RunDir:
         damaged = []
         for meta_path in candidates:
             meta, data, problem = self._read_checkpoint(meta_path)
-            if problem is not None:
-                if problem[0] not in [d[0] for d in damaged]:
+            if meta is None or data is None:
+                if problem is not None and problem[0] not in [d[0] for d in damaged]:
                     damaged.append(problem)
                 continue
             if expect:
@@ -593,7 +599,7 @@ def _differing_keys(a, b, where=""):
     return [] if a == b else [where.rstrip(".") or "value"]
 
 
-def _plain(obj):
+def _plain(obj) -> Any:
     """JSON/YAML-safe: numpy and JAX scalars to Python, arrays and tuples to lists."""
     import numpy as np
 
