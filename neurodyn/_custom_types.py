@@ -18,6 +18,9 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Inexact, Int, PyTree, Real,
 Time: TypeAlias = Real[ArrayLike, ""]
 # One state `r` of a network, `(n_state,)`.
 State: TypeAlias = Inexact[Array, " n"]
+# A real state: relaxations and adjoint solves work on real vectors (holomorphic EP relaxes
+# the pair `(Re z, Im z)`).
+RealState: TypeAlias = Float[Array, " n"]
 # The states at the save times of a trajectory, `(T, n_state)`.
 States: TypeAlias = Inexact[Array, "T n"]
 # A steady state `(n,)` or the states along a trajectory `(T, n)`.
@@ -52,6 +55,7 @@ __all__ = [
     "PyTree",
     "Readout",
     "Real",
+    "RealState",
     "Scalar",
     "Shaped",
     "State",

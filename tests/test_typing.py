@@ -14,6 +14,8 @@ import pytest
 from jaxtyping import jaxtyped, TypeCheckError
 
 import neurodyn as nd
+from neurodyn._dynamics import _TERM
+from neurodyn._options import steady_state_options
 from neurodyn.estimators._base import (
     AbstractEstimator,
     AbstractGradientResidualEstimator,
@@ -212,3 +214,52 @@ def test_losses_are_checked():
     assert checked(nd.losses.squared_error)(p, y).shape == ()
     with pytest.raises(TypeCheckError):
         checked(nd.losses.squared_error)(p, jnp.ones(3))  # k differs
+
+
+def _implementations(module, base):
+    return [
+        c for c in vars(module).values() if isinstance(c, type) and issubclass(c, base) and not inspect.isabstract(c)
+    ]
+
+
+@pytest.mark.parametrize(
+    "module,base,name",
+    [
+        (nd.relaxation, nd.relaxation.AbstractRelaxation, "relax"),
+        (nd.adjoint, nd.adjoint.AbstractAdjointSolve, "solve"),
+    ],
+    ids=["relaxation", "adjoint"],
+)
+def test_strategies_carry_the_seam_types(module, base, name):
+    # Runtime-checking an implementation then checks the seam (as for the networks).
+    impls = _implementations(module, base)
+    assert impls
+    want = typing.get_type_hints(getattr(base, name))
+    for cls in impls:
+        assert typing.get_type_hints(getattr(cls, name)) == want, f"{cls.__name__}.{name}"
+
+
+def test_relaxation_is_checked(net):
+    x = jnp.array([0.3, -0.2])
+    r0, opts = net.init_state(x), steady_state_options(jnp.float64)
+    relaxation = nd.relaxation.FixedStep()
+    relax = checked(type(relaxation).relax)
+    sol = relax(relaxation, _TERM, (net, x), r0, opts, kind="lax", checkpoints=None)
+    assert sol.value.shape == r0.shape
+    with pytest.raises(TypeCheckError):
+        relax(relaxation, _TERM, (net, x), r0[None], opts, kind="lax", checkpoints=None)
+    with pytest.raises(TypeCheckError):
+        relax(relaxation, _TERM, (net, x), r0, opts, kind="scan", checkpoints=None)  # not a loop kind
+
+
+def test_adjoint_solve_is_checked():
+    A = -2.0 * jnp.eye(3) + 0.1 * jnp.ones((3, 3))
+    g = jnp.array([1.0, -1.0, 0.5])
+    adjoint = nd.adjoint.DenseLU()
+    solve = checked(type(adjoint).solve)
+    sol = solve(adjoint, lambda v: A.T @ v, g, lambda: A, False, 1.0)
+    assert sol.value.shape == (3,)
+    with pytest.raises(TypeCheckError):
+        solve(adjoint, lambda v: A.T @ v, g[:, None], lambda: A, False, 1.0)
+    with pytest.raises(TypeCheckError):
+        solve(adjoint, lambda v: A.T @ v, g, lambda: A, jnp.asarray(False), 1.0)  # a Python bool: static

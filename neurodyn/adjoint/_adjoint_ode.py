@@ -4,9 +4,10 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 
+from .._custom_types import RealState
 from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
-from ._base import AbstractAdjointSolve
+from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec
 from ._common import adjoint_solution, default_rtol, relative_residual
 
 
@@ -44,7 +45,7 @@ class AdjointODE(AbstractAdjointSolve):
     atol: float | None = None
     max_steps: int = eqx.field(static=True, default=10_000)
 
-    def solve(self, matvec, g, jacobian, symmetric, dt):
+    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
         del jacobian, symmetric
         rtol = default_rtol(g.dtype) if self.rtol is None else self.rtol
         atol = 0.0 if self.atol is None else self.atol

@@ -4,6 +4,14 @@ from collections.abc import Callable
 import equinox as eqx
 from jaxtyping import Array, Bool, Float, Int
 
+from .._custom_types import RealState
+
+
+# `v -> J^T v`, one VJP of the vector field.
+MatVec = Callable[[RealState], RealState]
+# Builds the dense Jacobian `J` on demand.
+Jacobian = Callable[[], Float[Array, "n n"]]
+
 
 class AdjointSolution(eqx.Module):
     """What an adjoint solve returns (a typed seam, not a dict).
@@ -36,9 +44,9 @@ class AbstractAdjointSolve(eqx.Module):
     @abc.abstractmethod
     def solve(
         self,
-        matvec: Callable[[Float[Array, " n"]], Float[Array, " n"]],
-        g: Float[Array, " n"],
-        jacobian: Callable[[], Float[Array, "n n"]],
+        matvec: MatVec,
+        g: RealState,
+        jacobian: Jacobian,
         symmetric: bool,
         dt: float,
     ) -> AdjointSolution:

@@ -4,9 +4,11 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 
+from .._custom_types import RealState
 from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
-from ._base import AbstractRelaxation, RelaxationSolution
+from .._options import IntegrationOptions
+from ._base import AbstractRelaxation, RelaxationSolution, RelaxKind, TermArgs
 
 
 class Anderson(AbstractRelaxation):
@@ -46,7 +48,16 @@ class Anderson(AbstractRelaxation):
         if self.m < 1:
             raise ValueError(f"Anderson needs a history of m >= 1 iterates, got m={self.m}.")
 
-    def relax(self, term, args, r0, opts, *, kind, checkpoints):
+    def relax(
+        self,
+        term: diffrax.AbstractTerm,
+        args: TermArgs,
+        r0: RealState,
+        opts: IntegrationOptions,
+        *,
+        kind: RelaxKind,
+        checkpoints: int | None,
+    ) -> RelaxationSolution:
         it = _AndersonIteration(term, opts.solver, opts.dt0, self.m, self.beta, self.lam, opts.rtol, opts.atol)
         # The iterate is the pair (r, Phi(r_prev)): the reported state is the last image,
         # whose step difference was measured.

@@ -5,9 +5,16 @@ import diffrax
 import equinox as eqx
 from jaxtyping import Array, Float, Int, PyTree
 
+from .._custom_types import RealState
 from .._iterate import Solution
 from .._options import IntegrationOptions
 from .._outcome import RESULTS
+
+
+# The equinox while-loop kind a relaxation runs (`"checkpointed"` when differentiated through).
+RelaxKind = Literal["lax", "checkpointed", "bounded"]
+# The vector field's arguments, `(net, x)`, passed through to the diffrax term.
+TermArgs = PyTree[Any]
 
 
 class RelaxationSolution(eqx.Module):
@@ -50,11 +57,11 @@ class AbstractRelaxation(eqx.Module):
     def relax(
         self,
         term: diffrax.AbstractTerm,
-        args: PyTree[Any],
-        r0: Float[Array, " n"],
+        args: TermArgs,
+        r0: RealState,
         opts: IntegrationOptions,
         *,
-        kind: Literal["lax", "checkpointed", "bounded"],
+        kind: RelaxKind,
         checkpoints: int | None,
     ) -> RelaxationSolution:
         """Returns a `RelaxationSolution`. Converged means `residual <= atol + rtol rms(r)`

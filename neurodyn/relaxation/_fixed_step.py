@@ -5,9 +5,11 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from .._custom_types import RealState
 from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
-from ._base import AbstractSteppingRelaxation, RelaxationSolution
+from .._options import IntegrationOptions
+from ._base import AbstractSteppingRelaxation, RelaxationSolution, RelaxKind, TermArgs
 
 
 class FixedStep(AbstractSteppingRelaxation):
@@ -47,7 +49,16 @@ class FixedStep(AbstractSteppingRelaxation):
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"FixedStep needs patience >= 1 or None, got {self.patience!r}.")
 
-    def relax(self, term, args, r0, opts, *, kind, checkpoints):
+    def relax(
+        self,
+        term: diffrax.AbstractTerm,
+        args: TermArgs,
+        r0: RealState,
+        opts: IntegrationOptions,
+        *,
+        kind: RelaxKind,
+        checkpoints: int | None,
+    ) -> RelaxationSolution:
         it = _FixedStepIteration(term, opts.solver, opts.dt0, self.check_every, opts.max_steps, opts.rtol, opts.atol)
         sol = iterate(
             it,

@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.sparse.linalg import gmres
 
+from .._custom_types import RealState
 from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
-from ._base import AbstractRelaxation, RelaxationSolution
+from .._options import IntegrationOptions
+from ._base import AbstractRelaxation, RelaxationSolution, RelaxKind, TermArgs
 
 
 class NewtonKrylov(AbstractRelaxation):
@@ -53,7 +55,16 @@ class NewtonKrylov(AbstractRelaxation):
     restart: int = eqx.field(static=True, default=20)
     inner_restarts: int = eqx.field(static=True, default=5)
 
-    def relax(self, term, args, r0, opts, *, kind, checkpoints):
+    def relax(
+        self,
+        term: diffrax.AbstractTerm,
+        args: TermArgs,
+        r0: RealState,
+        opts: IntegrationOptions,
+        *,
+        kind: RelaxKind,
+        checkpoints: int | None,
+    ) -> RelaxationSolution:
         del checkpoints
         it = _NewtonIteration(term, opts.dt0, self.inner_rtol, self.restart, self.inner_restarts, opts.rtol, opts.atol)
         sol = iterate(it, r0, args, max_iterations=opts.max_steps, kind=kind)
