@@ -11,10 +11,20 @@ net, history = nd.training.fit(
 )
 ```
 
-One epoch is one jitted `lax.scan` over mini-batches: the batch gradient is
-`nd.batch_value_and_grad` (states per example, one reverse pass for the parameters), so
-every estimator trains through the same code. Progress is one line per epoch on stderr
-(process 0 only; `progress=False` silences it).
+The one training engine, two pieces every experiment shares:
+
+- `make_train_step(objective, estimator, optimizer, l2=..., **options)`: one step on a
+  mini-batch, pure and jittable, `step(params, opt_state, static, xb, yb, weights=None) ->
+  (params, opt_state, loss, info)`. Its gradient is `nd.batch_value_and_grad` (states per
+  example, one reverse pass for the parameters), so every estimator trains through the same
+  code. `fit` scans it over an epoch's mini-batches, `experiments.sweep` vmaps it over
+  points, `experiments.sequence_task` compiles it once per estimator (per-example step
+  weights of a `Trajectory` ride on the targets: `with_step_weights`).
+- `train_loop(advance, state, units, run=..., evaluate=...)`: the loop. Each unit (an
+  epoch; `log_every` steps; a piece of an online stream) is one call of `advance`, then the
+  row, the finiteness checks, the evaluation, the stopping rules, the checkpoint, the row in
+  `metrics.jsonl` (and TensorBoard, `tensorboard=True`) and one progress line on stderr
+  (process 0 only; `progress=False` silences it).
 
 With a `RunDir`, after every epoch the parameters, the optimiser state and the history are
 checkpointed atomically; calling `fit` again with the same arguments continues from the last
@@ -34,7 +44,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -196,8 +206,8 @@ class StepWeightedTrajectory(Trajectory):
     trajectory estimator serves it as a `Trajectory` (the loss of each time is
     `alpha_bk l(readout(r_k), y_bk)`; the objective's own `weights` multiply on top)."""
 
-    def __init__(self, loss: Callable = _losses.squared_error, ts: ArrayLike = (1.0,), weights=None):
-        super().__init__(_StepWeightedLoss(loss), ts, weights)
+    def __init__(self, loss: Callable = _losses.squared_error, ts: ArrayLike | Sequence[float] = (1.0,), weights=None):
+        super().__init__(_StepWeightedLoss(loss), np.asarray(ts), weights)
 
     def check_data(self, net, x, y):
         y = jnp.asarray(y)
@@ -370,7 +380,7 @@ def _global_tree(tree, sharding):
     def put(x):
         if not isinstance(x, (jax.Array, np.ndarray)):
             return x
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             return jr.wrap_key_data(_global(jr.key_data(x), sharding), impl=jr.key_impl(x))
         return _global(x, sharding)
 
@@ -480,7 +490,7 @@ def fit_settings(
 
 
 def _key_data(key):
-    return jr.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return jr.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
 
 
 @eqx.filter_jit
@@ -650,6 +660,7 @@ def train_loop(
             )
 
     def checkpoint(state, i, finished):
+        assert run is not None
         run.save_checkpoint(state, dict(step=i + 1, history=history, finished=finished, settings=settings))
 
     times = []
@@ -657,7 +668,7 @@ def train_loop(
         t0 = time.perf_counter()
         new_state, row = advance(state, i)
         trained = time.perf_counter() - t0  # the steps/s: training only, without the evaluation
-        row = dict(epoch=i + 1, **row) if "epoch" not in row else dict(row)
+        row: dict[str, Any] = dict(epoch=i + 1, **row) if "epoch" not in row else dict(row)
         checks = [("the training loss", row["train_loss"])]
         if "grad_norm" in row:
             checks.append(("the gradient norm", row["grad_norm"]))
@@ -858,15 +869,17 @@ def fit(
             **options,
         )
 
-    place = None
+    place: Callable | None = None
     if data_devices is not None:
         mesh = Mesh(np.asarray(data_devices), ("data",))
         batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
         replicated = NamedSharding(mesh, PartitionSpec())
         X, Y = _global(X, replicated), _global(Y, replicated)
 
-        def place(state):
+        def place_replicated(state):
             return _global_tree(state, replicated)
+
+        place = place_replicated
 
     def advance(state, epoch):
         params, opt_state = state
@@ -893,9 +906,9 @@ def fit(
         return row
 
     state = (params, opt_state)
-    if data_devices is not None:
+    if place is not None:
         state = place(state)
-        if talk:
+        if talk and data_devices is not None:
             _say(f"[{tag}] data parallel over {len(data_devices)} devices ({jax.process_count()} process(es))")
     (params, opt_state), history = train_loop(
         advance,
