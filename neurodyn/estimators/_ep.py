@@ -9,11 +9,13 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float
 
 from .. import activations as _act
+from .._custom_types import Info, Scalar
 from .._dynamics import relax_loop
-from .._objectives import SteadyState
+from .._objectives import AbstractObjective, SteadyState
+from .._options import IntegrationOptions
 from .._outcome import flag_failure, RESULTS
 from ..networks import AbstractEnergyNetwork, AbstractNetwork
-from ._base import AbstractSurrogateEstimator
+from ._base import AbstractSurrogateEstimator, CheckedInput, CheckedTarget, Residuals
 
 
 _VARIANTS = ("centered", "one-sided", "holomorphic")
@@ -163,7 +165,14 @@ class EP(AbstractSurrogateEstimator):
 
     objectives = (SteadyState,)
 
-    def surrogate(self, net, x, y, objective, residuals):
+    def surrogate(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        residuals: Residuals,
+    ) -> Scalar:
         states, weights, r_free = residuals
         if self.variant == "holomorphic":
             if isinstance(net, AbstractEnergyNetwork):
@@ -187,7 +196,14 @@ class EP(AbstractSurrogateEstimator):
             dynamics_term = -jnp.vdot(weights @ states, net(0.0, r_free, x))
         return objective.value(net, r_free, y) + dynamics_term
 
-    def solve(self, net, x, y, objective, options):
+    def solve(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Residuals, Info]:
         energy_net = isinstance(net, AbstractEnergyNetwork)
         if self.variant == "holomorphic":
             _check_holomorphic(net)

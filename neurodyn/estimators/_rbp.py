@@ -3,12 +3,14 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .._custom_types import Info, Scalar
 from .._dynamics import relax_loop
-from .._objectives import SteadyState
+from .._objectives import AbstractObjective, SteadyState
+from .._options import IntegrationOptions
 from .._outcome import RESULTS
 from ..adjoint import AbstractAdjointSolve, AdjointODE
-from ..networks import AbstractEnergyNetwork
-from ._base import AbstractSurrogateEstimator
+from ..networks import AbstractEnergyNetwork, AbstractNetwork
+from ._base import AbstractSurrogateEstimator, CheckedInput, CheckedTarget, Residuals
 
 
 class RBP(AbstractSurrogateEstimator):
@@ -52,12 +54,26 @@ class RBP(AbstractSurrogateEstimator):
     power_iterations: int = eqx.field(static=True, default=200)
     objectives = (SteadyState,)
 
-    def surrogate(self, net, x, y, objective, residuals):
+    def surrogate(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        residuals: Residuals,
+    ) -> Scalar:
         # dl/dw = v dF/dw + dl/dw|_readout: the gradient of this scalar at fixed (r, v).
         r, v = residuals
         return objective.value(net, r, y) + jnp.vdot(v, net(0.0, r, x))
 
-    def solve(self, net, x, y, objective, options):
+    def solve(
+        self,
+        net: AbstractNetwork,
+        x: CheckedInput,
+        y: CheckedTarget,
+        objective: AbstractObjective,
+        options: IntegrationOptions,
+    ) -> tuple[Scalar, Residuals, Info]:
         r, info = relax_loop(net, x, net.init_state(x), options)
 
         def loss_of(r):
