@@ -47,6 +47,7 @@ BASES = [
     AbstractFieldSensitivity,
     AbstractDenseSensitivity,
     AbstractStochasticSensitivity,
+    nd.AbstractIterativeSolver,
 ]
 
 PUBLIC = [
@@ -57,6 +58,21 @@ PUBLIC = [
     nd.losses.softmax_cross_entropy,
     nd.losses.l2_penalty,
     nd.activations.materialise,
+    nd.iterate,
+    nd.batch_mean,
+    nd.data.double_moon,
+    nd.data.digits,
+    nd.data.mnist1d,
+    nd.data.split,
+    nd.data.sequences.adding_problem,
+    nd.data.sequences.copy_task,
+    nd.data.sequences.delayed_xor,
+    nd.data.sequences.teacher_rnn,
+    nd.fidelity.reference_gradient,
+    nd.fidelity.compare,
+    nd.fidelity.measure,
+    nd.preprocessing.Preprocessor.fit,
+    nd.preprocessing.Preprocessor.__call__,
 ]
 
 
@@ -93,7 +109,7 @@ def test_abstract_methods_are_annotated(cls):
         assert not missing_annotations(fn), f"{cls.__name__}.{name} lacks annotations: {missing_annotations(fn)}"
 
 
-@pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__qualname__)
 def test_public_functions_are_annotated(fn):
     assert not missing_annotations(fn), f"{fn.__name__} lacks annotations: {missing_annotations(fn)}"
 
