@@ -6,13 +6,21 @@
 For each part (a steady-state objective, a trajectory objective) it computes the exact
 reference gradient (float64: a dense implicit-function-theorem solve, or jax.grad through a
 fine RK4 solve), then every estimator variant and every point of the knob sweeps (EP's beta,
-RBP's Krylov tolerance and Neumann K, BPTT's truncation h, RTRL's approximation), and the
-cost against the network size n. It writes `summary.csv` (estimator, cosine, rel_error,
+RBP's Krylov tolerance and Neumann K, BPTT's truncation h, RTRL's approximation, the number
+of UORO draws averaged), and the cost against the network size n (of the steady part's
+variants, and of the trajectory part's under `scaling.trajectory_variants`).
+
+A variant of a stochastic estimator (`nd.rtrl.UORO`, whose `sensitivity.key` draws the
+random signs) can be averaged over draws, a knob of the harness rather than of the
+estimator: a part's `draws: {variant: K}` makes that variant's gradient the mean of `K`
+independent draws (keys `key, key + 1, ...`), and a sweep with `knob: draws` shows the error
+falling as `1/sqrt(K)`. It writes `summary.csv` (estimator, cosine, rel_error,
 sign_agreement, time_s, compile_s, peak_bytes, one column per knob), `metrics.jsonl`
 (per-leaf errors too) and the figures in `figures/` (PNG and PDF).
 """
 
 import dataclasses
+import functools as ft
 import inspect
 import json
 import sys
@@ -24,6 +32,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,7 +41,7 @@ import neurodyn as nd  # noqa: E402
 import neurodyn.fidelity as fid  # noqa: E402
 import neurodyn.plotting as ndp  # noqa: E402
 from neurodyn import config as ndc  # noqa: E402
-from neurodyn._misc import tree_cast  # noqa: E402
+from neurodyn._misc import planned_peak_bytes, tree_cast  # noqa: E402
 from neurodyn.runs import RunDir  # noqa: E402
 
 
@@ -64,6 +73,11 @@ class Part:
         default_factory=dict, help="name -> {kind: estimator class, **arguments}", spec="estimators", names=True
     )
     sweeps: tuple[Sweep, ...] = ndc.field((), help="knob sweeps of the variants")
+    draws: dict[str, int] = ndc.field(
+        default_factory=dict,
+        help="variant -> K: its gradient is the mean of K independent draws (sensitivity.key = key, key + 1, ...), "
+        "for a stochastic sensitivity (rtrl.UORO)",
+    )
     measure: tuple[str, ...] = ndc.field(
         (),
         help="the variants measured on their own (default: all; the quick run measures fewer); sweeps may "
@@ -79,6 +93,12 @@ class Scaling:
     dtype: str = ndc.field("float32", help="the dtype timed", choices=("float32", "float64"))
     variants: tuple[str, ...] = ndc.field(
         ("bptt", "rbp", "ep-centered", "rtrl"), help="variants of the steady part timed"
+    )
+    trajectory_variants: tuple[str, ...] = ndc.field(
+        (), help="variants of the trajectory part timed against n on the trajectory part's network"
+    )
+    trajectory_sizes: tuple[int, ...] = ndc.field(
+        (), help="network sizes n for trajectory_variants (default: sizes)", ge=2
     )
 
 
@@ -137,6 +157,17 @@ def check(cfg: Config):
         for v in cfg.scaling.variants:
             if v not in cfg.steady.variants:
                 raise ndc.ConfigError(f"scaling.variants names '{v}', not a variant of the steady part")
+        for v in cfg.scaling.trajectory_variants:
+            if v not in cfg.trajectory.variants:
+                raise ndc.ConfigError(f"scaling.trajectory_variants names '{v}', not a variant of the trajectory part")
+    for name in ("steady", "trajectory"):
+        part = getattr(cfg, name)
+        for v, K in part.draws.items():
+            _check_draws(part, v, K, f"{name}.draws.{v}")
+        for sw in part.sweeps:
+            if sw.knob == "draws":
+                for K in sw.values:
+                    _check_draws(part, sw.variant, K, f"{name}.sweeps: draws")
 
 
 def _with_knob(spec: dict, knob: str, value):
@@ -147,6 +178,69 @@ def _with_knob(spec: dict, knob: str, value):
         node = node.setdefault(p, {})
     node[last] = value
     return out
+
+
+def _check_draws(part: Part, variant: str, K, where: str):
+    if variant not in part.variants:
+        raise ndc.ConfigError(f"'{where}' names '{variant}', not a variant (variants: {', '.join(part.variants)})")
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ndc.ConfigError(f"'{where}' = {K!r} is out of range: must be an integer >= 1")
+    sens = part.variants[variant].get("sensitivity")
+    if K > 1 and not (isinstance(sens, dict) and isinstance(sens.get("key", 0), int)):
+        raise ndc.ConfigError(
+            f"'{where}' = {K}: only an estimator with a random sensitivity and an integer seed "
+            "({kind: RTRL, sensitivity: {kind: rtrl.UORO, key: 0}}) has independent draws to average"
+        )
+
+
+def _draws(spec: dict, K: int, where: str):
+    """K estimators that differ only in `sensitivity.key` (key, key + 1, ...), stacked: the
+    array leaves batched along a leading axis, and the static part."""
+    base = spec["sensitivity"].get("key", 0)
+    ests = [
+        ndc.build_object(_with_knob(spec, "sensitivity.key", base + i), where, family="estimators") for i in range(K)
+    ]
+    parts = [eqx.partition(e, eqx.is_array) for e in ests]
+    return jax.tree.map(lambda *a: jnp.stack(a), *[p[0] for p in parts]), parts[0][1]
+
+
+def measure_draws(spec, K, where, net, xs, ys, objective, repeats: int = 3) -> dict:
+    """`fid.measure` for the mean gradient of K independent draws (vmapped over the keys);
+    `draw_grads` holds every draw's gradient (a leading axis of K)."""
+    dynamic, static = _draws(spec, K, where)
+
+    @eqx.filter_jit
+    def run(dynamic, net, xs, ys):
+        def one(d):
+            return nd.batch_value_and_grad(net, xs, ys, objective=objective, estimator=eqx.combine(d, static))
+
+        return jax.vmap(one)(dynamic)
+
+    t0 = time.perf_counter()
+    loss, draw_grads, info = jax.block_until_ready(run(dynamic, net, xs, ys))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(dynamic, net, xs, ys))
+        times.append(time.perf_counter() - t0)
+    wall = float(np.median(times))
+    return dict(
+        loss=float(loss.mean()),
+        grads=jax.tree.map(ft.partial(jnp.mean, axis=0), draw_grads),
+        draw_grads=draw_grads,
+        time_s=wall,
+        compile_s=max(first - wall, 0.0),
+        peak_bytes=planned_peak_bytes(run, dynamic, net, xs, ys),
+        converged_fraction=float(np.mean(np.asarray(info["converged"]))),
+    )
+
+
+def _measure(spec, where, net, xs, ys, objective, K: int = 1):
+    if K > 1:
+        return measure_draws(spec, K, where, net, xs, ys, objective)
+    est = ndc.build_object(spec, where, family="estimators")
+    return fid.measure(est, net, xs, ys, objective)
 
 
 def _objective(part: Part):
@@ -191,13 +285,12 @@ def run_part(part_name: str, part: Part, seed: int, run: RunDir):
     print(f"[{part_name}] exact reference in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     rows, grads, measured = [], {}, {}
 
-    def evaluate(name, spec, **knobs):
+    def evaluate(name, spec, K=1, **knobs):
         # A sweep point equal to a variant already measured (EP's beta = its variant's) is not
         # measured twice: every measurement compiles.
-        memo = json.dumps(spec, sort_keys=True)
+        memo = json.dumps(spec, sort_keys=True) + f" x{K}"
         if memo not in measured:
-            est = ndc.build_object(spec, f"{part_name}.variants.{name}.", family="estimators")
-            measured[memo] = fid.measure(est, net, xs, ys, objective)
+            measured[memo] = _measure(spec, f"{part_name}.variants.{name}.", net, xs, ys, objective, K)
         m = measured[memo]
         stats = fid.compare(m["grads"], ref)
         row = _row(part_name, name, m, stats, **knobs)
@@ -211,16 +304,30 @@ def run_part(part_name: str, part: Part, seed: int, run: RunDir):
 
     for name, spec in part.variants.items():
         if not part.measure or name in part.measure:
-            grads[name] = evaluate(name, spec)["grads"]
+            grads[name] = evaluate(name, spec, part.draws.get(name, 1))["grads"]
     for sw in part.sweeps:
         if sw.variant not in part.variants:
             raise ndc.ConfigError(
                 f"sweep over '{sw.knob}' names the unknown variant '{sw.variant}' (variants: {', '.join(part.variants)})"
             )
         column = sw.knob.replace(".", "_")
+        if sw.knob == "draws" and max(sw.values) > 1:
+            # One vmapped run of the largest K serves every point: the mean of its first K
+            # draws (keys key .. key + K - 1, as a run of K would draw); the time reported
+            # for a point is that run's scaled by K / K_max, its memory the run's.
+            spec, big = part.variants[sw.variant], max(sw.values)
+            m_all = _measure(spec, f"{part_name}.variants.{sw.variant}.", net, xs, ys, objective, big)
+            for v in sw.values:
+                memo = json.dumps(spec, sort_keys=True) + f" x{v}"
+                if memo not in measured:
+                    grads_v = jax.tree.map(lambda a, v=v: jnp.mean(a[:v], axis=0), m_all["draw_grads"])
+                    measured[memo] = dict(m_all, grads=grads_v, time_s=m_all["time_s"] * v / big)
         for v in sw.values:
-            spec = _with_knob(part.variants[sw.variant], sw.knob, v)
-            evaluate(sw.variant, spec, **{column: v, "sweep": column})
+            if sw.knob == "draws":
+                spec, K = part.variants[sw.variant], v
+            else:
+                spec, K = _with_knob(part.variants[sw.variant], sw.knob, v), part.draws.get(sw.variant, 1)
+            evaluate(sw.variant, spec, K, **{column: v, "sweep": column})
     names, M = fid.alignment_matrix(grads)
     run.log(dict(part=part_name, kind="alignment", names=names, matrix=M.tolist()))
     return rows
@@ -228,22 +335,31 @@ def run_part(part_name: str, part: Part, seed: int, run: RunDir):
 
 def run_scaling(cfg: Config, run: RunDir):
     sc = cfg.scaling
+    rows = run_scaling_part(cfg, run, "steady", sc.variants, sc.sizes, "scaling")
+    if sc.trajectory_variants:
+        sizes = sc.trajectory_sizes or sc.sizes
+        rows += run_scaling_part(cfg, run, "trajectory", sc.trajectory_variants, sizes, "scaling-trajectory")
+    return rows
+
+
+def run_scaling_part(cfg: Config, run: RunDir, part_name: str, variants, sizes, row_part: str):
+    sc = cfg.scaling
     dtype = jnp.float32 if sc.dtype == "float32" else jnp.float64
     rows = []
-    part = cfg.steady
+    part = getattr(cfg, part_name)
     objective, T = _objective(part)
-    for n in sc.sizes:
-        net = make_network(part.network, jr.PRNGKey(cfg.seed), n=n, where="steady.network.")
+    for n in sizes:
+        net = make_network(part.network, jr.PRNGKey(cfg.seed), n=n, where=f"{part_name}.network.")
         net = tree_cast(net, dtype)
         xs, ys = _batch(net, jr.PRNGKey(cfg.seed + 1), sc.batch, T)
         xs, ys = xs.astype(dtype), ys.astype(dtype)
-        for name in sc.variants:
+        for name in variants:
             if name not in part.variants:
-                raise ndc.ConfigError(f"scaling.variants names '{name}', not a variant of the steady part")
-            est = ndc.build_object(part.variants[name], f"steady.variants.{name}.", family="estimators")
-            m = fid.measure(est, net, xs, ys, objective)
+                raise ndc.ConfigError(f"scaling names '{name}', not a variant of the {part_name} part")
+            where = f"{part_name}.variants.{name}."
+            m = _measure(part.variants[name], where, net, xs, ys, objective, part.draws.get(name, 1))
             row = dict(
-                part="scaling",
+                part=row_part,
                 estimator=name,
                 n=n,
                 time_s=m["time_s"],
@@ -254,14 +370,29 @@ def run_scaling(cfg: Config, run: RunDir):
             )
             run.log(row)
             rows.append(row)
-            print(f"[scaling] n={n} {name}: {1e3 * m['time_s']:.2f} ms, peak {m['peak_bytes']} B", file=sys.stderr)
+            print(f"[{row_part}] n={n} {name}: {1e3 * m['time_s']:.2f} ms, peak {m['peak_bytes']} B", file=sys.stderr)
     return rows
 
 
 # Theoretical log-log slopes drawn on the fidelity figures, by knob and estimator variant.
-THEORY = {"beta": {"ep-one-sided": 1.0, "ep-centered": 2.0}, "adjoint_rtol": {"rbp-krylov": 1.0}}
+THEORY = {
+    "beta": {"ep-one-sided": 1.0, "ep-centered": 2.0, "ep-holomorphic": 4.0},
+    "adjoint_rtol": {"rbp-krylov": 1.0},
+    "draws": {"rtrl-uoro": -0.5},
+}
 # Knobs whose error falls as a power law (log axis); the others (K, h) fall geometrically.
-LOG_KNOBS = {"beta", "adjoint_rtol"}
+LOG_KNOBS = {"beta", "adjoint_rtol", "draws"}
+SCALING = {"scaling": "steady state", "scaling-trajectory": "trajectory"}
+
+
+def _distinct_colors(fig):
+    # One colour per line (the plotting module colours by family: every RTRL variant is RTRL,
+    # both EP variants EP): the lines are drawn in the same (sorted) order on both panels.
+    for ax in fig.axes:
+        for i, line in enumerate(ax.get_lines()):
+            line.set_color(f"C{i % 10}")
+        ax.legend(fontsize=7)
+    return fig
 
 
 def plot(run_dir) -> list[str]:
@@ -269,7 +400,7 @@ def plot(run_dir) -> list[str]:
     run = RunDir(run_dir)
     rows = run.rows()
     files = []
-    for part in sorted({r["part"] for r in rows if r.get("part") not in (None, "scaling")}):
+    for part in sorted({r["part"] for r in rows if r.get("part") is not None and r["part"] not in SCALING}):
         prows = [r for r in rows if r.get("part") == part and r.get("kind") != "alignment"]
         for column in sorted({r["sweep"] for r in prows if r.get("sweep")}):
             srows = [r for r in prows if r.get("sweep") == column]
@@ -280,6 +411,7 @@ def plot(run_dir) -> list[str]:
                 "adjoint_K": "Neumann terms K",
                 "truncation": "truncation depth h (intervals or steps)",
                 "adjoint_rtol": "Krylov tolerance rtol",
+                "draws": "independent draws averaged K",
             }.get(column, column)
             fig = ndp.fidelity_vs_knob(
                 srows,
@@ -296,12 +428,13 @@ def plot(run_dir) -> list[str]:
                     ndp.alignment(r["names"], np.array(r["matrix"]), title=f"{part}: gradient alignment"),
                     run.figures / f"{part}-alignment",
                 )
-    srows = [r for r in rows if r.get("part") == "scaling"]
-    if srows:
-        files += ndp.save(
-            ndp.cost_vs_n(srows, title=f"Cost against n ({srows[0].get('dtype', '')}, batch of examples)"),
-            run.figures / "cost-vs-n",
-        )
+    for part, what in SCALING.items():
+        srows = [r for r in rows if r.get("part") == part]
+        if srows:
+            title = f"Cost against n, {what} ({srows[0].get('dtype', '')}, batch of examples)"
+            fig = ndp.cost_vs_n(srows, title=title)
+            stem = "cost-vs-n" if part == "scaling" else "cost-vs-n-trajectory"
+            files += ndp.save(_distinct_colors(fig), run.figures / stem)
     trows = [r for r in rows if r.get("part") == "training"]
     if trows:
         files += ndp.save(ndp.training_curves(trows), run.figures / "training")
@@ -345,7 +478,7 @@ def main(argv=None):
     files = plot(run.path)
     print(f"wrote {run.path / 'summary.csv'} and {len(files)} figure files in {run.figures}")
     for r in rows:
-        if r["part"] != "scaling" and "sweep" not in r:
+        if r["part"] not in SCALING and "sweep" not in r:
             print(
                 f"  {r['part']:>10} {r['estimator']:<16} cosine {r['cosine']:.6f}  rel_error {r['rel_error']:.2e}  {1e3 * r['time_s']:8.2f} ms"
             )
