@@ -1,7 +1,7 @@
-"""UORO's variance report (Tallec & Ollivier 2018; the two-replica estimate of Cooijmans &
-Martens 2019): a second, independent rank-one pair gives one-run unbiased estimates of the
-variance of the sensitivities and of the gradient, checked against the empirical variance
-over many keys, with tolerances from the measured sampling errors."""
+"""UORO's variance report (UORO: Tallec & Ollivier 2018): a second, independent rank-one
+pair gives one-run unbiased estimates of the variance of the sensitivities and of the
+gradient, checked against the empirical variance over many keys, with tolerances from the
+measured sampling errors."""
 
 import diffrax
 import equinox as eqx

@@ -49,8 +49,8 @@ class UORO(AbstractStochasticSensitivity):
     (twice the cost per step; the gradient is still the first pair's, the same as with
     `variance=False` and the same key). For two independent unbiased estimates `a`, `b` of
     the same quantity, `||a - b||^2 / 2` is an unbiased estimate of the total variance
-    `E||a - E a||^2` of one of them, and `<a, b>` one of `||E a||^2` (the same
-    two-replica estimate that Cooijmans & Martens 2019 use to study UORO's variance).
+    `E||a - E a||^2` of one of them, and `<a, b>` one of `||E a||^2`. (Cooijmans &
+    Martens 2019 analyse how UORO's variance grows with the trajectory length.)
 
     **Arguments:**
 
