@@ -140,19 +140,16 @@ def main(argv=None):
         for name, est in estimators.items():
             net = ndc.build_network(cfg.network, n_in=n_in, n_out=n_out, key=jr.PRNGKey(seed))
             params, static = eqx.partition(net, eqx.is_inexact_array)
-            # Each sequence has its own step weights w (B, T): they travel with the targets
-            # (nd.training.with_step_weights), so the batch gradient is nd.batch_value_and_grad's.
+            # Each sequence has its own step weights w (B, T): the batch gradient's weights.
             objective = nd.Trajectory(loss, np.arange(1, T + 1))
-            weighted, _ = nd.training.with_step_weights(objective, ys0[None], w0[None])
-            step = nd.training.make_train_step(weighted, est, opt, **opts)
+            step = nd.training.make_train_step(objective, est, opt, **opts)
             opt_state = step.init(params)
             key = jr.PRNGKey(100 + seed)
 
             def train_step(params, opt_state, i, step=step, static=static, key=key):
                 # The data of step i derives from fold_in(key, i): a resumed run sees the same batches.
                 xs, ys, w = jax.vmap(sample)(jr.split(jr.fold_in(key, i), cfg.batch_size))
-                _, yw = nd.training.with_step_weights(objective, ys, w)
-                params, opt_state, lval, _ = step(params, opt_state, static, xs, yw)
+                params, opt_state, lval, _ = step(params, opt_state, static, xs, ys, w)
                 return params, opt_state, lval / jnp.mean(jnp.sum(w, -1))  # the loss per weighted step
 
             # Compiled once, ahead of time: its memory is read from the executable, and every

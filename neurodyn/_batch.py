@@ -1,17 +1,22 @@
 """The gradient of a batch: states per example, ONE reverse pass for the parameters."""
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Real, Shaped
 
+from ._custom_types import Grads, Info
 from ._misc import tree_dtype
-from ._objectives import AbstractObjective
+from ._objectives import AbstractObjective, StepWeightedTargets, Trajectory
 from ._options import check_option_names
 from ._outcome import flag_failure, flag_nonfinite, RESULTS
 from .estimators import AbstractEstimator, BPTT
+from .networks import AbstractNetwork
 
 
 @eqx.filter_custom_vjp
@@ -49,10 +54,20 @@ def _batch_estimate_bwd(grads, g_out, perturbed, params, static, xs, ys, weights
 def _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts):
     params, static = eqx.partition(net, eqx.is_inexact_array)
     dtype = tree_dtype(net)
+    B = xs.shape[0]
     if weights is None:
-        B = xs.shape[0]
         weights = jnp.full((B,), 1.0 / B, dtype)
         valid = jnp.asarray(True)
+    elif weights.ndim == 2:
+        # Per example and time (a Trajectory): the mean over the batch of each example's
+        # step-weighted loss; the weights travel with the targets into the estimators.
+        step_weights = weights.astype(dtype)
+        valid = jnp.all(step_weights >= 0) & jnp.all(jnp.isfinite(step_weights))
+        keep = jnp.any(step_weights > 0, axis=1)
+        xs = jnp.where(keep.reshape((-1,) + (1,) * (xs.ndim - 1)), xs, jnp.zeros((), xs.dtype))
+        ys = jnp.where(keep.reshape((-1,) + (1,) * (ys.ndim - 1)), ys, jnp.zeros((), ys.dtype))
+        ys = StepWeightedTargets(ys, jnp.where(valid, step_weights, 0))
+        weights = jnp.full((B,), 1.0 / B, dtype)
     else:
         weights = weights.astype(dtype)
         total = jnp.sum(weights)
@@ -104,28 +119,31 @@ def _check_batch(net, objective, xs, ys, weights):
             raise ValueError(f"example {i} of the batch: {e}") from None
     if weights is not None:
         weights = jnp.asarray(weights)
-        if weights.shape != (B,):
-            raise ValueError(f"weights has shape {weights.shape}; expected ({B},), one per example.")
+        trajectory = isinstance(objective, Trajectory)
+        per_time = trajectory and weights.shape == (B, len(objective.ts))
+        if weights.shape != (B,) and not per_time:
+            also = f" or ({B}, {len(objective.ts)}), one per example and time" if trajectory else ""
+            raise ValueError(f"weights has shape {weights.shape}; expected ({B},), one per example{also}.")
         if not isinstance(weights, jax.core.Tracer):
             w = np.asarray(weights, np.float64)
             if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
                 raise ValueError(
                     "weights must be finite and >= 0 with a positive sum (0 masks a padded "
-                    f"example), got {w.tolist()[:8]}..."
+                    f"example{' or time' if per_time else ''}), got {w.ravel().tolist()[:8]}..."
                 )
     return xs.astype(x0.dtype), ys.astype(y0.dtype), weights
 
 
 def batch_value_and_grad(
-    net,
-    xs,
-    ys,
+    net: AbstractNetwork,
+    xs: Real[ArrayLike, "B *T n_in"],
+    ys: Shaped[ArrayLike, "B ..."],
     *,
     objective: AbstractObjective,
     estimator: AbstractEstimator = BPTT(),
-    weights=None,
-    **options,
-):
+    weights: Real[ArrayLike, " B *T"] | None = None,
+    **options: Any,
+) -> tuple[Float[Array, ""], Grads, Info]:
     r"""The mean loss of a batch and its gradient `dl/dw`, by the chosen estimator, in one
     reverse pass. This is the way to train on a batch.
 
@@ -146,7 +164,11 @@ def batch_value_and_grad(
     - `weights`: optional per-example weights `(B,)`, `>= 0` with a positive sum: the loss is
       `sum_b w_b l_b / sum_b w_b`. Zero masks a padded example: its `x` and `y` are
       replaced by zeros before solving (so even NaN data does not enter), and its `info`
-      describes that zero example.
+      describes that zero example. For a `nd.Trajectory`, weights `(B, T)` are per example
+      and time (sequences whose loss counts at their own steps, e.g. the recall steps of a
+      copy task): the loss is `mean_b sum_k alpha_k w_bk l(readout(r_b(t_k)), y_bk)`, the
+      mean of the per-example trajectory losses with `alpha_k w_bk` as their weights; an
+      example whose weights are all zero is masked.
     - `solver`, `dt0`, `rtol`, `atol`, `max_steps`, `relaxation`: integration options.
 
     **Returns:**

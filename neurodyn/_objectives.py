@@ -19,6 +19,16 @@ from ._options import IntegrationOptions, steady_state_options, trajectory_optio
 from .networks import AbstractNetwork
 
 
+class StepWeightedTargets(eqx.Module):
+    """One example's trajectory targets with its own per-time weights `(T,)`: how
+    `nd.batch_value_and_grad(..., weights=w)` with `w` of shape `(B, T)` hands each example's
+    step weights to the estimators (a pytree, vmapped with the targets). `nd.Trajectory`
+    multiplies them into its `alpha_k`."""
+
+    targets: Any
+    weights: Float[Array, " T"]
+
+
 class AbstractObjective(eqx.Module):
     """A scalar objective of a network's dynamics for one example `(x, y)`."""
 
@@ -148,10 +158,19 @@ class Trajectory(AbstractObjective):
             return jnp.ones((len(self.ts),), dtype=dtype)
         return self.weights.astype(dtype)
 
-    def terms(self, net: AbstractNetwork, rs: States, y: Target) -> Inexact[Array, " T"]:
+    def example_alphas(self, y: "Target | StepWeightedTargets", dtype: DTypeLike) -> tuple[Target, Float[Array, " T"]]:
+        """One example's targets and per-time weights: `alpha_k`, times the example's own
+        step weights when `y` carries them (`StepWeightedTargets`, as `nd.batch_value_and_grad`
+        passes per-example weights `(B, T)`)."""
+        if isinstance(y, StepWeightedTargets):
+            return y.targets, self.alphas(dtype) * y.weights.astype(dtype)
+        return y, self.alphas(dtype)
+
+    def terms(self, net: AbstractNetwork, rs: States, y: "Target | StepWeightedTargets") -> Inexact[Array, " T"]:
         """The weighted per-time losses `alpha_k l_k`."""
-        per_time = jax.vmap(lambda r, yk: self.loss(net.readout(r), yk))(rs, y)
-        return self.alphas(per_time.dtype) * per_time
+        targets, alphas = self.example_alphas(y, rs.real.dtype)
+        per_time = jax.vmap(lambda r, yk: self.loss(net.readout(r), yk))(rs, targets)
+        return alphas.astype(per_time.dtype) * per_time
 
     def value(self, net: AbstractNetwork, rs: States, y: Target) -> Scalar:
         """The weighted sum of the per-time losses along the states `rs`."""

@@ -19,7 +19,7 @@ The one training engine, two pieces every experiment shares:
   example, one reverse pass for the parameters), so every estimator trains through the same
   code. `fit` scans it over an epoch's mini-batches, `experiments.sweep` vmaps it over
   points, `experiments.sequence_task` compiles it once per estimator (per-example step
-  weights of a `Trajectory` ride on the targets: `with_step_weights`).
+  weights of a `Trajectory` are `weights` of shape `(B, T)`).
 - `train_loop(advance, state, units, run=..., evaluate=...)`: the loop. Each unit (an
   epoch; `log_every` steps; a piece of an online stream) is one call of `advance`, then the
   row, the finiteness checks, the evaluation, the stopping rules, the checkpoint, the row in
@@ -44,7 +44,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -56,12 +56,9 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import ArrayLike
 
-from . import losses as _losses
 from ._batch import batch_value_and_grad
 from ._dynamics import relax
-from ._objectives import Trajectory
 from .config import ConfigError
 
 
@@ -128,7 +125,8 @@ class TrainStep(eqx.Module):
 
     `step(params, opt_state, static, xb, yb, weights=None) -> (params, opt_state, loss, info)`
     with `params, static = eqx.partition(net, eqx.is_inexact_array)`, `weights` optional
-    per-example weights `(B,)` (as for `nd.batch_value_and_grad`), `loss` the batch's mean
+    per-example weights `(B,)`, or `(B, T)` per example and time for a `Trajectory` (as for
+    `nd.batch_value_and_grad`), `loss` the batch's mean
     loss before the update and `info` two scalars: `grad_norm` (of the gradient the optimiser
     got, l2 included) and `converged_rate` (the fraction of the batch's solves that converged).
 
@@ -187,57 +185,6 @@ def make_train_step(objective, estimator, optimizer: optax.GradientTransformatio
     ```
     """
     return TrainStep(objective, estimator, optimizer, l2, dict(options))
-
-
-class _StepWeightedLoss(eqx.Module):
-    """`loss(prediction, target[:-1])` scaled by `target[-1]`: a time's weight carried by its target."""
-
-    loss: Any
-
-    def __call__(self, prediction, target):
-        return target[-1] * self.loss(prediction, target[:-1])
-
-
-class StepWeightedTrajectory(Trajectory):
-    """A `nd.Trajectory` whose per-time weights differ between the examples of a batch:
-    each target row carries its time's weight as an extra last column, `(T, n_out + 1)`
-    (`with_step_weights` builds both). `nd.batch_value_and_grad` shares one objective
-    across the batch, so a per-example `alpha_k` travels with the data instead; every
-    trajectory estimator serves it as a `Trajectory` (the loss of each time is
-    `alpha_bk l(readout(r_k), y_bk)`; the objective's own `weights` multiply on top)."""
-
-    def __init__(self, loss: Callable = _losses.squared_error, ts: ArrayLike | Sequence[float] = (1.0,), weights=None):
-        super().__init__(_StepWeightedLoss(loss), np.asarray(ts), weights)
-
-    def check_data(self, net, x, y):
-        y = jnp.asarray(y)
-        if y.ndim != 2 or jnp.issubdtype(y.dtype, jnp.integer):
-            raise ValueError(
-                f"StepWeightedTrajectory takes float targets with the weights as a last column, (T, n_out + 1); got "
-                f"{y.dtype} {y.shape} (one-hot class indices, and build both with nd.training.with_step_weights)"
-            )
-        x, target = Trajectory(self.loss.loss, self.ts).check_data(net, x, y[:, :-1])
-        return x, jnp.concatenate([target, y[:, -1:].astype(target.dtype)], axis=-1)
-
-
-def with_step_weights(objective: Trajectory, ys, w):
-    """`(objective', ys')` for per-example per-time weights `w` `(B, T)` (the third output
-    of `nd.data.sequences` tasks, batched): `objective'` a `StepWeightedTrajectory` with the
-    loss, times and weights of `objective`, `ys'` the targets `(B, T, n_out)` with `w` as a
-    last column. `nd.batch_value_and_grad(net, xs, ys', objective=objective', ...)` is then
-    `mean_b sum_k alpha_k w_bk l(readout(r_bk), y_bk)`, the mean of the per-example
-    trajectory losses (and its gradient)."""
-    if not isinstance(objective, Trajectory):
-        raise ValueError(f"with_step_weights takes an nd.Trajectory objective, got {type(objective).__name__}")
-    if isinstance(objective, StepWeightedTrajectory):
-        objective = Trajectory(objective.loss.loss, objective.ts, objective.weights)
-    ys, w = jnp.asarray(ys), jnp.asarray(w)
-    if w.shape != ys.shape[:2]:
-        raise ValueError(f"step weights have shape {w.shape}; expected {ys.shape[:2]}, one per example and time")
-    return (
-        StepWeightedTrajectory(objective.loss, objective.ts, objective.weights),
-        jnp.concatenate([ys, w[..., None].astype(ys.dtype)], axis=-1),
-    )
 
 
 def _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding):

@@ -31,8 +31,7 @@ def test_per_example_step_weights_are_the_mean_of_the_per_example_trajectories(e
     net, xs, ys, w = _sequences()
     ts = np.arange(1, xs.shape[1] + 1)
     objective = nd.Trajectory(nd.losses.squared_error, ts)
-    weighted, yw = nd.training.with_step_weights(objective, ys, w)
-    loss, grads, info = nd.batch_value_and_grad(net, xs, yw, objective=weighted, estimator=estimator)
+    loss, grads, info = nd.batch_value_and_grad(net, xs, ys, objective=objective, estimator=estimator, weights=w)
 
     def one(x, y, wk):
         return nd.value_and_grad(
@@ -44,7 +43,14 @@ def test_per_example_step_weights_are_the_mean_of_the_per_example_trajectories(e
     assert eqx.tree_equal(grads, nd.batch_mean(per), rtol=1e-9, atol=1e-12)
     assert bool(jnp.all(info["converged"]))
     with pytest.raises(ValueError, match="one per example and time"):
-        nd.training.with_step_weights(objective, ys, w[:, :-1])
+        nd.batch_value_and_grad(net, xs, ys, objective=objective, estimator=estimator, weights=w[:, :-1])
+    # An example whose step weights are all zero is masked: NaN data there does not enter.
+    w0 = w.at[0].set(0.0)
+    xs_nan = xs.at[0].set(jnp.nan)
+    loss0, grads0, _ = nd.batch_value_and_grad(net, xs_nan, ys, objective=objective, estimator=estimator, weights=w0)
+    losses0, per0 = jax.vmap(one)(xs[1:], ys[1:], w[1:])
+    assert float(loss0) == pytest.approx(float(jnp.sum(losses0)) / xs.shape[0], rel=1e-10)
+    assert eqx.tree_equal(grads0, jax.tree.map(lambda g: jnp.sum(g, 0) / xs.shape[0], per0), rtol=1e-9, atol=1e-12)
 
 
 def test_the_train_step_is_one_optimiser_update_of_the_batch_gradient_plus_l2():

@@ -139,7 +139,7 @@ class RTRL(AbstractGradientResidualEstimator):
 
 def _trajectory(params, static, x, y, objective, options, step, state0, contract):
     grid = time_grid(objective.ts, options.dt0, options.max_steps, x.dtype)
-    alphas = objective.alphas(x.dtype)
+    y, alphas = objective.example_alphas(y, x.dtype)
 
     def term(params, r, yk, alpha):
         return alpha * objective.loss(eqx.combine(params, static).readout(r), yk)
