@@ -886,33 +886,25 @@ def transition_init(net, X, *, scale: float = 1.0):
 
     - `Layered`: each layer in turn, on the activities of the (rescaled) layer below, so every
       layer's fields have standard deviation `scale` over the data.
-    - networks with input weights `U` (`CTRNN`, `Hopfield`, and the other recurrent families): `U`,
-      so the input drive `U x` has standard deviation `scale`; the recurrent weights keep
-      their `gain`, which sets the dynamics' stability.
+    - `CTRNN`, `Hopfield` (`U`) and `Elman` (`W_b`): the input weights, so the input drive has
+      standard deviation `scale`; the recurrent weights keep their `gain`, which sets the
+      dynamics' stability.
+    - any network that declares `nd.networks.AbstractInputRescalable` (a user's network
+      implements its `rescale_inputs(X, scale)`); others are refused with one line.
 
     Call it with the training inputs only (after preprocessing).
 
     **Returns:** the rescaled network.
     """
-    from .networks import Layered
+    from .networks import AbstractInputRescalable
 
-    X = jnp.asarray(X)
-    if isinstance(net, Layered):
-        weights, below = list(net.weights), X
-        for i, (W, b, f) in enumerate(zip(net.weights, net.biases, net.activations)):
-            z = below @ W.T
-            s = jnp.std(z)
-            W = W * jnp.where(s > 0, scale / s, 1.0).astype(W.dtype)
-            weights[i] = W
-            below = jax.vmap(f)(below @ W.T + b[None])
-        return eqx.tree_at(lambda m: m.weights, net, tuple(weights))
-    if hasattr(net, "U") and eqx.is_inexact_array(net.U):
-        s = jnp.std(X @ net.U.T)
-        return eqx.tree_at(lambda m: m.U, net, net.U * jnp.where(s > 0, scale / s, 1.0).astype(net.U.dtype))
-    raise ValueError(
-        f"transition_init does not know the input weights of {type(net).__name__}: it handles Layered "
-        "networks and networks with input weights `U`; rescale the weights yourself."
-    )
+    if not isinstance(net, AbstractInputRescalable):
+        raise ValueError(
+            f"transition_init does not know the input weights of {type(net).__name__}: list "
+            "nd.networks.AbstractInputRescalable among its bases and implement rescale_inputs(X, scale) "
+            "(see CTRNN's), or rescale the weights yourself."
+        )
+    return net.rescale_inputs(jnp.asarray(X), scale)
 
 
 def one_hot_targets(y, k: int, low: float = 0.0, high: float = 1.0):

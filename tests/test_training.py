@@ -194,8 +194,14 @@ def test_transition_init_sets_the_std_of_induced_local_fields():
         below = f(z)
     hop = nd.training.transition_init(nd.networks.Hopfield(3, 4, 2, key=jr.PRNGKey(7)), X)
     assert float(jnp.std(X @ hop.U.T)) == pytest.approx(1.0, rel=1e-9)
+    elman = nd.training.transition_init(nd.networks.Elman(5, 3, 2, key=jr.PRNGKey(8)), X, scale=0.5)
+    assert float(jnp.std(X @ elman.W_b.T)) == pytest.approx(0.5, rel=1e-9)
     with pytest.raises(ValueError, match="does not know the input weights"):
         nd.training.transition_init(object(), X)
+    # A network that does not declare where its inputs enter is refused, naming the capability.
+    narx = nd.networks.NARX(3, 1, 2, 4, key=jr.PRNGKey(9))
+    with pytest.raises(ValueError, match="AbstractInputRescalable"):
+        nd.training.transition_init(narx, X)
 
 
 @pytest.mark.parametrize("method", ["center", "standardize", "pca", "zca"])

@@ -2,6 +2,7 @@
 
 from ._base import (
     AbstractEnergyNetwork as AbstractEnergyNetwork,
+    AbstractInputRescalable as AbstractInputRescalable,
     AbstractNetwork as AbstractNetwork,
 )
 from ._ctrnn import CTRNN as CTRNN

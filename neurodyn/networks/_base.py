@@ -5,7 +5,7 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._custom_types import Input, Readout, Scalar, State, Time
 
@@ -36,6 +36,17 @@ class AbstractNetwork(eqx.Module):
         """What the loss sees of the state `r`."""
 
 
+class AbstractInputRescalable(eqx.Module):
+    """A capability: a network that knows where its inputs enter, so that
+    `nd.training.transition_init` can rescale its input-side weights. A network class lists
+    it beside its family's base (`class MyNet(AbstractNetwork, AbstractInputRescalable)`)."""
+
+    @abc.abstractmethod
+    def rescale_inputs(self, X: Float[ArrayLike, "N n_in"], scale: float) -> "AbstractInputRescalable":
+        """This network with its input-side weights rescaled so that the input drive on the
+        data `X` has standard deviation `scale`."""
+
+
 class AbstractEnergyNetwork(AbstractNetwork):
     """A network whose vector field is a gradient flow, `F = -dE/dr`.
 
@@ -51,3 +62,10 @@ class AbstractEnergyNetwork(AbstractNetwork):
 def normal_init(key: PRNGKeyArray, shape: tuple[int, ...], scale: ArrayLike, dtype=None) -> Array:
     dtype = jnp.result_type(float) if dtype is None else dtype
     return jnp.multiply(scale, jax.random.normal(key, shape, dtype))
+
+
+def scaled_to(W: Float[Array, "n n_in"], X: Float[ArrayLike, "N n_in"], scale: float) -> Float[Array, "n n_in"]:
+    """`W` rescaled so that the drive `X @ W.T` has standard deviation `scale` over the data
+    (unchanged where the drive is zero)."""
+    s = jnp.std(jnp.asarray(X) @ W.T)
+    return W * jnp.where(s > 0, scale / s, 1.0).astype(W.dtype)

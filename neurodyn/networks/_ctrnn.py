@@ -4,15 +4,15 @@ from typing import Literal
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .. import activations as _act
 from .._custom_types import Input, Readout, State, Time
 from . import _sparse
-from ._base import AbstractNetwork, normal_init
+from ._base import AbstractInputRescalable, AbstractNetwork, normal_init, scaled_to
 
 
-class CTRNN(AbstractNetwork):
+class CTRNN(AbstractNetwork, AbstractInputRescalable):
     r"""Continuous-time recurrent network with a linear readout.
 
     - `form="rate"`: `dr/dt = (-r + f(W r + U x + b)) / tau`
@@ -134,6 +134,11 @@ class CTRNN(AbstractNetwork):
 
     def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), dtype=self.W.dtype)
+
+    def rescale_inputs(self, X: Float[ArrayLike, "N n_in"], scale: float) -> "CTRNN":
+        """The input weights `U` rescaled: the input drive `U x` has standard deviation
+        `scale` over `X`; the recurrent weights keep their gain, which sets the stability."""
+        return eqx.tree_at(lambda m: m.U, self, scaled_to(self.U, X, scale))
 
     def readout(self, r: State) -> Readout:
         h = r if self.form == "rate" else self.activation(r)

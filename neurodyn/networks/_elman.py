@@ -3,14 +3,14 @@ from collections.abc import Callable
 import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .. import activations as _act
 from .._custom_types import Input, Readout, State, Time
-from ._base import AbstractNetwork, normal_init
+from ._base import AbstractInputRescalable, AbstractNetwork, normal_init, scaled_to
 
 
-class Elman(AbstractNetwork):
+class Elman(AbstractNetwork, AbstractInputRescalable):
     r"""The state-space model / simple recurrent network of Elman (Elman 1990, "Finding structure in time"):
 
     `x_{n+1} = a(x_n, u_n) = f(W_a x_n + W_b u_n + b)`, `y_n = B x_n`,
@@ -64,6 +64,11 @@ class Elman(AbstractNetwork):
 
     def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), self.W_a.dtype)
+
+    def rescale_inputs(self, X: Float[ArrayLike, "N n_in"], scale: float) -> "Elman":
+        """The input weights `W_b` rescaled: the input drive `W_b x` has standard deviation
+        `scale` over `X`; the recurrent weights keep their gain, which sets the stability."""
+        return eqx.tree_at(lambda m: m.W_b, self, scaled_to(self.W_b, X, scale))
 
     def readout(self, r: State) -> Readout:
         return self.B @ r

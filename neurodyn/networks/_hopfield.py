@@ -4,15 +4,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .. import activations as _act
 from .._custom_types import Input, Readout, Scalar, State, Time
 from . import _sparse
-from ._base import AbstractEnergyNetwork, normal_init
+from ._base import AbstractEnergyNetwork, AbstractInputRescalable, normal_init, scaled_to
 
 
-class Hopfield(AbstractEnergyNetwork):
+class Hopfield(AbstractEnergyNetwork, AbstractInputRescalable):
     r"""The continuous Hopfield network of equilibrium propagation (Scellier & Bengio 2017).
 
     State `r = (h, o)`: `n_hidden` hidden units then `n_out` output units; the input `x`
@@ -120,6 +120,11 @@ class Hopfield(AbstractEnergyNetwork):
 
     def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), dtype=self.W.dtype)
+
+    def rescale_inputs(self, X: Float[ArrayLike, "N n_in"], scale: float) -> "Hopfield":
+        """The input weights `U` rescaled: the input drive `U x` has standard deviation
+        `scale` over `X`; the recurrent weights keep their gain, which sets the stability."""
+        return eqx.tree_at(lambda m: m.U, self, scaled_to(self.U, X, scale))
 
     def readout(self, r: State) -> Readout:
         return r[self.n_hidden :]

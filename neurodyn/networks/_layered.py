@@ -2,16 +2,17 @@ import itertools
 from collections.abc import Callable, Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, Inexact, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Inexact, PRNGKeyArray
 
 from .. import activations as _act
 from .._custom_types import Input, Readout, State, Time
-from ._base import AbstractNetwork, normal_init
+from ._base import AbstractInputRescalable, AbstractNetwork, normal_init, scaled_to
 
 
-class Layered(AbstractNetwork):
+class Layered(AbstractNetwork, AbstractInputRescalable):
     r"""A feedforward network written as an ODE (Almeida 1987; Pineda 1987):
 
     `dx_l/dt = -x_l + f_l(W_l x_{l-1} + b_l)`, `l = 1..L`, with `x_0 = x` the input.
@@ -82,6 +83,15 @@ class Layered(AbstractNetwork):
 
     def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), dtype=self.weights[0].dtype)
+
+    def rescale_inputs(self, X: Float[ArrayLike, "N n_in"], scale: float) -> "Layered":
+        """Each layer in turn, on the activities of the (rescaled) layer below, so every
+        layer's fields have standard deviation `scale` over the data `X`."""
+        weights, below = list(self.weights), jnp.asarray(X)
+        for i, (W, b, f) in enumerate(zip(self.weights, self.biases, self.activations)):
+            weights[i] = W = scaled_to(W, below, scale)
+            below = jax.vmap(f)(below @ W.T + b[None])
+        return eqx.tree_at(lambda m: m.weights, self, tuple(weights))
 
     def readout(self, r: State) -> Readout:
         return r[self.n_state - self.n_out :]
