@@ -184,9 +184,10 @@ def test_adjoint_ode_stops_at_once_when_the_loss_gradient_is_zero(getkey):
     net = nd.networks.CTRNN(6, 3, 2, key=getkey())
     r, x = jr.normal(getkey(), (6,)), jr.normal(getkey(), (3,))
     _, vjp = jax.vjp(lambda r: net(0.0, r, x), r)
-    sol = nd.adjoint.AdjointODE().solve(lambda u: vjp(u)[0], jnp.zeros(6), None, False, 1.0)
+    adjoint = nd.adjoint.AdjointODE()
+    sol = adjoint.solve(lambda u: vjp(u)[0], jnp.zeros(6), None, False, 1.0)
     v = sol.value
-    assert int(sol.steps) <= 1 and bool(sol.converged)
+    assert int(sol.steps) <= adjoint.check_every and bool(sol.converged)  # its first convergence test
     np.testing.assert_array_equal(v, 0.0)
 
 
