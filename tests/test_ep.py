@@ -89,8 +89,12 @@ def test_centered_ep_at_beta_5e_3_is_exact_to_1e_3_with_default_options(hop):
     assert bool(info["converged"]) and bool(info["forward_converged"]) and bool(info["nudged_converged"])
     assert int(info["nudged_steps"]) > 0 and int(info["steps"]) > 0
     assert info["result"] == nd.RESULTS.successful
-    # Measured with one probe, not assumed: J = -d^2E/dr^2 is symmetric.
-    assert 0.0 <= float(info["asymmetry"]) < 1e-12
+    # Not measured by default on an energy network; measured with one probe, not assumed:
+    # J = -d^2E/dr^2 is symmetric.
+    assert "asymmetry" not in info
+    _, g1, info1 = _vg(net, x, y, nd.EP(5e-3, "centered", asymmetry_probes=1))
+    assert 0.0 <= float(info1["asymmetry"]) < 1e-12
+    assert rel_error(g1, g) < 1e-12
 
 
 def test_centered_ep_against_finite_differences(hop):
