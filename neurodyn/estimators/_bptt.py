@@ -292,10 +292,10 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
 
 
 def _patience_in_steps(relaxation):
-    # FixedStep's patience counts convergence checks of `check_every` steps.
-    from ..relaxation import FixedStep
+    # A stepping relaxation's patience counts convergence checks of `check_every` steps.
+    from ..relaxation import AbstractSteppingRelaxation, FixedStep
 
-    relaxation = relaxation if isinstance(relaxation, FixedStep) else FixedStep()
+    relaxation = relaxation if isinstance(relaxation, AbstractSteppingRelaxation) else FixedStep()
     return None if relaxation.patience is None else relaxation.patience * relaxation.check_every
 
 

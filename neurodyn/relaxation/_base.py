@@ -74,7 +74,15 @@ class AbstractRelaxation(eqx.Module):
 class AbstractSteppingRelaxation(AbstractRelaxation):
     """A relaxation that applies the solver's step map one step at a time, so the loop is
     the discretised dynamics itself: BPTT can differentiate through it and RTRL's joint
-    `(r, p)` loop reproduces it (a capability, asked with `isinstance`)."""
+    `(r, p)` loop reproduces it (a capability, asked with `isinstance`).
+
+    It declares how it groups steps and when it gives up, which the loops that reproduce it
+    (BPTT's stored-states relaxation, RTRL's joint loop) follow: `check_every` solver steps
+    per convergence test, and `patience` tests without the residual falling by 1% before it
+    stops as `RESULTS.stagnated` (`None`: never)."""
+
+    check_every: eqx.AbstractVar[int]
+    patience: eqx.AbstractVar[int | None]
 
 
 def tolerance(opts: IntegrationOptions, r: Float[Array, " n"]) -> Float[Array, ""]:
