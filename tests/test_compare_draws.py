@@ -14,6 +14,7 @@ from helpers import assert_tree_close
 from neurodyn import config as ndc
 
 
+@pytest.mark.slow
 def test_mean_of_draws_is_the_mean_of_separate_runs():
     net = nd.networks.CTRNN(4, 2, 2, key=jr.PRNGKey(0))
     xs, ys = jr.normal(jr.PRNGKey(1), (2, 3, 2)), jr.normal(jr.PRNGKey(2), (2, 3, 2))

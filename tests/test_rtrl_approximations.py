@@ -165,7 +165,9 @@ def test_uoro_online_with_one_update_is_a_step_with_its_trajectory_gradient():
     assert_tree_close(eqx.filter(trained, eqx.is_inexact_array), expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_uoro_with_a_runge_kutta_solver():
+    # (Slow: the quick compare_estimators run, in CI, steps UORO with Tsit5 too.)
     # diffrax's Runge-Kutta solvers loop over their stages in a reverse-mode-only while loop
     # by default; UORO differentiates the step forwards too (A u), so it steps the JVP with
     # a plain loop: the same gradient as with a forward-and-reverse one.
