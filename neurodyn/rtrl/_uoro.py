@@ -1,3 +1,5 @@
+from typing import cast
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -74,7 +76,7 @@ class UORO(AbstractStochasticSensitivity):
     def __init__(self, key: PRNGKeyArray | int = 0, variance: bool = False, mix_input: bool = True):
         if isinstance(key, int) and not isinstance(key, bool):
             key = jr.PRNGKey(key)
-        self.key = key
+        self.key = cast(PRNGKeyArray, key)
         self.variance = bool(variance)
         self.mix_input = bool(mix_input)
 
@@ -99,7 +101,7 @@ class UORO(AbstractStochasticSensitivity):
         # over their stages in a checkpointed while loop by default, which is reverse-mode
         # only: the JVP steps with a plain while loop over the (fixed) stages, the same step.
         forward = solver
-        if hasattr(solver, "scan_kind") and solver.scan_kind in (None, "checkpointed"):
+        if hasattr(solver, "scan_kind") and getattr(solver, "scan_kind") in (None, "checkpointed"):
             forward = eqx.tree_at(lambda s: s.scan_kind, solver, "lax", is_leaf=lambda x: x is None)
 
         def init(state, x, t0, dt):
@@ -206,7 +208,7 @@ def _contract_pair(u, v, g_r):
 
 
 def _dot(a, b) -> Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jtu.tree_leaves(a), jtu.tree_leaves(b)))
+    return jnp.sum(jnp.stack([jnp.vdot(x, y) for x, y in zip(jtu.tree_leaves(a), jtu.tree_leaves(b))]))
 
 
 def _norm(tree) -> Array:
