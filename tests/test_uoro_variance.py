@@ -106,6 +106,14 @@ def test_uoro_variance_pair_leaves_the_gradient_unchanged():
     _, g2, info = nd.value_and_grad(NET, XS, YS, estimator=nd.RTRL(nd.rtrl.UORO(3, variance=True)), **kw)
     assert bool(info["converged"])
     assert_tree_close(g2, g1, rtol=0, atol=0)
+    # The estimator's info carries the report of the last step's sensitivities, per example
+    # on the batch path.
+    assert {"uoro_u_norm", "uoro_v_norm", "uoro_variance", "uoro_signal"} <= set(info)
+    assert float(info["uoro_variance"]) >= 0 and float(info["uoro_u_norm"]) > 0
+    _, _, binfo = nd.batch_value_and_grad(
+        NET, XS[None].repeat(2, 0), YS[None].repeat(2, 0), estimator=nd.RTRL(nd.rtrl.UORO(3)), **kw
+    )
+    assert binfo["uoro_u_norm"].shape == (2,) and "uoro_variance" not in binfo
     # A strategy without a report reports nothing.
     assert nd.rtrl.report(nd.rtrl.Exact(), None, None) == {}
 

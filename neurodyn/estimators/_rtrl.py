@@ -21,6 +21,7 @@ from ..rtrl import (
     Exact,
     integrate_interval_joint,
     joint_step,
+    report,
     sensitivity_aux,
     zero_sensitivities,
 )
@@ -133,11 +134,12 @@ class RTRL(AbstractGradientResidualEstimator):
         state0 = (r0, zero_sensitivities(sens, params, n, aux))
         contract_p = ft.partial(contract, sens, aux=aux)
         if trajectory:
-            return _trajectory(params, static, x, y, objective, options, step, state0, contract_p)
+            info_of = ft.partial(report, sens, aux=aux)  # what the strategy says of its p (UORO's variance)
+            return _trajectory(params, static, x, y, objective, options, step, state0, contract_p, info_of)
         return _steady_state(params, static, x, y, objective, options, init, step, state0, contract_p)
 
 
-def _trajectory(params, static, x, y, objective, options, step, state0, contract):
+def _trajectory(params, static, x, y, objective, options, step, state0, contract, report_p):
     grid = time_grid(objective.ts, options.dt0, options.max_steps, x.dtype)
     y, alphas = objective.example_alphas(y, x.dtype)
 
@@ -155,12 +157,13 @@ def _trajectory(params, static, x, y, objective, options, step, state0, contract
 
     zero_grads = jtu.tree_map(jnp.zeros_like, params)
     carry0 = (state0, jnp.zeros((), x.dtype), zero_grads, jnp.asarray(True))
-    (_, loss, grads, finite), _ = jax.lax.scan(interval, carry0, (x, y, alphas, grid.t0s, grid.dts))
+    ((_, p), loss, grads, finite), _ = jax.lax.scan(interval, carry0, (x, y, alphas, grid.t0s, grid.dts))
     finite = finite & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jtu.tree_leaves(grads)]))
     info = dict(
         result=RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite),
         converged=finite,
         steps=jnp.asarray(grid.n_sub * x.shape[0]),
+        **report_p(p),
     )
     return loss, grads, info
 
