@@ -175,3 +175,24 @@ def trajectory_estimators():
 
 
 EULER1 = dict(solver=diffrax.Euler(), dt0=1.0)
+
+
+class Killed(Exception):
+    """What `DyingRun` raises: the process "died" right after a checkpoint."""
+
+
+class DyingRun:
+    """A RunDir that dies right after its `after`-th checkpoint, as a SIGKILL would."""
+
+    def __init__(self, path, after):
+        from neurodyn.runs import RunDir
+
+        self.inner, self.after = RunDir(path), after
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def save_checkpoint(self, tree, meta):
+        self.inner.save_checkpoint(tree, meta)
+        if meta["step"] == self.after:
+            raise Killed

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 import neurodyn as nd
+from helpers import DyingRun as _DyingRun, Killed as _Killed
 from neurodyn.runs import RunDir
 
 
@@ -65,23 +66,6 @@ def test_the_train_step_is_one_optimiser_update_of_the_batch_gradient_plus_l2():
     assert eqx.tree_equal(new, expected, rtol=1e-6, atol=1e-7)
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6) and float(info["converged_rate"]) == 1.0
     assert step == nd.training.make_train_step(objective, nd.RBP(), opt, l2=l2)  # equal settings: one compilation
-
-
-class _Killed(Exception):
-    pass
-
-
-class _DyingRun:
-    def __init__(self, path, after):
-        self.inner, self.after = RunDir(path), after
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def save_checkpoint(self, tree, meta):
-        self.inner.save_checkpoint(tree, meta)
-        if meta["step"] == self.after:
-            raise _Killed
 
 
 def _advance(state, i):

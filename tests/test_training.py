@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import neurodyn as nd
+from helpers import DyingRun as _DyingRun, Killed as _Killed
 from neurodyn.preprocessing import Preprocessor
 from neurodyn.runs import RunDir
 from neurodyn.training import stop_reason, Stopping
@@ -122,25 +123,6 @@ def test_grad_norm_threshold_stops_and_a_finished_run_is_not_retrained(tmp_path)
     assert len(history) == 1 and history[0]["stopped"] == "grad_norm"
     again, history2 = nd.training.fit(_net(), (X, y), run=RunDir(tmp_path), **kw)
     assert history2 == history and eqx.tree_equal(_params(again), _params(net))
-
-
-class _Killed(Exception):
-    pass
-
-
-class _DyingRun:
-    """A RunDir that dies right after its `after`-th checkpoint, as a SIGKILL would."""
-
-    def __init__(self, path, after):
-        self.inner, self.after = RunDir(path), after
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def save_checkpoint(self, tree, meta):
-        self.inner.save_checkpoint(tree, meta)
-        if meta["step"] == self.after:
-            raise _Killed
 
 
 def test_interrupted_fit_resumes_to_the_uninterrupted_result(tmp_path):
