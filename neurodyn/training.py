@@ -492,7 +492,7 @@ class _TensorBoard:
 
     def __init__(self, path):
         try:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # pyright: ignore[reportMissingImports] (the optional tb extra)
         except ImportError:
             raise ConfigError(
                 'tensorboard: true needs tensorboardX, which is not installed: pip install -e ".[tb]"'
