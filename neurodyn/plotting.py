@@ -33,6 +33,22 @@ def _color(name: str):
     return None
 
 
+def _colors(names: Sequence[str]) -> dict[str, str]:
+    """One colour per name, distinct while there are colours left: the first name of a family
+    (bptt, rbp, ep, rtrl) takes the family's colour, every other name the next free one, so
+    variants of one family (`rtrl`, `rtrl-snap1`, `rtrl-uoro`) stay apart."""
+    out, used = {}, set()
+    spare = [f"C{k}" for k in (4, 5, 6, 7, 8, 9, 0, 1, 2, 3)]
+    for i, name in enumerate(names):
+        color = _color(name)
+        if color is None or color in used:
+            free = [c for c in spare if c not in used]
+            color = free[0] if free else f"C{i % 10}"
+        used.add(color)
+        out[name] = color
+    return out
+
+
 def _subplots(*args, figsize, **kwargs):
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(*args, **kwargs)
@@ -90,15 +106,13 @@ def fidelity_vs_knob(
     as a dashed guide through that line's smallest-knob point."""
     fig, ax = _subplots(figsize=(5.2, 3.9))
     lines = {}
-    used = set()
-    for i, (name, rs) in enumerate(sorted(_group([r for r in rows if r.get(knob) is not None], "estimator").items())):
+    groups = sorted(_group([r for r in rows if r.get(knob) is not None], "estimator").items())
+    colors = _colors([name for name, _ in groups])
+    for name, rs in groups:
         rs = sorted(rs, key=lambda r: float(r[knob]))
         xs = np.array([float(r[knob]) for r in rs])
         ys = np.array([max(float(r[metric]), 1e-16) for r in rs])
-        color = _color(name)
-        if color is None or color in used:
-            color = f"C{(i + 4) % 10}"
-        used.add(color)
+        color = colors[name]
         ax.plot(xs, ys, "o-", label=name, color=color)
         lines[name] = (xs, ys, color)
     for name, slope_ in (slopes or {}).items():
@@ -122,13 +136,15 @@ def fidelity_vs_knob(
 def cost_vs_n(rows: Sequence[Mapping], *, title: str | None = None) -> Figure:
     """Wall time and peak memory against the network size `n`, per estimator (log-log)."""
     fig, (ax_t, ax_m) = _subplots(1, 2, figsize=(9.5, 3.8))
-    for name, rs in sorted(_group(rows, "estimator").items()):
+    groups = sorted(_group(rows, "estimator").items())
+    colors = _colors([name for name, _ in groups])
+    for name, rs in groups:
         rs = sorted(rs, key=lambda r: int(r["n"]))
         n = [int(r["n"]) for r in rs]
-        ax_t.loglog(n, [1e3 * float(r["time_s"]) for r in rs], "o-", label=name, color=_color(name))
+        ax_t.loglog(n, [1e3 * float(r["time_s"]) for r in rs], "o-", label=name, color=colors[name])
         mem = [r.get("peak_bytes") for r in rs]
         if all(m not in (None, "", "None") for m in mem):
-            ax_m.loglog(n, [float(m) / 2**20 for m in mem], "o-", label=name, color=_color(name))
+            ax_m.loglog(n, [float(m) / 2**20 for m in mem], "o-", label=name, color=colors[name])
     ax_t.set_xlabel("network size n (units)")
     ax_t.set_ylabel("wall time per batch gradient (ms)")
     ax_t.set_title("Time")
@@ -176,7 +192,9 @@ def training_curves(
     metrics = [m for m in metrics if any(m in r for r in rows)]
     fig, axes = _subplots(1, max(len(metrics), 1), figsize=(4.8 * max(len(metrics), 1), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for name, rs in sorted(_group([r for r in rows if metric in r], "estimator").items()):
+        groups = sorted(_group([r for r in rows if metric in r], "estimator").items())
+        colors = _colors([name for name, _ in groups])
+        for name, rs in groups:
             by_epoch = defaultdict(list)
             for r in rs:
                 by_epoch[int(r["epoch"])].append(float(r[metric]))
@@ -185,7 +203,7 @@ def training_curves(
             mean = np.array([np.mean(v) for v in vals])
             lo = np.array([np.min(v) for v in vals])
             hi = np.array([np.max(v) for v in vals])
-            c = _color(name)
+            c = colors[name]
             ax.plot(epochs, mean, label=name, color=c)
             ax.fill_between(epochs, lo, hi, alpha=0.25, color=c)
         ax.set_xlabel("epoch")
@@ -230,18 +248,16 @@ def sweep_curves(
     groups = defaultdict(list)
     for r in data:
         groups[tuple(r.get(c) for c in cols)].append(r)
-    used = set()
-    for i, (key, rs) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+    ordered = sorted(groups.items(), key=lambda kv: str(kv[0]))
+    colors = _colors([str(key[0]) if len(cols) == 1 else str(key) for key, _ in ordered])
+    for key, rs in ordered:
         by_x = defaultdict(list)
         for r in rs:
             by_x[number(r[x])].append(number(r[metric]))
         xs = sorted(by_x)
         mean = np.array([np.mean(by_x[v]) for v in xs])
         name = ", ".join(f"{c}={k}" if len(cols) > 1 else str(k) for c, k in zip(cols, key))
-        color = _color(str(key[0]))
-        if color is None or color in used:
-            color = f"C{(i + 4) % 10}"
-        used.add(color)
+        color = colors[str(key[0]) if len(cols) == 1 else str(key)]
         n = max(len(v) for v in by_x.values())
         ax.plot(xs, mean, "o-", color=color, label=f"{name} (mean of {n})" if n > 1 else name)
         if n > 1:

@@ -105,3 +105,15 @@ def test_sweep_curves_mean_and_band_over_seeds(tmp_path):
     assert os.path.getsize(ndp.save(fig, tmp_path / "sweep")[0]) > 1000
     with pytest.raises(ValueError, match="no row has both 'learning_rate' and 'final_loss'"):
         ndp.sweep_curves([dict(learning_rate=0.1)], metric="final_loss")
+
+
+def test_variants_of_one_family_get_distinct_colours():
+    # rtrl, rtrl-snap1 and rtrl-uoro used to share the RTRL colour and could not be told apart.
+    names = ["bptt", "rtrl", "rtrl-snap1", "rtrl-uoro"]
+    rows = [dict(estimator=e, seed=s, epoch=k, test_accuracy=0.1 * k) for e in names for s in (0, 1) for k in (1, 2)]
+    fig = ndp.training_curves(rows, metrics=("test_accuracy",))
+    colors = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
+    assert set(colors) == set(names) and len(set(colors.values())) == len(names)
+    assert colors["bptt"] == "C0" and colors["rtrl"] == "C3"  # the first of a family keeps its colour
+    cost = ndp.cost_vs_n([dict(estimator=e, n=n, time_s=1e-3 * n, peak_bytes=n) for e in names for n in (8, 16)])
+    assert len({line.get_color() for line in cost.axes[0].get_lines()}) == len(names)
