@@ -217,20 +217,27 @@ def test_sparse_vector_field_vjp_and_jvp_are_o_nnz(name, make, getkey):
     assert net.W.ndim == 1 and not eqx.is_inexact_array(net.W_index)
 
 
-def test_sparse_initialisation_keeps_the_dense_spectral_radius(getkey):
+def test_sparse_initialisation_keeps_the_dense_spectral_radius():
+    # Fixed keys, and the mean over four draws: one draw's spectral radius fluctuates (an
+    # outlier eigenvalue of a non-normal matrix), which made a one-key test depend on the
+    # order the suite ran in. Over keys 0..11 the dense/sparse ratio is 1.00 +- 0.024.
     n, density = 300, 0.05
-    key = getkey()
-    dense = nd.networks.CTRNN(n, 2, 1, key=key)
-    sparse = nd.networks.CTRNN(n, 2, 1, density=density, key=key)
-    radius = [float(np.max(np.abs(np.linalg.eigvals(np.asarray(m.recurrent_weights))))) for m in (dense, sparse)]
-    assert abs(radius[1] / radius[0] - 1) < 0.15, radius
-    assert abs(radius[0] - 0.5) < 0.1  # the default gain
-    hop_dense = nd.networks.Hopfield(2, n - 1, 1, key=key)
-    hop_sparse = nd.networks.Hopfield(2, n - 1, 1, density=density, key=key)
-    radius = [
-        float(np.max(np.abs(np.linalg.eigvalsh(np.asarray(m.symmetric_weights))))) for m in (hop_dense, hop_sparse)
-    ]
-    assert abs(radius[1] / radius[0] - 1) < 0.15, radius
+    keys = [jr.PRNGKey(i) for i in range(4)]
+
+    def spectral_radius(m):
+        return float(np.max(np.abs(np.linalg.eigvals(np.asarray(m.recurrent_weights)))))
+
+    dense = [spectral_radius(nd.networks.CTRNN(n, 2, 1, key=k)) for k in keys]
+    sparse = [spectral_radius(nd.networks.CTRNN(n, 2, 1, density=density, key=k)) for k in keys]
+    assert abs(np.mean(sparse) / np.mean(dense) - 1) < 0.05, (dense, sparse)
+    assert abs(np.mean(dense) - 0.5) < 0.05  # the default gain
+
+    def symmetric_radius(m):
+        return float(np.max(np.abs(np.linalg.eigvalsh(np.asarray(m.symmetric_weights)))))
+
+    hop_dense = [symmetric_radius(nd.networks.Hopfield(2, n - 1, 1, key=k)) for k in keys]
+    hop_sparse = [symmetric_radius(nd.networks.Hopfield(2, n - 1, 1, density=density, key=k)) for k in keys]
+    assert abs(np.mean(hop_sparse) / np.mean(hop_dense) - 1) < 0.1, (hop_dense, hop_sparse)
 
 
 def test_dense_default_is_unchanged_by_the_sparse_option(getkey):
