@@ -77,7 +77,12 @@ class BPTT(AbstractGradientResidualEstimator):
         if isinstance(objective, SteadyState):
             fn = self._steady_state
         elif self.truncation is None and self.checkpoints is None:
-            return _two_phase_trajectory(net, x, y, objective, options)
+            one = jnp.ones((1,), x.dtype)
+            loss, grads, info = _two_phase_trajectory(
+                net, x[None], jax.tree.map(lambda a: a[None], y), one, objective, options
+            )
+            info.pop("loss")
+            return loss, grads, jax.tree.map(lambda a: a[0], info)
         else:
             fn = self._trajectory
         (loss, info), grads = eqx.filter_value_and_grad(fn, has_aux=True)(net, x, y, objective, options)
@@ -86,18 +91,7 @@ class BPTT(AbstractGradientResidualEstimator):
     def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
         params, static = eqx.partition(net, eqx.is_inexact_array)
         if isinstance(objective, Trajectory) and self.truncation is None and self.checkpoints is None:
-            frozen = jax.lax.stop_gradient(net)
-            losses, residuals, info = jax.vmap(lambda x, y: _two_phase_solve(frozen, x, y, objective, options))(xs, ys)
-            residuals = jax.lax.stop_gradient(residuals)
-
-            def surrogate_total(p):
-                m = eqx.combine(p, static)
-                per = jax.vmap(lambda x, y, res: _two_phase_surrogate(m, x, y, objective, options, res))(
-                    xs, ys, residuals
-                )
-                return weighted_sum(weights, per)
-
-            return weighted_sum(weights, losses), jax.grad(surrogate_total)(params), dict(info, loss=losses)
+            return _two_phase_trajectory(net, xs, ys, weights, objective, options)
 
         if isinstance(objective, SteadyState) and self.truncation is None:
             return self._stored_or_checkpointed(net, xs, ys, weights, objective, options)
@@ -307,79 +301,83 @@ def _fresh_step(solver, net, r, x, t0, dt):
     return solver_step(solver, net, r, x, t0, dt, state, True)[0]
 
 
-def _two_phase_solve(net, x, y, objective, options):
-    """Full BPTT of a trajectory in two phases, the fast path of `BPTT()`: this first phase
-    returns `(loss, residuals, info)`, the second is `_two_phase_surrogate`.
+def _two_phase_trajectory(net, xs, ys, weights, objective, options):
+    """Full BPTT of a batch of trajectories in two phases, the fast path of `BPTT()`.
 
-    Reverse mode through a scan accumulates the parameter gradient with an outer product
-    at every step, which dominates the cost. Here the parameters are held constant in the
-    scan and a zero probe `e_i` is added to every step's output: the gradient with respect
-    to the probes is the adjoint `a_i = dl/dr_i` at every step (one reverse sweep over the
-    state only). The parameter gradient is then one batched VJP of all steps at once,
-    `sum_i a_i^T d step(r_{i-1})/dw` (the surrogate), which XLA runs as large matrix
-    products, over the steps of every example of a batch at once.
-    The result equals reverse mode through the loop (tests check it to rounding).
+    Reverse mode through a scan accumulates the parameter gradient at every step: a
+    `(n, n)` weight cotangent read and written per step, which dominates the cost. Here the
+    parameters are held constant and a zero probe `e_i` is added to every step's output: the
+    gradient with respect to the probes is the adjoint `a_i = dl/dr_i` at every step (one
+    reverse sweep over the state only). The parameter gradient is then one VJP of all steps
+    at once, `sum_i a_i^T d step(r_{i-1})/dw` (the surrogate), which XLA runs as large
+    matrix products over every step of every example.
+
+    The batch is carried inside the scans (`(B, n)` states, each step vmapped over the
+    rows) rather than vmapping a one-example scan: the stored states and adjoints stay
+    `(T, n_sub, B, n)`, with no transposes between the phases (measured 1.4x faster on the
+    CPU for the solve and 1.7x for the surrogate). The result equals reverse mode through
+    the loop (tests check it to rounding). Returns `(loss, grads, info)`.
     """
-    grid = time_grid(objective.ts, options.dt0, options.max_steps, x.dtype)
+    frozen = jax.lax.stop_gradient(net)
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    grid = time_grid(objective.ts, options.dt0, options.max_steps, xs.dtype)
     solver, n_sub = options.solver, grid.n_sub
-    r0 = net.init_state(x[0])
-    sub_t = jnp.arange(n_sub, dtype=r0.dtype)
+    R0 = jax.vmap(lambda x: frozen.init_state(x[0]))(xs)
+    sub_t = jnp.arange(n_sub, dtype=R0.dtype)
+    xs_t = jnp.swapaxes(xs, 0, 1)  # (T, B, n_in): the scans run over time
+
+    def step_rows(m, R, X, t, dt):
+        return jax.vmap(lambda r, x: _fresh_step(solver, m, r, x, t, dt))(R, X)
 
     def run(probes):
-        def interval(r, inp):
-            xk, t0, dt, e_k = inp
+        def interval(R, inp):
+            X, t0, dt, e_k = inp
 
-            def sub(r, inp):
+            def sub(R, inp):
                 j, e = inp
-                return _fresh_step(solver, net, r, xk, t0 + j * dt, dt) + e, r
+                # The stored states carry no cotangent: no zero array for them in reverse.
+                return step_rows(frozen, R, X, t0 + j * dt, dt) + e, jax.lax.stop_gradient(R)
 
-            r1, r_pre = jax.lax.scan(sub, r, (sub_t, e_k))
-            return r1, (r_pre, r1)
+            R1, R_pre = jax.lax.scan(sub, R, (sub_t, e_k))
+            return R1, (R_pre, R1)
 
-        _, (r_pre, r_end) = jax.lax.scan(interval, r0, (x, grid.t0s, grid.dts, probes))
-        return r_pre, r_end
+        _, (R_pre, R_end) = jax.lax.scan(interval, R0, (xs_t, grid.t0s, grid.dts, probes))
+        return R_pre, R_end
 
-    T = x.shape[0]
-    probes = jnp.zeros((T, n_sub) + r0.shape, r0.dtype)
-    (r_pre, r_end), run_vjp = jax.vjp(run, probes)
-    finite = jnp.all(jnp.isfinite(r_end))
+    T = xs.shape[1]
+    probes = jnp.zeros((T, n_sub) + R0.shape, R0.dtype)
+    (R_pre, R_end), run_vjp = jax.vjp(run, probes)
+
+    def readout_losses(m, R_end):
+        return jax.vmap(lambda rs, y: objective.value(m, rs, y), in_axes=(1, 0))(R_end, ys)
+
+    def readout_total(m, R_end):
+        losses = readout_losses(m, R_end)
+        return weighted_sum(weights, losses), losses
+
+    (loss, losses), g_states = jax.value_and_grad(readout_total, argnums=1, has_aux=True)(frozen, R_end)
+    (adjoints,) = run_vjp((jnp.zeros_like(R_pre), g_states))
+    R_pre, adjoints = jax.lax.stop_gradient((R_pre, adjoints))
+
+    def surrogate(p):
+        m = eqx.combine(p, static)
+
+        def interval(R_k, A_k, X, t0, dt):  # (n_sub, B, n) each
+            def sub(R, A, j):
+                return jnp.vdot(A, step_rows(m, R, X, t0 + j * dt, dt))
+
+            return jnp.sum(jax.vmap(sub)(R_k, A_k, sub_t))
+
+        dynamics = jnp.sum(jax.vmap(interval)(R_pre, adjoints, xs_t, grid.t0s, grid.dts))
+        return readout_total(m, jax.lax.stop_gradient(R_end))[0] + dynamics
+
+    grads = jax.grad(surrogate)(params)
+    finite = jnp.all(jnp.isfinite(R_end), axis=(0, 2))
+    B = xs.shape[0]
     info = dict(
-        result=RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite),
+        result=jax.vmap(lambda ok: RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite))(finite),
         converged=finite,
-        steps=jnp.asarray(n_sub * T),
-    )
-    loss, g_states = jax.value_and_grad(lambda rs: objective.value(net, rs, y))(r_end)
-    (adjoints,) = run_vjp((jnp.zeros_like(r_pre), g_states))
-    return loss, (r_pre, adjoints, r_end), info
-
-
-def _two_phase_surrogate(net, x, y, objective, options, residuals):
-    """`l(readout(r(ts)), y) + sum_i a_i . step(r_{i-1}; w)` at fixed states and adjoints:
-    its parameter gradient is full BPTT's."""
-    r_pre, adjoints, r_end = residuals
-    grid = time_grid(objective.ts, options.dt0, options.max_steps, x.dtype)
-    solver, n_sub = options.solver, grid.n_sub
-    T = x.shape[0]
-    sub_t = jnp.arange(n_sub, dtype=r_end.dtype)
-    ts = grid.t0s[:, None] + sub_t[None, :] * grid.dts[:, None]
-    dts = jnp.broadcast_to(grid.dts[:, None], (T, n_sub))
-    xk = jnp.broadcast_to(x[:, None], (T, n_sub) + x.shape[1:])
-
-    def flat(a):
-        return a.reshape((T * n_sub,) + a.shape[2:])
-
-    steps = jax.vmap(lambda r, xk, t, dt: _fresh_step(solver, net, r, xk, t, dt))(
-        flat(r_pre), flat(xk), flat(ts), flat(dts)
-    )
-    return objective.value(net, r_end, y) + jnp.vdot(flat(adjoints), steps)
-
-
-def _two_phase_trajectory(net, x, y, objective, options):
-    frozen = jax.lax.stop_gradient(net)
-    loss, residuals, info = _two_phase_solve(frozen, x, y, objective, options)
-    residuals = jax.lax.stop_gradient(residuals)
-    params, static = eqx.partition(net, eqx.is_inexact_array)
-    grads = jax.grad(lambda p: _two_phase_surrogate(eqx.combine(p, static), x, y, objective, options, residuals))(
-        params
+        steps=jnp.full((B,), n_sub * T),
+        loss=losses,
     )
     return loss, grads, info

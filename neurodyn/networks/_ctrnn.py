@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from .. import activations as _act
 from .._custom_types import Input, Readout, State, Time
 from . import _sparse
-from ._base import AbstractInputRescalable, AbstractNetwork, normal_init, scaled_to
+from ._base import AbstractInputRescalable, AbstractNetwork, matvec, normal_init, scaled_to
 
 
 class CTRNN(AbstractNetwork, AbstractInputRescalable):
@@ -120,16 +120,16 @@ class CTRNN(AbstractNetwork, AbstractInputRescalable):
     def recurrent(self, v):
         """`W v`: dense, or O(nnz) for sparse connectivity."""
         if self.W_index is None:
-            return self.W @ v
+            return matvec(self.W, v)
         return _sparse.matvec(self.W, self.W_index, v, self.n_state)
 
     def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         f = self.activation
         if self.form == "rate":
-            drdt = -r + f(self.recurrent(r) + self.U @ x + self.b)
+            drdt = -r + f(self.recurrent(r) + matvec(self.U, x) + self.b)
         else:
-            drdt = -r + self.recurrent(f(r)) + self.U @ x + self.b
+            drdt = -r + self.recurrent(f(r)) + matvec(self.U, x) + self.b
         return drdt / self.tau
 
     def init_state(self, x: Input) -> State:

@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from .. import activations as _act
 from .._custom_types import Input, Readout, Scalar, State, Time
 from . import _sparse
-from ._base import AbstractEnergyNetwork, AbstractInputRescalable, normal_init, scaled_to
+from ._base import AbstractEnergyNetwork, AbstractInputRescalable, matvec, normal_init, scaled_to
 
 
 class Hopfield(AbstractEnergyNetwork, AbstractInputRescalable):
@@ -107,16 +107,16 @@ class Hopfield(AbstractEnergyNetwork, AbstractInputRescalable):
         """`W_s v`, O(nnz) for sparse connectivity."""
         if self.W_index is not None:
             return _sparse.symmetric_matvec(self.W, self.W_index, v, self.n_state)
-        return self.symmetric_weights @ v
+        return matvec(self.symmetric_weights, v)
 
     def energy(self, r: State, x: Input) -> Scalar:
         rho = self.activation(r)
-        return 0.5 * jnp.sum(r * r) - 0.5 * rho @ self.coupling(rho) - rho @ (self.U @ x + self.b)
+        return 0.5 * jnp.sum(r * r) - 0.5 * rho @ self.coupling(rho) - rho @ (matvec(self.U, x) + self.b)
 
     def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
         rho, drho = jax.jvp(self.activation, (r,), (jnp.ones_like(r),))
-        return -r + drho * (self.coupling(rho) + self.U @ x + self.b)
+        return -r + drho * (self.coupling(rho) + matvec(self.U, x) + self.b)
 
     def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), dtype=self.W.dtype)
