@@ -11,7 +11,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Real, Shaped
 
 from ._custom_types import Grads, Info
-from ._misc import tree_dtype
+from ._misc import all_finite, tree_dtype
 from ._objectives import AbstractObjective, StepWeightedTargets, Trajectory
 from ._options import check_option_names
 from ._outcome import flag_failure, flag_nonfinite, RESULTS
@@ -81,7 +81,7 @@ def _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts):
     loss, grads, info = _batch_estimate(params, static, xs, ys, weights, objective, estimator, opts)
     # Per example: a non-finite loss or state is never a success; a non-finite batch
     # gradient cannot be attributed to one example, so every example says so.
-    grads_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jtu.tree_leaves(grads)] or [jnp.asarray(True)]))
+    grads_ok = all_finite(grads)
 
     def flag(i):
         i = flag_nonfinite(i["loss"], None, i)

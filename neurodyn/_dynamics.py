@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from ._custom_types import Info, Input, Readout, State, Time, Times
-from ._misc import rms_norm, tree_dtype
+from ._misc import all_finite, rms_norm, tree_dtype
 from ._options import (
     check_option_names,
     IntegrationOptions,
@@ -113,11 +113,13 @@ def relax_info(
     stopping quantity `res` (step difference over `dt0`) judged against the tolerance."""
     from ._iterate import classify
 
-    tol = opts.atol + opts.rtol * rms_norm(r)
+    r_norm = rms_norm(r)
+    tol = opts.atol + opts.rtol * r_norm
     residual = rms_norm(_vector_field(steps.astype(r.real.dtype) * opts.dt0, r, (net, x)))
     # The loop stops early on a non-finite step difference: that is divergence even when
-    # the state itself has not yet overflowed.
-    finite = jnp.all(jnp.isfinite(r)) & jnp.isfinite(residual) & jnp.isfinite(res)
+    # the state itself has not yet overflowed. `rms_norm` scales by the largest entry, so it
+    # is finite exactly when every entry is (one reduction, shared with the tolerance).
+    finite = jnp.isfinite(r_norm) & jnp.isfinite(residual) & jnp.isfinite(res)
     converged = finite & (res <= tol)
     result = classify(converged, finite, stagnated)
     return dict(result=result, converged=converged, steps=steps, residual=residual)
@@ -241,7 +243,7 @@ def rollout_loop(
         _, rs = jax.lax.scan(body, r0, inputs)
     else:
         _, rs = eqxi.scan(body, r0, inputs, kind="checkpointed", checkpoints=checkpoints)
-    finite = jnp.all(jnp.isfinite(rs))
+    finite = all_finite(rs)
     info = dict(
         result=RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite),
         converged=finite,

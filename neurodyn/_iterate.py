@@ -14,6 +14,7 @@ import equinox.internal as eqxi
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from ._misc import all_finite
 from ._outcome import RESULTS
 
 
@@ -128,7 +129,7 @@ def iterate(
         cond, body, init, max_steps=max_iterations, kind=kind, checkpoints=checkpoints
     )
     converged = jnp.isfinite(res) & (res <= solver.tolerance(y, args))
-    finite = jnp.isfinite(res) & _all_finite(y)
+    finite = jnp.isfinite(res) & all_finite(y)
     stagnated = jnp.asarray(False) if patience is None else (since >= patience)
     return Solution(y, state, it, res, classify(converged, finite, stagnated))
 
@@ -138,10 +139,3 @@ def _dtype(tree):
 
     leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
     return leaves[0].dtype if leaves else jnp.result_type(float)
-
-
-def _all_finite(tree):
-    import jax
-
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

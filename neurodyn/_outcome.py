@@ -4,8 +4,9 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Inexact, PyTree
+
+from ._misc import all_finite
 
 
 class RESULTS(eqx.Enumeration):
@@ -39,11 +40,6 @@ class RESULTS(eqx.Enumeration):
     )
 
 
-def _all_finite(tree):
-    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
 def flag_failure(
     info: dict[str, Any], ok: bool | Bool[Array, "..."], result: RESULTS, *, override: bool = False
 ) -> dict[str, Any]:
@@ -72,4 +68,4 @@ def flag_nonfinite(loss: Inexact[Array, "..."], grads: PyTree[Array], info: dict
     loss_ok = jnp.all(jnp.isfinite(loss))
     forward_ok = info.get("forward_converged", info["converged"])
     info = flag_failure(info, loss_ok | ~forward_ok, RESULTS.nonfinite_gradient, override=True)
-    return flag_failure(info, loss_ok & _all_finite(grads), RESULTS.nonfinite_gradient)
+    return flag_failure(info, loss_ok & all_finite(grads), RESULTS.nonfinite_gradient)

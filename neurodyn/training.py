@@ -59,6 +59,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._batch import batch_value_and_grad
 from ._dynamics import relax
+from ._misc import all_finite
 from .config import ConfigError
 
 
@@ -442,8 +443,7 @@ def _key_data(key):
 
 @eqx.filter_jit
 def _all_finite(tree):
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jtu.tree_leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    return all_finite(tree)
 
 
 def _say(line: str) -> None:

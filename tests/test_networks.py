@@ -173,3 +173,22 @@ def test_rms_norm_never_hides_divergence():
     assert float(rms_norm(jnp.array([1e300, -1e300]))) == pytest.approx(1e300)
     assert float(rms_norm(jnp.zeros(3))) == 0.0
     np.testing.assert_array_equal(jax.grad(rms_norm)(jnp.zeros(2)), 0.0)
+    # Jitted and vmapped too (the loops' form), NaN anywhere in a row: that row only.
+    rows = jnp.ones((4, 300)).at[1, 299].set(jnp.nan).at[2, 0].set(-jnp.inf)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(rms_norm))(rows), [1.0, np.inf, np.inf, 1.0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 150, 299])
+def test_all_finite_finds_one_bad_entry_anywhere(bad, where):
+    from neurodyn._misc import all_finite
+
+    good = {"w": jnp.ones((300,)), "c": jnp.array([1 + 2j, 3j]), "i": jnp.arange(3), "e": jnp.zeros((0,))}
+    assert bool(all_finite(good)) and bool(jax.jit(all_finite)(good))
+    assert bool(all_finite({})) and bool(all_finite({"huge": jnp.array([3e38, -3e38], jnp.float32)}))
+    broken = dict(good, w=good["w"].at[where].set(bad))
+    assert not bool(all_finite(broken)) and not bool(jax.jit(all_finite)(broken))
+    assert not bool(all_finite(dict(good, c=good["c"].at[1].set(bad))))
+    # Per example under vmap: only the broken row.
+    rows = jnp.ones((3, 300)).at[1, where].set(bad)
+    np.testing.assert_array_equal(jax.vmap(all_finite)(rows), [True, False, True])

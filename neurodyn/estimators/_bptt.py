@@ -372,7 +372,7 @@ def _two_phase_trajectory(net, xs, ys, weights, objective, options):
         return readout_total(m, jax.lax.stop_gradient(R_end))[0] + dynamics
 
     grads = jax.grad(surrogate)(params)
-    finite = jnp.all(jnp.isfinite(R_end), axis=(0, 2))
+    finite = jnp.isfinite(jnp.max(jnp.abs(R_end), axis=(0, 2)))  # max propagates NaN: see all_finite
     B = xs.shape[0]
     info = dict(
         result=jax.vmap(lambda ok: RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite))(finite),

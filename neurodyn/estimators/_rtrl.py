@@ -11,7 +11,7 @@ import jax.tree_util as jtu
 
 from .._dynamics import time_grid
 from .._iterate import AbstractIterativeSolver, iterate
-from .._misc import rms_norm
+from .._misc import all_finite, rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
 from ..rtrl import (
@@ -153,12 +153,12 @@ def _trajectory(params, static, x, y, objective, options, step, state0, contract
         r, p = state
         lk, (g_direct, g_r) = jax.value_and_grad(term, argnums=(0, 1))(params, r, yk, alpha)
         grads = _tree_add(grads, _tree_add(g_direct, contract(p, g_r)))
-        return (state, loss + lk, grads, finite & jnp.all(jnp.isfinite(r))), None
+        return (state, loss + lk, grads, finite & all_finite(r)), None
 
     zero_grads = jtu.tree_map(jnp.zeros_like, params)
     carry0 = (state0, jnp.zeros((), x.dtype), zero_grads, jnp.asarray(True))
     ((_, p), loss, grads, finite), _ = jax.lax.scan(interval, carry0, (x, y, alphas, grid.t0s, grid.dts))
-    finite = finite & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jtu.tree_leaves(grads)]))
+    finite = finite & all_finite(grads)
     info = dict(
         result=RESULTS.where(finite, RESULTS.successful, RESULTS.nonfinite),
         converged=finite,

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from .._custom_types import RealState
 from .._iterate import AbstractIterativeSolver, iterate
-from .._misc import rms_norm
+from .._misc import all_finite, rms_norm
 from .._options import IntegrationOptions
 from ._base import AbstractRelaxation, RelaxationSolution, RelaxKind, TermArgs
 
@@ -104,7 +104,7 @@ class _AndersonIteration(AbstractIterativeSolver):
         a = jnp.linalg.solve(A, rhs)[1:]
         r_new = a @ ((1 - self.beta) * X + self.beta * G)
         # A degenerate mixing (singular system in float32) falls back to the plain step.
-        r_new = jnp.where(jnp.all(jnp.isfinite(r_new)), r_new, g)
+        r_new = jnp.where(all_finite(r_new), r_new, g)
         return (r_new, g), (X, G, state0), res
 
     def tolerance(self, y, args):

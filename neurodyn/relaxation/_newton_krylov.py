@@ -8,7 +8,7 @@ from jax.scipy.sparse.linalg import gmres
 
 from .._custom_types import RealState
 from .._iterate import AbstractIterativeSolver, iterate
-from .._misc import rms_norm
+from .._misc import all_finite, rms_norm
 from .._options import IntegrationOptions
 from ._base import AbstractRelaxation, RelaxationSolution, RelaxKind, TermArgs
 
@@ -102,7 +102,7 @@ class _NewtonIteration(AbstractIterativeSolver):
             solve_method="incremental",
         )
         # A failed inner solve (non-finite) falls back to an explicit Euler step.
-        d = jnp.where(jnp.all(jnp.isfinite(d)), d, self.dt * f)
+        d = jnp.where(all_finite(d), d, self.dt * f)
         r1 = r + d
         f1 = fn(r1)
         return r1, f1, rms_norm(f1)
