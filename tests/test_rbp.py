@@ -187,7 +187,8 @@ def test_adjoint_ode_stops_at_once_when_the_loss_gradient_is_zero(getkey):
     adjoint = nd.adjoint.AdjointODE()
     sol = adjoint.solve(lambda u: vjp(u)[0], jnp.zeros(6), None, False, 1.0)
     v = sol.value
-    assert int(sol.steps) <= adjoint.check_every and bool(sol.converged)  # its first convergence test
+    # Its first convergence test: after the free first Euler step (v = dt g) and one test's steps.
+    assert int(sol.steps) <= 1 + adjoint.check_every and bool(sol.converged)
     np.testing.assert_array_equal(v, 0.0)
 
 
@@ -206,3 +207,22 @@ def test_adjoint_ode_tolerance_is_relative_to_the_adjoint_state_too():
     )
     assert bool(info["converged"]) and int(info["adjoint_steps"]) < 1000
     assert_tree_close(jax.tree.map(lambda a: a.astype(jnp.float64), g), ref, rtol=1e-3, atol=1e-5, what="float32 rbp")
+
+
+def test_adjoint_ode_iterates_are_the_neumann_partial_sums(getkey):
+    # Euler on dv/dt = J^T v + g from v = 0 is v_k = dt sum_{i<k} (I + dt J^T)^i g. The loop
+    # starts at v_1 = dt g (the first step needs no VJP): after the reported `steps` steps the
+    # value must be exactly that partial sum, in float64 (an off-by-one in the step count or
+    # the starting point fails).
+    n = 7
+    J = -jnp.eye(n) + 0.3 * jr.normal(getkey(), (n, n), jnp.float64) / jnp.sqrt(n)
+    g = jr.normal(getkey(), (n,), jnp.float64)
+    for check_every, max_steps, dt in [(1, 10_000, 1.0), (2, 10_000, 0.5), (3, 7, 1.0)]:
+        sol = nd.adjoint.AdjointODE(check_every=check_every, max_steps=max_steps).solve(
+            lambda u: J.T @ u, g, None, False, dt
+        )
+        k = int(sol.steps)
+        assert 1 < k <= max_steps
+        M = jnp.eye(n) + dt * J.T
+        expected = dt * sum(jnp.linalg.matrix_power(M, i) @ g for i in range(k))
+        np.testing.assert_allclose(sol.value, expected, rtol=1e-10, atol=1e-12)
