@@ -111,24 +111,35 @@ def iterate(
     dtype = jnp.finfo(_dtype(y0)).dtype
     big = jnp.asarray(jnp.finfo(dtype).max, dtype)
 
-    def cond(carry):
-        y, _, it, res, (_, since) = carry
-        go = (it < max_iterations) & ~(res <= solver.tolerance(y, args)) & jnp.isfinite(res)
-        if patience is not None:
-            go = go & (since < patience)
-        return go
-
+    # The body decides whether to go on and carries the flag: the condition only reads it.
+    # (Under `vmap` the condition runs twice per iteration, once for the batch and once per
+    # example inside the body's select; testing there cost a tolerance's reductions over
+    # the whole state each time.)
     def body(carry):
-        y, state, it, _, (anchor, since) = carry
+        y, state, it, _, (anchor, since), _, _ = carry
         y, state, res = solver.step(y, state, args, it)
         res = jnp.asarray(res, dtype)
-        return y, state, it + 1, res, stall_update(res, anchor, since)
+        it = it + 1
+        anchor, since = stall_update(res, anchor, since)
+        done = res <= solver.tolerance(y, args)
+        go = (it < max_iterations) & ~done & jnp.isfinite(res)
+        if patience is not None:
+            go = go & (since < patience)
+        return y, state, it, res, (anchor, since), done, go
 
-    init = (y0, solver.init(y0, args), jnp.asarray(0), big, (big, jnp.asarray(0)))
-    y, state, it, res, (_, since) = eqxi.while_loop(
-        cond, body, init, max_steps=max_iterations, kind=kind, checkpoints=checkpoints
+    init = (
+        y0,
+        solver.init(y0, args),
+        jnp.asarray(0),
+        big,
+        (big, jnp.asarray(0)),
+        jnp.asarray(False),
+        jnp.asarray(max_iterations > 0),
     )
-    converged = jnp.isfinite(res) & (res <= solver.tolerance(y, args))
+    y, state, it, res, (_, since), done, _ = eqxi.while_loop(
+        lambda carry: carry[-1], body, init, max_steps=max_iterations, kind=kind, checkpoints=checkpoints
+    )
+    converged = jnp.isfinite(res) & done
     finite = jnp.isfinite(res) & all_finite(y)
     stagnated = jnp.asarray(False) if patience is None else (since >= patience)
     return Solution(y, state, it, res, classify(converged, finite, stagnated))
