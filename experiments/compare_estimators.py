@@ -385,16 +385,6 @@ LOG_KNOBS = {"beta", "adjoint_rtol", "draws"}
 SCALING = {"scaling": "steady state", "scaling-trajectory": "trajectory"}
 
 
-def _distinct_colors(fig):
-    # One colour per line (the plotting module colours by family: every RTRL variant is RTRL,
-    # both EP variants EP): the lines are drawn in the same (sorted) order on both panels.
-    for ax in fig.axes:
-        for i, line in enumerate(ax.get_lines()):
-            line.set_color(f"C{i % 10}")
-        ax.legend(fontsize=7)
-    return fig
-
-
 def plot(run_dir) -> list[str]:
     """Redraws every figure from `metrics.jsonl`, without recomputing."""
     run = RunDir(run_dir)
@@ -434,7 +424,7 @@ def plot(run_dir) -> list[str]:
             title = f"Cost against n, {what} ({srows[0].get('dtype', '')}, batch of examples)"
             fig = ndp.cost_vs_n(srows, title=title)
             stem = "cost-vs-n" if part == "scaling" else "cost-vs-n-trajectory"
-            files += ndp.save(_distinct_colors(fig), run.figures / stem)
+            files += ndp.save(fig, run.figures / stem)
     trows = [r for r in rows if r.get("part") == "training"]
     if trows:
         files += ndp.save(ndp.training_curves(trows), run.figures / "training")
