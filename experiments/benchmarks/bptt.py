@@ -22,7 +22,9 @@ import neurodyn as nd
 from ._steady_peer import (
     batch_path_rows,
     check_batch_path,
+    check_peer_field,
     ours_functions,
+    peer_field,
     peer_functions,
     per_example_functions,
     rel,
@@ -44,8 +46,10 @@ def _problem(n, B, n_in=8, n_out=4, n_save=40, steps_per_save=10, dt=0.1, seed=0
 
 
 def _diffrax_loss(net, x, y, ts, dt):
+    field = peer_field(net)
+
     def vf(t, r, args):
-        return net(t, r, x[0])
+        return field(t, r, x[0])
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vf),
@@ -102,6 +106,7 @@ def _trajectory(n, B, repeats):
         return eqx.filter_value_and_grad(peer_forward)(net, xs, ys)
 
     # Same problem: both gradients are checked against a plain unrolled lax.scan.
+    check_peer_field(net, xs[0, 0])
     (_, g_ours, _), (_, g_peer) = ours(net, xs, ys), peer(net, xs, ys)
     g_ref = _scan_reference(net, xs, ys, len(ts), int(round(ts[0] / dt)), dt)
     err = _rel(g_ours.W, g_ref.W)
