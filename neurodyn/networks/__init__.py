@@ -4,6 +4,7 @@ from ._base import (
     AbstractEnergyNetwork as AbstractEnergyNetwork,
     AbstractInputRescalable as AbstractInputRescalable,
     AbstractNetwork as AbstractNetwork,
+    matvec as matvec,
 )
 from ._ctrnn import CTRNN as CTRNN
 from ._elman import Elman as Elman
