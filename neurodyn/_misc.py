@@ -25,6 +25,46 @@ def all_finite(tree: PyTree) -> Bool[Array, ""]:
     return jnp.isfinite(functools.reduce(jnp.maximum, peaks))
 
 
+# The unit roundoff of a float32 matrix product under each `jax.default_matmul_precision`,
+# per backend: a GPU's default runs float32 products in TF32 (10-bit mantissa), a TPU's in one
+# bfloat16 pass (7 bits), three passes for "high"; a CPU always in float32.
+_F32_PRODUCT_ROUNDOFF = {
+    "gpu": {"default": 2.0**-11, "high": 2.0**-11, "highest": 2.0**-24},
+    "tpu": {"default": 2.0**-8, "high": 2.0**-16, "highest": 2.0**-24},
+}
+_PRECISION_NAMES = {
+    None: "default",
+    "default": "default",
+    "fastest": "default",
+    "bfloat16": "default",
+    "high": "high",
+    "tensorfloat32": "high",
+    "bfloat16_3x": "high",
+    "highest": "highest",
+    "float32": "highest",
+}
+
+
+def matmul_roundoff(dtype: DTypeLike) -> float:
+    """The unit roundoff of a matrix product in `dtype` on the default backend, under the
+    matmul precision in effect (`jax.default_matmul_precision`, or the
+    `JAX_DEFAULT_MATMUL_PRECISION` environment variable).
+
+    A convergence test below the rounding of the products that compute `F` can never pass:
+    the default tolerances are floored by this (float32 on a GPU's default TF32: 2^-11, where
+    the float32 default `rtol = 1e-5` sat below the floor and every relaxation ran into its
+    stagnation test). Read at trace time; a static Python float."""
+    import jax
+
+    eps = float(jnp.finfo(dtype).eps) / 2
+    if jnp.finfo(dtype).bits > 32:
+        return eps  # float64 products run in float64 on every backend
+    precision = getattr(jax.config, "jax_default_matmul_precision", None)  # context-aware
+    level = _PRECISION_NAMES.get(precision if isinstance(precision, str) or precision is None else None, "default")
+    table = _F32_PRODUCT_ROUNDOFF.get(jax.default_backend())
+    return eps if table is None else max(eps, table[level])
+
+
 def rms_norm(x: Array) -> Array:
     """Root-mean-square norm, the norm of every convergence test in neurodyn.
 

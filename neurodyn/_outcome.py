@@ -27,7 +27,8 @@ class RESULTS(eqx.Enumeration):
         "The relaxation stopped early: its residual stopped falling (it fell by less than "
         "1% over the strategy's `patience` convergence checks), so it oscillates or sits on "
         "a rounding floor above the tolerance. Lower `dt0` or the learning rate (training); "
-        "on a GPU with TF32 matmuls loosen `rtol` or set JAX_DEFAULT_MATMUL_PRECISION=highest."
+        "with a tolerance below the matmul rounding (TF32 on a GPU: the defaults account for "
+        "it) loosen `rtol` or set JAX_DEFAULT_MATMUL_PRECISION=highest."
     )
     nonfinite_gradient = (
         "The loss or the gradient is not finite (inf or NaN) at a finite state. Likely "

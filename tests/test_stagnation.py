@@ -107,3 +107,33 @@ def test_rtrls_joint_loop_reports_like_a_relaxation(getkey):
     # (The floor's own derivative, 1e2 cos(1e6 r), would make p diverge: it is kept out of J.)
     _, _, floor = nd.value_and_grad(_FlatFloorNetwork(net, 1e-4), x, y, objective=obj, estimator=est)
     assert _is(floor["result"], nd.RESULTS.stagnated) and int(floor["steps"]) < 1000
+
+
+def test_the_default_tolerances_sit_above_the_matmul_rounding(getkey, monkeypatch):
+    # On a GPU float32 products run in TF32 (unit roundoff 2^-11) unless the precision is
+    # raised; the float32 default rtol = 1e-5 sat below that floor, so every relaxation ran
+    # into its stagnation test. The defaults are floored at 8x the products' roundoff: a field
+    # with a rounding floor of TF32's size stagnates under the CPU's defaults and converges
+    # under the GPU's, with nothing set by the user.
+    from neurodyn.adjoint._common import default_rtol
+
+    net = _FloorNetwork(_ctrnn(getkey()), 2.0**-11)
+    net = jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, net)
+    x = jr.normal(getkey(), (3,)).astype(jnp.float32)
+    assert nd.SteadyState().options(jnp.float32).rtol == 1e-5  # the CPU: float32 products
+    _, info_cpu = nd.relax(net, x)
+    assert _is(info_cpu["result"], nd.RESULTS.stagnated)
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    opts = nd.SteadyState().options(jnp.float32)
+    assert (opts.rtol, opts.atol) == (8 * 2.0**-11, 0.8 * 2.0**-11)
+    assert default_rtol(jnp.float32) == 8 * 2.0**-11
+    _, info_gpu = nd.relax(net, x)
+    assert bool(info_gpu["converged"]) and int(info_gpu["steps"]) < 50
+    # What raises the precision, or asks for a tolerance, keeps it; float64 is untouched.
+    with jax.default_matmul_precision("highest"):
+        assert nd.SteadyState().options(jnp.float32).rtol == 1e-5
+    assert nd.SteadyState().options(jnp.float32, rtol=1e-6).rtol == 1e-6
+    assert nd.SteadyState().options(jnp.float64).rtol == 1e-10
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")  # one bfloat16 pass by default
+    assert nd.SteadyState().options(jnp.float32).rtol == 8 * 2.0**-8
