@@ -54,13 +54,11 @@ def matmul_roundoff(dtype: DTypeLike) -> float:
     the default tolerances are floored by this (float32 on a GPU's default TF32: 2^-11, where
     the float32 default `rtol = 1e-5` sat below the floor and every relaxation ran into its
     stagnation test). Read at trace time; a static Python float."""
-    import jax
-
     eps = float(jnp.finfo(dtype).eps) / 2
     if jnp.finfo(dtype).bits > 32:
         return eps  # float64 products run in float64 on every backend
     precision = getattr(jax.config, "jax_default_matmul_precision", None)  # context-aware
-    level = _PRECISION_NAMES.get(precision if isinstance(precision, str) or precision is None else None, "default")
+    level = _PRECISION_NAMES.get(precision if isinstance(precision, str) else None, "default")
     table = _F32_PRODUCT_ROUNDOFF.get(jax.default_backend())
     return eps if table is None else max(eps, table[level])
 

@@ -441,9 +441,7 @@ def _key_data(key):
     return jr.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
 
 
-@eqx.filter_jit
-def _all_finite(tree):
-    return all_finite(tree)
+_all_finite = eqx.filter_jit(all_finite)
 
 
 def _say(line: str) -> None:

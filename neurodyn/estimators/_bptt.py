@@ -13,7 +13,7 @@ from .._dynamics import (
     tree_where,
 )
 from .._iterate import stall_update
-from .._misc import rms_norm
+from .._misc import all_finite, rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
 from ._base import AbstractGradientResidualEstimator, weighted_sum
@@ -89,12 +89,12 @@ class BPTT(AbstractGradientResidualEstimator):
         return loss, grads, info
 
     def batch_value_and_grad(self, net, xs, ys, weights, objective, options):
-        params, static = eqx.partition(net, eqx.is_inexact_array)
         if isinstance(objective, Trajectory) and self.truncation is None and self.checkpoints is None:
             return _two_phase_trajectory(net, xs, ys, weights, objective, options)
 
         if isinstance(objective, SteadyState) and self.truncation is None:
             return self._stored_or_checkpointed(net, xs, ys, weights, objective, options)
+        params, static = eqx.partition(net, eqx.is_inexact_array)
 
         # One reverse pass through the vmapped solve, the parameters shared across the
         # batch: every step's weight gradient is one matrix product over the batch.
@@ -348,11 +348,8 @@ def _two_phase_trajectory(net, xs, ys, weights, objective, options):
     probes = jnp.zeros((T, n_sub) + R0.shape, R0.dtype)
     (R_pre, R_end), run_vjp = jax.vjp(run, probes)
 
-    def readout_losses(m, R_end):
-        return jax.vmap(lambda rs, y: objective.value(m, rs, y), in_axes=(1, 0))(R_end, ys)
-
     def readout_total(m, R_end):
-        losses = readout_losses(m, R_end)
+        losses = jax.vmap(lambda rs, y: objective.value(m, rs, y), in_axes=(1, 0))(R_end, ys)
         return weighted_sum(weights, losses), losses
 
     (loss, losses), g_states = jax.value_and_grad(readout_total, argnums=1, has_aux=True)(frozen, R_end)
@@ -372,7 +369,7 @@ def _two_phase_trajectory(net, xs, ys, weights, objective, options):
         return readout_total(m, jax.lax.stop_gradient(R_end))[0] + dynamics
 
     grads = jax.grad(surrogate)(params)
-    finite = jnp.isfinite(jnp.max(jnp.abs(R_end), axis=(0, 2)))  # max propagates NaN: see all_finite
+    finite = jax.vmap(all_finite, in_axes=1)(R_end)
     B = xs.shape[0]
     info = dict(
         result=jax.vmap(lambda ok: RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite))(finite),
