@@ -115,7 +115,10 @@ def test_stored_steady_state_bptt_is_exact_and_matches_its_fallback(getkey):
     xs, ys = _batch(net, getkey())
     kw = dict(objective=nd.SteadyState(), rtol=1e-12, atol=1e-13)
     loss, grads, info = nd.batch_value_and_grad(net, xs, ys, estimator=nd.BPTT(), **kw)
-    assert int(jnp.max(info["steps"])) > 2
+    # The backward pass works in chunks of 8 stored steps: these relaxations span several,
+    # and the examples stop at different steps (inside a chunk, not at its edge).
+    steps = np.asarray(info["steps"])
+    assert steps.max() > 3 * 8 and len(set(steps.tolist())) > 1 and np.any(steps % 8 != 0)
     refs = [dense_ift_grad(net, x, y) for x, y in zip(xs, ys)]
     ref = jax.tree.map(lambda *g: sum(g) / B, *[r[1] for r in refs])
     # BPTT through a converged relaxation is the implicit gradient up to the contraction's tail.

@@ -199,9 +199,9 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
     `FixedStep()`: stop when the step difference over `dt0` is within tolerance) and stores
     its states, `(S, B, n)`. Backward: a batch-level while loop runs the adjoint
     `a_{k} = a_{k+1} dPhi/dr(r_k)` for `max_b K_b` steps (example b joins at its own
-    `K_b`), and each step's parameter cotangent is one VJP of the batched step with the
-    parameters shared: a matrix product over the batch. Both loops run as many steps as the
-    slowest example took, never `max_steps`.
+    `K_b`), one VJP in the state per step; the parameter cotangent of every 8 steps is one VJP
+    of those steps at once with the parameters shared, a matrix product over `8 x B` rows.
+    Both loops run as many steps as the slowest example took, never `max_steps`.
 
     Returns `(loss, grads, info, fits)`; `fits` is False when some example needed more than
     `S` steps (the states no longer fit; the caller falls back to the checkpointed loop).
@@ -246,7 +246,8 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
 
     big = jnp.full((B,), jnp.finfo(dtype).max, dtype)
     zero = jnp.zeros((B,), int)
-    buf0 = jnp.zeros((S,) + R0.shape, dtype)
+    # Padded to whole chunks for the backward pass's slices (never written past S).
+    buf0 = jnp.zeros((-(-S // _CHUNK) * _CHUNK,) + R0.shape, dtype)
     init = (R0, buf0, jnp.asarray(0), jnp.zeros((B,), bool), zero, big, (big, zero))
     R, buf, k_max, done, K, res, (_, since) = jax.lax.while_loop(fcond, fbody, init)
     # Every example stopped within S steps (or S is the whole budget): the states fit.
@@ -263,17 +264,48 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
 
     (loss, losses), (g_readout, A) = jax.value_and_grad(readout_loss, argnums=(0, 1), has_aux=True)(params, R)
 
-    def bcond(c):
-        j, _, _ = c
+    # Backward, in chunks of `c` stored steps from the top: within a chunk each step is one
+    # VJP in the state alone (its adjoint kept); then the chunk's parameter gradient is
+    # ONE VJP of its `c` steps at once, a matrix product over `c x B` rows. Per step, the
+    # parameter VJP would read and write every weight-sized cotangent (with whatever maps
+    # the parameters to the weights the products use, e.g. Hopfield's symmetrisation).
+    c = _CHUNK
+    rows = jnp.arange(c)
+
+    def chunk_grads(lo, A_chunk):
+        R_chunk = jax.lax.dynamic_slice_in_dim(buf, lo, c, 0)
+
+        def total(p):
+            m = eqx.combine(p, static)
+            steps = jax.vmap(lambda R, i: step_batch(m, R, lo + i))(R_chunk, rows)
+            return jnp.vdot(A_chunk, steps)
+
+        return jax.grad(total)(params)
+
+    def bcond(s):
+        j, _, _ = s
         return j >= 0
 
-    def bbody(c):
-        j, A, G = c
-        Rj = jax.lax.dynamic_index_in_dim(buf, j, 0, keepdims=False)
-        active = (j < K)[:, None]
-        _, vjp = jax.vjp(lambda p, R: step_batch(eqx.combine(p, static), R, j), params, Rj)
-        g_p, g_R = vjp(jnp.where(active, A, jnp.zeros((), dtype)))
-        return j - 1, jnp.where(active, g_R, A), jax.tree.map(jnp.add, G, g_p)
+    def bbody(s):
+        j, A, G = s
+        lo = (j // c) * c
+
+        def icond(t):
+            i, _, _ = t
+            return i >= lo
+
+        def ibody(t):
+            i, A, A_chunk = t
+            Ri = jax.lax.dynamic_index_in_dim(buf, i, 0, keepdims=False)
+            Ai = jnp.where((i < K)[:, None], A, jnp.zeros((), dtype))
+            _, vjp = jax.vjp(lambda R: step_batch(frozen, R, i), Ri)
+            (g_R,) = vjp(Ai)
+            A_chunk = jax.lax.dynamic_update_index_in_dim(A_chunk, Ai, i - lo, 0)
+            return i - 1, jnp.where((i < K)[:, None], g_R, A), A_chunk
+
+        A_chunk = jnp.zeros((c,) + A.shape, dtype)  # slots above j stay zero
+        _, A, A_chunk = jax.lax.while_loop(icond, ibody, (j, A, A_chunk))
+        return lo - 1, A, jax.tree.map(jnp.add, G, chunk_grads(lo, A_chunk))
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     # When the states do not fit the caller discards this path: no backward steps.
@@ -283,6 +315,9 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
     (g0,) = vjp0(A0)
     grads = jax.tree.map(lambda a, b, c: a + b + c, g_readout, G, g0)
     return loss, grads, dict(info, loss=losses), fits
+
+
+_CHUNK = 8  # stored steps per parameter VJP in the backward pass of `_stored_steady_state`
 
 
 def _patience_in_steps(relaxation):
