@@ -83,6 +83,60 @@ def _scan_reference(net, xs, ys, n_save, steps_per_save, dt):
     return eqx.filter_grad(lambda n: jnp.mean(jax.vmap(lambda x, y: loss(n, x, y))(xs, ys)))(net)
 
 
+def _hand_written_floor(n_save, steps_per_save, dt):
+    """Full BPTT of exactly this problem written by hand for it: the floor of what a generic
+    estimator could reach on this machine.
+
+    Two passes and no generic machinery: the forward scan keeps each Euler step's state and
+    `tanh` output; the reverse scan forms `g = dt a (1 - h^2)` and `a <- (1 - dt) a + g W`
+    (one product per step, as the forward); then every weight gradient is one matrix product
+    over all steps of all examples (`dW = G^T R`). It knows the network (a rate CTRNN with
+    tanh, tau = 1, a linear readout) and the loss (the squared error at every save), which
+    `nd.BPTT` cannot assume."""
+
+    @jax.jit
+    def grad(W, U, b, V, c, xs, ys):
+        B = xs.shape[0]
+        xs_t, ys_t = jnp.swapaxes(xs, 0, 1), jnp.swapaxes(ys, 0, 1)
+
+        def interval(R, X):
+            drive = X @ U.T + b
+
+            def sub(R, _):
+                h = jnp.tanh(R @ W.T + drive)
+                return R + dt * (h - R), (R, h)
+
+            R, (Rs, Hs) = jax.lax.scan(sub, R, None, length=steps_per_save)
+            return R, (Rs, Hs, R)
+
+        R0 = jnp.zeros((B, W.shape[0]), W.dtype)
+        _, (Rs, Hs, R_end) = jax.lax.scan(interval, R0, xs_t[:n_save])
+        E = (R_end @ V.T + c - ys_t) / B  # (T, B, n_out): d loss / d readout
+
+        def back_interval(a, inp):
+            H_k, E_k = inp
+            a = a + E_k @ V
+
+            def back(a, h):
+                g = dt * a * (1 - h * h)
+                return (1 - dt) * a + g @ W, g
+
+            return jax.lax.scan(back, a, H_k, reverse=True)
+
+        _, G = jax.lax.scan(back_interval, R0, (Hs, E), reverse=True)
+        G_rows, R_rows = G.reshape(-1, G.shape[-1]), Rs.reshape(-1, Rs.shape[-1])
+        G_k = jnp.sum(G, axis=1)  # (T, B, n): the drive's cotangent per interval
+        return dict(
+            W=G_rows.T @ R_rows,
+            U=jnp.einsum("tbi,tbj->ij", G_k, xs_t[:n_save]),
+            b=jnp.sum(G_k, axis=(0, 1)),
+            V=jnp.einsum("tbo,tbi->oi", E, R_end),
+            c=jnp.sum(E, axis=(0, 1)),
+        )
+
+    return grad
+
+
 def _trajectory(n, B, repeats):
     net, xs, ys, ts, dt = _problem(n, B)
     obj = nd.Trajectory(nd.losses.squared_error, ts)
@@ -113,9 +167,15 @@ def _trajectory(n, B, repeats):
     peer_err = _rel(g_peer.W, g_ref.W)
     if not err < 1e-3:
         raise AssertionError(f"nd.BPTT disagrees with the lax.scan reference (rel err {err:.2e})")
+    hand = _hand_written_floor(len(ts), int(round(ts[0] / dt)), dt)
+    hand_args = (net.W, net.U, net.b, net.V, net.c, xs, ys)
+    g_hand = hand(*hand_args)
+    hand_err = max(_rel(g_hand[k], getattr(g_ref, k)) for k in g_hand)
+    if not hand_err < 1e-3:
+        raise AssertionError(f"the hand-written floor disagrees with the lax.scan reference ({hand_err:.2e})")
     old, through = per_example_functions(est, obj, **opts), through_grad_function(est, obj, **opts)
     d_old, d_through = check_batch_path("bptt", net, xs, ys, ours, old, through)
-    t_ours, t_through, t_fwd, t_old, t_peer_fwd, t_peer = time_side_by_side(
+    t_ours, t_through, t_fwd, t_old, t_peer_fwd, t_peer, t_hand = time_side_by_side(
         [
             (ours, net, xs, ys),
             (through, net, xs, ys),
@@ -123,6 +183,7 @@ def _trajectory(n, B, repeats):
             (old, net, xs, ys),
             (peer_forward, net, xs, ys),
             (peer, net, xs, ys),
+            (hand, *hand_args),
         ],
         repeats=repeats,
     )
@@ -144,6 +205,23 @@ def _trajectory(n, B, repeats):
             peer_forward_ms=1e3 * t_peer_fwd,
         ),
     ]
+    # The floor: what the targets above ask of a generic estimator, against what code written
+    # for this one network and loss reaches on the same machine.
+    rows.append(
+        row(
+            "bptt",
+            problem,
+            label,
+            "hand-written BPTT of this network (the floor)",
+            t_ours,
+            t_hand,
+            "context",
+            grad_rel_err=err,
+            floor_rel_err=hand_err,
+            floor_vs_rollout=t_hand / t_fwd,
+            floor_vs_diffrax=t_hand / t_peer,
+        )
+    )
     rows += batch_path_rows("bptt", problem, "nd.BPTT", t_ours, t_old, t_through, d_old, d_through)
     return rows
 
