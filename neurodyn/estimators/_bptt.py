@@ -42,13 +42,15 @@ class BPTT(AbstractGradientResidualEstimator):
       For a steady state through `nd.value_and_grad` the relaxation loop is checkpointed,
       `None` letting equinox pick the number from `max_steps`.
     - `stored_steps`: for a steady state through `nd.batch_value_and_grad`, the relaxation
-      states kept per example (default 128; memory `stored_steps x B x n`). When every
-      example of the batch converges within that many steps, the gradient differentiates
-      exactly the steps taken, at about the cost of the forward solve plus one VJP per step
-      (the weight gradients are matrix products over the batch); otherwise the batch falls
-      back to the checkpointed loop (exact, several times slower). Under an outer `vmap`
-      (a sweep) the fallback is a select, so both run: keep `stored_steps` above the steps
-      your relaxations take.
+      steps kept per example (default 128): each step's state and the residuals of its
+      linearisation (memory a few times `stored_steps x B x n`). When every example of the
+      batch converges within that many steps, the gradient differentiates exactly the
+      steps taken, at about the cost of the forward solve plus one transposed step per
+      step (the weight gradients are matrix products over 8 steps of the batch at once);
+      a batch that converges within 16 steps never allocates the full buffers. Otherwise
+      the batch falls back to the checkpointed loop (exact, several times slower). Under an
+      outer `vmap` (a sweep) the fallbacks are selects, so all of them run: keep
+      `stored_steps` above the steps your relaxations take.
 
     !!! warning
 
@@ -124,14 +126,24 @@ class BPTT(AbstractGradientResidualEstimator):
             if not isinstance(relaxation, FixedStep) or relaxation.check_every != 1:
                 return self._checkpointed_batch(net, xs, ys, weights, objective, options)
         S = min(self.stored_steps, options.max_steps)
-        loss, grads, info, fits = _stored_steady_state(net, xs, ys, weights, objective, options, S)
-        if S == options.max_steps:
-            return loss, grads, info
-        return jax.lax.cond(
-            fits,
-            lambda: (loss, grads, info),
-            lambda: self._checkpointed_batch(net, xs, ys, weights, objective, options),
-        )
+        # First with room for a few steps, the usual case: the buffers of stored steps are
+        # initialised whole, which at the full size cost as much as a tenth of the
+        # gradient. A batch that needs more steps relaxes again with room for all of them.
+        sizes = sorted({size for size in (_FIRST_STORED, S) if size <= S})
+
+        def attempt(i):
+            loss, grads, info, fits = _stored_steady_state(net, xs, ys, weights, objective, options, sizes[i])
+            if sizes[i] == options.max_steps:
+                return loss, grads, info
+            if i + 1 < len(sizes):
+                return jax.lax.cond(fits, lambda: (loss, grads, info), lambda: attempt(i + 1))
+            return jax.lax.cond(
+                fits,
+                lambda: (loss, grads, info),
+                lambda: self._checkpointed_batch(net, xs, ys, weights, objective, options),
+            )
+
+        return attempt(0)
 
     def _checkpointed_batch(self, net, xs, ys, weights, objective, options):
         params, static = eqx.partition(net, eqx.is_inexact_array)
@@ -197,11 +209,14 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
 
     Forward: the batch relaxes with fixed solver steps (the semantics of
     `FixedStep()`: stop when the step difference over `dt0` is within tolerance) and stores
-    its states, `(S, B, n)`. Backward: a batch-level while loop runs the adjoint
-    `a_{k} = a_{k+1} dPhi/dr(r_k)` for `max_b K_b` steps (example b joins at its own
-    `K_b`), one VJP in the state per step; the parameter cotangent of every 8 steps is one VJP
-    of those steps at once with the parameters shared, a matrix product over `8 x B` rows.
-    Both loops run as many steps as the slowest example took, never `max_steps`.
+    its states, `(S, B, n)`, with each step's linearisation in the state (the residuals
+    that vary between steps; those that do not, such as the weights, once). Backward: a
+    batch-level while loop runs the adjoint `a_{k} = a_{k+1} dPhi/dr(r_k)` for `max_b K_b`
+    steps (example b joins at its own `K_b`), each step the transpose of its stored
+    linearisation, with no evaluation of the step; the parameter cotangent of every 8 steps
+    is one VJP of those steps at once with the parameters shared, a matrix product over
+    `8 x B` rows. Both loops run as many steps as the slowest example took, never
+    `max_steps`.
 
     Returns `(loss, grads, info, fits)`; `fits` is False when some example needed more than
     `S` steps (the states no longer fit; the caller falls back to the checkpointed loop).
@@ -225,14 +240,32 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
     # and the caller falls back to the checkpointed loop anyway.
     patience = _patience_in_steps(options.relaxation)
 
+    # Each step's linearisation in the state is kept for the backward pass, so that it
+    # does not evaluate the step again: the residuals that change from step to step are
+    # stored, those that do not (the weights the products use) are taken once.
+    def linearised_step(R, k):
+        return jax.linearize(lambda R: step_batch(frozen, R, k), R)
+
+    k0 = jnp.asarray(0)
+    varying = _varying_leaves(lambda R, k: jax.tree.leaves(linearised_step(R, k)[1]), R0, k0)
+    fixed_leaves, lin_def = jax.tree.flatten(linearised_step(R0, k0)[1])
+
     def fcond(c):
-        _, _, k, done, _, _, _ = c
+        _, _, _, k, done, _, _, _ = c
         return (k < S) & ~jnp.all(done)
 
     def fbody(c):
-        R, buf, k, done, K, res, (anchor, since) = c
+        R, buf, lbuf, k, done, K, res, (anchor, since) = c
         buf = jax.lax.dynamic_update_index_in_dim(buf, R, k, 0)
-        R1 = step_batch(frozen, R, k)
+        R1, lin = linearised_step(R, k)
+        leaves = jax.tree.leaves(lin)
+        if [(a.shape, a.dtype) for a in leaves] != [(a.shape, a.dtype) for a in fixed_leaves]:
+            raise RuntimeError(  # a step traces alike at every k: not expected to happen
+                "nd.BPTT internal error: the relaxation step's linearisation traced differently "
+                "at two steps; please report it with the network that does this."
+            )
+        leaves = [leaf for leaf, v in zip(leaves, varying) if v]
+        lbuf = [jax.lax.dynamic_update_index_in_dim(b, leaf, k, 0) for b, leaf in zip(lbuf, leaves)]
         res1 = jax.vmap(rms_norm)(R1 - R) / dt
         live = ~done
         R = jnp.where(live[:, None], R1, R)
@@ -242,14 +275,20 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
         anchor, since = jnp.where(live, anchor1, anchor), jnp.where(live, since1, since)
         stuck = since >= patience if patience is not None else jnp.zeros_like(done)
         done = done | (res1 <= tol(R1)) | ~jnp.isfinite(res1) | stuck
-        return R, buf, k + 1, done, K, res, (anchor, since)
+        return R, buf, lbuf, k + 1, done, K, res, (anchor, since)
 
     big = jnp.full((B,), jnp.finfo(dtype).max, dtype)
     zero = jnp.zeros((B,), int)
     # Padded to whole chunks for the backward pass's slices (never written past S).
     buf0 = jnp.zeros((-(-S // _CHUNK) * _CHUNK,) + R0.shape, dtype)
-    init = (R0, buf0, jnp.asarray(0), jnp.zeros((B,), bool), zero, big, (big, zero))
-    R, buf, k_max, done, K, res, (_, since) = jax.lax.while_loop(fcond, fbody, init)
+    lbuf0 = [jnp.zeros((S,) + leaf.shape, leaf.dtype) for leaf, v in zip(fixed_leaves, varying) if v]
+    init = (R0, buf0, lbuf0, k0, jnp.zeros((B,), bool), zero, big, (big, zero))
+    R, buf, lbuf, k_max, done, K, res, (_, since) = jax.lax.while_loop(fcond, fbody, init)
+
+    def linearisation(i):
+        stored = iter([jax.lax.dynamic_index_in_dim(b, i, 0, keepdims=False) for b in lbuf])
+        return jax.tree.unflatten(lin_def, [next(stored) if v else leaf for leaf, v in zip(fixed_leaves, varying)])
+
     # Every example stopped within S steps (or S is the whole budget): the states fit.
     fits = jnp.all(done) | (S >= max_steps)
     stagnated = since >= patience if patience is not None else jnp.zeros_like(done)
@@ -296,10 +335,8 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
 
         def ibody(t):
             i, A, A_chunk = t
-            Ri = jax.lax.dynamic_index_in_dim(buf, i, 0, keepdims=False)
             Ai = jnp.where((i < K)[:, None], A, jnp.zeros((), dtype))
-            _, vjp = jax.vjp(lambda R: step_batch(frozen, R, i), Ri)
-            (g_R,) = vjp(Ai)
+            (g_R,) = jax.linear_transpose(linearisation(i), R0)(Ai)
             A_chunk = jax.lax.dynamic_update_index_in_dim(A_chunk, Ai, i - lo, 0)
             return i - 1, jnp.where((i < K)[:, None], g_R, A), A_chunk
 
@@ -317,7 +354,20 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
     return loss, grads, dict(info, loss=losses), fits
 
 
+_FIRST_STORED = 16  # stored steps of the first attempt of `_stored_or_checkpointed`
 _CHUNK = 8  # stored steps per parameter VJP in the backward pass of `_stored_steady_state`
+
+
+def _varying_leaves(fn, *args) -> list[bool]:
+    """For each output leaf of `fn(*args)`, whether it depends on `args` (a walk of the
+    traced program's data flow); the others depend only on what `fn` closes over."""
+    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    # By identity: a literal operand (a constant) is never among them.
+    live = {id(v) for v in jaxpr.invars}
+    for eqn in jaxpr.eqns:
+        if any(id(v) in live for v in eqn.invars):
+            live.update(id(v) for v in eqn.outvars)
+    return [id(v) in live for v in jaxpr.outvars]
 
 
 def _patience_in_steps(relaxation):
