@@ -1,3 +1,5 @@
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -136,12 +138,10 @@ class BPTT(AbstractGradientResidualEstimator):
             if sizes[i] == options.max_steps:
                 return loss, grads, info
             if i + 1 < len(sizes):
-                return jax.lax.cond(fits, lambda: (loss, grads, info), lambda: attempt(i + 1))
-            return jax.lax.cond(
-                fits,
-                lambda: (loss, grads, info),
-                lambda: self._checkpointed_batch(net, xs, ys, weights, objective, options),
-            )
+                fallback = functools.partial(attempt, i + 1)
+            else:
+                fallback = functools.partial(self._checkpointed_batch, net, xs, ys, weights, objective, options)
+            return jax.lax.cond(fits, lambda: (loss, grads, info), fallback)
 
         return attempt(0)
 
@@ -303,8 +303,8 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
 
     (loss, losses), (g_readout, A) = jax.value_and_grad(readout_loss, argnums=(0, 1), has_aux=True)(params, R)
 
-    # Backward, in chunks of `c` stored steps from the top: within a chunk each step is one
-    # VJP in the state alone (its adjoint kept); then the chunk's parameter gradient is
+    # Backward, in chunks of `c` stored steps from the top: within a chunk each step is the
+    # transpose of its stored linearisation (its adjoint kept); then the chunk's parameter gradient is
     # ONE VJP of its `c` steps at once, a matrix product over `c x B` rows. Per step, the
     # parameter VJP would read and write every weight-sized cotangent (with whatever maps
     # the parameters to the weights the products use, e.g. Hopfield's symmetrisation).
