@@ -117,8 +117,8 @@ def relax_info(
     tol = opts.atol + opts.rtol * r_norm
     residual = rms_norm(_vector_field(steps.astype(r.real.dtype) * opts.dt0, r, (net, x)))
     # The loop stops early on a non-finite step difference: that is divergence even when
-    # the state itself has not yet overflowed. `rms_norm` scales by the largest entry, so it
-    # is finite exactly when every entry is (one reduction, shared with the tolerance).
+    # the state itself has not yet overflowed. `rms_norm` is finite only when every entry is
+    # and their squares do not overflow (one reduction, shared with the tolerance).
     finite = jnp.isfinite(r_norm) & jnp.isfinite(residual) & jnp.isfinite(res)
     converged = finite & (res <= tol)
     result = classify(converged, finite, stagnated)

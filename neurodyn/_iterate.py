@@ -120,8 +120,12 @@ def iterate(
         y, state, res = solver.step(y, state, args, it)
         res = jnp.asarray(res, dtype)
         it = it + 1
+        tol = solver.tolerance(y, args)
+        # An infinite tolerance means the iterate's norm overflowed (`rms_norm` gives inf
+        # rather than scale a second pass): divergence, never convergence.
+        res = jnp.where(jnp.isfinite(tol), res, jnp.inf)
         anchor, since = stall_update(res, anchor, since)
-        done = res <= solver.tolerance(y, args)
+        done = res <= tol
         go = (it < max_iterations) & ~done & jnp.isfinite(res)
         if patience is not None:
             go = go & (since < patience)

@@ -170,12 +170,37 @@ def test_rms_norm_never_hides_divergence():
 
     assert float(rms_norm(jnp.array([jnp.inf, 1.0]))) == np.inf
     assert float(rms_norm(jnp.array([jnp.nan, 1.0]))) == np.inf
-    assert float(rms_norm(jnp.array([1e300, -1e300]))) == pytest.approx(1e300)
+    # Squares that overflow read as divergence too (inf), never as a small norm.
+    assert float(rms_norm(jnp.array([1e300, -1e300]))) == np.inf
+    assert float(rms_norm(jnp.array([3e19, 1.0], jnp.float32))) == np.inf
+    assert float(rms_norm(jnp.array([3.0, -4.0]))) == pytest.approx(np.sqrt(12.5))
+    # Half precision sums in float32: 300^2 overflows float16, the norm does not.
+    assert float(rms_norm(jnp.array([300.0, 300.0], jnp.float16))) == pytest.approx(300.0)
+    assert float(rms_norm(jnp.array([3.0 + 4.0j, 0.0]))) == pytest.approx(np.sqrt(12.5))
     assert float(rms_norm(jnp.zeros(3))) == 0.0
     np.testing.assert_array_equal(jax.grad(rms_norm)(jnp.zeros(2)), 0.0)
     # Jitted and vmapped too (the loops' form), NaN anywhere in a row: that row only.
     rows = jnp.ones((4, 300)).at[1, 299].set(jnp.nan).at[2, 0].set(-jnp.inf)
     np.testing.assert_array_equal(jax.jit(jax.vmap(rms_norm))(rows), [1.0, np.inf, np.inf, 1.0])
+
+
+def test_an_overflowing_norm_is_divergence_not_convergence():
+    # A finite iterate too large for its squared norm, standing still (res = 0): its
+    # tolerance overflows to inf, which must not make it converged.
+    class Still(nd.AbstractIterativeSolver):
+        def init(self, y0, args):
+            return None
+
+        def step(self, y, state, args, iteration):
+            return y, state, jnp.zeros((), y.dtype)
+
+        def tolerance(self, y, args):
+            return 1e-8 + 1e-6 * nd._misc.rms_norm(y)
+
+    for y0, ok in ((jnp.full(4, 1e200), False), (jnp.full(4, 1e100), True)):
+        sol = nd.iterate(Still(), y0, None, max_iterations=10)
+        assert bool(sol.converged) == ok
+        assert sol.result == (nd.RESULTS.successful if ok else nd.RESULTS.nonfinite)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
