@@ -7,7 +7,9 @@ momentum, then measures its test accuracy: the `experiments.sweep` problem. Targ
 64-point sweep costs at most 8x one point (CPU at n = 64; `large=True`, the GPU size,
 n = 256), where the loop costs about 64x. Before timing, the sweep's results are checked
 against the loop's, point by point. One more row times the same sweep on the old path
-(`nd.batch_mean` of the vmapped `nd.value_and_grad` per mini-batch).
+(`nd.batch_mean` of the vmapped `nd.value_and_grad` per mini-batch), and one the sweep of
+half the points: from the two, what one more point costs inside the sweep (the ratio to one
+point cannot fall below the points times that marginal cost over one point's time).
 """
 
 import time
@@ -71,6 +73,11 @@ def run(quick: bool = False, large: bool = False):
     def sweep_one():
         return nd.sweeps.run(fn, points[0])
 
+    half = {k: v[: P // 2] for k, v in many.items()}
+
+    def sweep_half():
+        return nd.sweeps.run(fn, half)
+
     def sweep_many_old():
         return nd.sweeps.run(fn_old, many)
 
@@ -85,15 +92,37 @@ def run(quick: bool = False, large: bool = False):
             np.asarray(together[k]), np.concatenate([np.asarray(a[k]) for a in alone]), rtol=2e-3, atol=2e-4
         )
         np.testing.assert_allclose(np.asarray(together[k]), np.asarray(old[k]), rtol=2e-3, atol=2e-4)
-    t_many, t_one, t_old = time_side_by_side([(sweep_many,), (sweep_one,), (sweep_many_old,)], repeats=repeats)
+    t_many, t_one, t_old, t_half = time_side_by_side(
+        [(sweep_many,), (sweep_one,), (sweep_many_old,), (sweep_half,)], repeats=repeats
+    )
     t0 = time.perf_counter()
     jax.block_until_ready(loop())  # compiled already: the loop's best case
     t_loop = time.perf_counter() - t0
     problem = f"Layered (2, {hidden}, 2) RBP batch_value_and_grad + SGD momentum, {steps} steps of batch 16, {P} points"
     acc = np.asarray(together["test_accuracy"])
-    extra = dict(test_accuracy_mean=float(acc.mean()), test_accuracy_max=float(acc.max()))
+    # What one more point costs inside the vmapped sweep (from the P/2- and P-point sweeps),
+    # against a point run alone: the sweep's cost is `fixed + marginal * P`, so the ratio to
+    # one point is bounded below by `P * marginal / one` however small the fixed part gets.
+    marginal = (t_many - t_half) / (P - P // 2)
+    extra = dict(
+        test_accuracy_mean=float(acc.mean()),
+        test_accuracy_max=float(acc.max()),
+        marginal_ms_per_point=1e3 * marginal,
+        floor_ratio=P * marginal / t_one,
+    )
     return [
         row("sweep", problem, f"{P}-point vmapped sweep", "one point", t_many, t_one, "<= 8x", **extra),
+        row(
+            "sweep",
+            problem,
+            f"{P}-point vmapped sweep",
+            f"{P // 2}-point vmapped sweep",
+            t_many,
+            t_half,
+            f"context: 2x = linear in the points; marginal point {1e3 * marginal:.3f} ms, "
+            f"{P} x marginal / one point = {P * marginal / t_one:.1f}x",
+            **extra,
+        ),
         row(
             "sweep",
             problem,
