@@ -5,7 +5,9 @@ the gradients (ours, the peers', a tight Krylov-RBP reference) solve the same pr
 Ours is the batch path, `nd.batch_value_and_grad` (the three relaxations per example, then
 one reverse pass of the nudged energies over the batch). Two more rows: the batch path
 against the old one (`nd.batch_mean` of the vmapped `nd.value_and_grad`), and `jax.grad`
-of the batch loss against the returned `grads`.
+of the batch loss against the returned `grads`. One more: a centered EP written by hand for
+this network and loss (`_hand_written_floor`, checked against `nd.EP` and the reference),
+the floor a generic estimator could reach here.
 
 Extra fields per row: relative error and cosine of ours and of the peer against the
 reference, and the mean free and nudged step counts."""
@@ -43,6 +45,65 @@ def _cosine(a, b):
     return float(fa @ fb / (np.linalg.norm(fa) * np.linalg.norm(fb)))
 
 
+def _hand_written_floor(net, rtol, atol, max_steps, dt=1.0, check_every=2):
+    """Centered EP of exactly this problem written by hand for it: the floor of what a
+    generic estimator could reach on this machine.
+
+    It knows the network (a dense `nd.networks.Hopfield`: `F = -r + rho'(r) (W_s rho(r) + U x
+    + b)`, the readout the output units) and the loss (the squared error), which `nd.EP`
+    cannot assume. Three relaxations as whole-batch loops with no per-example bookkeeping:
+    every row steps until all rows pass the same test as `nd.relax` (the step difference
+    against `atol + rtol rms(r)`, tested every `check_every` steps), and nothing is
+    reported; the two nudged phases as one loop over `2B` rows; then each weight gradient is
+    one matrix product, `dE/dW_s = -rho rho^T / 2` summed with the phases' weights."""
+    act, n_hidden, n = net.activation, net.n_hidden, net.n_state
+    mask = 1 - jnp.eye(n, dtype=net.W.dtype)
+
+    def rms(A):
+        return jnp.sqrt(jnp.mean(A * A, axis=-1))
+
+    def relax(R, W_s, C, pull):
+        # `pull(R)`: the nudge's extra drift (zero for the free phase).
+        def field(R):
+            rho, drho = jax.jvp(act, (R,), (jnp.ones_like(R),))
+            return -R + drho * (rho @ W_s + C) + pull(R)
+
+        def body(c):
+            R, k, _ = c
+            for _ in range(check_every - 1):
+                R = R + dt * field(R)
+            R1 = R + dt * field(R)
+            done = jnp.all(rms(R1 - R) / dt <= atol + rtol * rms(R1))
+            return R1, k + check_every, done
+
+        R, _, _ = jax.lax.while_loop(lambda c: (c[1] < max_steps) & ~c[2], body, (R, 0, False))
+        return R
+
+    @jax.jit
+    def grad(W, U, b, xs, ys, beta):
+        B = xs.shape[0]
+        W_s = 0.5 * (W + W.T) * mask
+        C = xs @ U.T + b
+        R = relax(jnp.zeros((B, n), W.dtype), W_s, C, lambda R: 0.0)
+        loss = 0.5 * jnp.sum((R[:, n_hidden:] - ys) ** 2) / B
+        # Both nudged phases as one loop: rows 0..B-1 at +beta, B..2B-1 at -beta.
+        sign = jnp.concatenate([jnp.ones((B, 1)), -jnp.ones((B, 1))]).astype(W.dtype)
+        Y2 = jnp.concatenate([ys, ys])
+
+        def pull(R):
+            return jnp.zeros_like(R).at[:, n_hidden:].set(-beta * sign * (R[:, n_hidden:] - Y2))
+
+        R2 = relax(jnp.concatenate([R, R]), W_s, jnp.concatenate([C, C]), pull)
+        rho = act(R2)
+        rp, rm = rho[:B], rho[B:]
+        scale = 1 / (2 * beta * B)
+        G_s = -0.5 * scale * (rp.T @ rp - rm.T @ rm)  # d/dW_s of the phases' energy difference
+        d = rp - rm
+        return loss, dict(W=G_s * mask, U=-scale * (d.T @ xs), b=-scale * jnp.sum(d, axis=0))
+
+    return grad
+
+
 def run(quick: bool = False, large: bool = False):
     rows = []
     sizes = [(64, 8)] if quick else ([(1024, 256)] if large else [(256, 32)])
@@ -74,7 +135,18 @@ def run(quick: bool = False, large: bool = False):
         )
         old, through = per_example_functions(est), through_grad_function(est)
         d_old, d_through = check_batch_path("ep", net, xs, ys, ours, old, through)
-        t_ours, t_through, t_relax, t_old, t_peer, t_opt = time_side_by_side(
+        opts = nd.SteadyState().options(xs.dtype)
+        hand = _hand_written_floor(net, opts.rtol, opts.atol, opts.max_steps)
+        hand_args = (net.W, net.U, net.b, xs, ys, jnp.asarray(BETA, xs.dtype))
+        l_hand, g_hand = hand(*hand_args)
+        hand_err = max(rel(g_hand[k], getattr(g_ref, k)) for k in g_hand)
+        hand_gap = max(rel(g_hand[k], getattr(g_ours, k)) for k in g_hand)
+        if not (hand_err < 1e-2 and hand_gap < 1e-3 and abs(float(l_hand - l_ours)) <= 1e-5 * abs(float(l_ours))):
+            raise AssertionError(
+                f"the hand-written EP floor disagrees (rel err {hand_err:.2e} against the reference, "
+                f"{hand_gap:.2e} against nd.EP; loss {float(l_hand)} against {float(l_ours)})"
+            )
+        t_ours, t_through, t_relax, t_old, t_peer, t_opt, t_hand = time_side_by_side(
             [
                 (ours, net, xs, ys),
                 (through, net, xs, ys),
@@ -82,6 +154,7 @@ def run(quick: bool = False, large: bool = False):
                 (old, net, xs, ys),
                 (peer, net, xs, ys),
                 (opeer, net, xs, ys),
+                (hand, *hand_args),
             ],
             repeats=repeats,
         )
@@ -112,6 +185,20 @@ def run(quick: bool = False, large: bool = False):
                 ours_rel_err=extra["ours_rel_err"],
                 peer_rel_err=rel(g_opt, g_ref),
                 peer_cosine=_cosine(g_opt, g_ref),
+            )
+        )
+        rows.append(
+            row(
+                "ep",
+                problem,
+                label,
+                "hand-written EP of this network (the floor)",
+                t_ours,
+                t_hand,
+                f"context: the floor is {t_hand / t_relax:.2f}x nd.relax",
+                hand_rel_err=hand_err,
+                hand_vs_ours_rel=hand_gap,
+                floor_vs_relax=t_hand / t_relax,
             )
         )
         rows += batch_path_rows("ep", problem, "nd.EP", t_ours, t_old, t_through, d_old, d_through)
