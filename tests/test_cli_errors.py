@@ -311,6 +311,7 @@ class TauCTRNN(nd.networks.AbstractNetwork):
 '''
 
 
+@pytest.mark.slow
 def test_a_users_network_class_trains_by_import_path(tmp_path):
     pkg = tmp_path / "my_nets"
     pkg.mkdir()

@@ -217,6 +217,7 @@ def test_sparse_vector_field_vjp_and_jvp_are_o_nnz(name, make, getkey):
     assert net.W.ndim == 1 and not eqx.is_inexact_array(net.W_index)
 
 
+@pytest.mark.slow
 def test_sparse_initialisation_keeps_the_dense_spectral_radius():
     # Fixed keys, and the mean over four draws: one draw's spectral radius fluctuates (an
     # outlier eigenvalue of a non-normal matrix), which made a one-key test depend on the

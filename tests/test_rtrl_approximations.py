@@ -77,6 +77,7 @@ def _slope(sens, sizes=(8, 16, 32)):
     return float(np.polyfit(np.log(np.asarray(ms, float)), np.log(np.asarray(peaks, float)), 1)[0]), ms, peaks
 
 
+@pytest.mark.slow
 def test_sparse_snap1_memory_is_linear_in_the_parameters():
     # Observed (CPU, float64, n = 8, 16, m = 106, 338): sparse 4.4, 13.4 kB (log-log slope
     # 0.95); dense (p is n x m ~ m^1.5) 20.7, 129 kB (slope 1.58). Three sizes, and UORO,
