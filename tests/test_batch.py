@@ -129,14 +129,8 @@ def test_stored_steady_state_bptt_is_exact_and_matches_its_fallback(getkey):
     assert_tree_close(grads_fb, grads, rtol=1e-10, atol=1e-13, what="fallback vs stored")
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "hopfield",
-        pytest.param("ctrnn-current", marks=pytest.mark.slow),
-        pytest.param("layered", marks=pytest.mark.slow),
-    ],
-)
+@pytest.mark.slow  # the stored path stays in the default suite through the test above
+@pytest.mark.parametrize("name", ["hopfield", "ctrnn-current", "layered"])
 def test_stored_steady_state_bptt_within_the_first_attempt(getkey, name):
     """Relaxations that stop within the first attempt's 16 stored steps, with a two-stage
     solver (each step's stored linearisation covers both stages): the same gradient as

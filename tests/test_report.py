@@ -67,6 +67,7 @@ def two_runs(tmp_path_factory):
     return a, b
 
 
+@pytest.mark.slow  # the two runs of the fixture take about 12 s
 def test_report_tables_only_the_differing_settings_and_plots_the_curves(two_runs, tmp_path, capsys):
     a, b = two_runs
     before = _snapshot(a), _snapshot(b)
@@ -89,6 +90,7 @@ def test_report_tables_only_the_differing_settings_and_plots_the_curves(two_runs
     assert (_snapshot(a), _snapshot(b)) == before
 
 
+@pytest.mark.slow  # the two runs of the fixture take about 12 s
 def test_report_reads_sub_runs_and_picks_a_metric(two_runs, tmp_path, capsys):
     a, b = two_runs
     out = tmp_path / "sub"
@@ -100,6 +102,7 @@ def test_report_reads_sub_runs_and_picks_a_metric(two_runs, tmp_path, capsys):
     assert (out / "figures" / "curves.png").exists()
 
 
+@pytest.mark.slow  # the two runs of the fixture take about 12 s
 def test_bad_input_is_one_line_and_exit_2(two_runs, tmp_path, capsys):
     a, _ = two_runs
     empty = tmp_path / "empty"

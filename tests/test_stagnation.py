@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import pytest
 
 import neurodyn as nd
 from neurodyn.networks import AbstractNetwork
@@ -75,6 +76,7 @@ def test_an_oscillating_relaxation_stops_as_stagnated(getkey):
     assert _is(info_none["result"], nd.RESULTS.max_steps_reached) and int(info_none["steps"]) == 500
 
 
+@pytest.mark.slow
 def test_stagnation_reaches_the_estimators_info(getkey):
     """Each estimator reports the stalled forward relaxation per example in the batch."""
     net = _FloorNetwork(_ctrnn(getkey()), 1e-4)
