@@ -292,9 +292,7 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, S: int):
     # Every example stopped within S steps (or S is the whole budget): the states fit.
     fits = jnp.all(done) | (S >= max_steps)
     stagnated = since >= patience if patience is not None else jnp.zeros_like(done)
-    info = jax.vmap(lambda x, r, steps, res, stag: relax_info(frozen, x, r, steps, res, options, stag))(
-        xs, R, K, res, stagnated
-    )
+    info = jax.vmap(lambda r, steps, res, stag: relax_info(r, steps, res, options, stag))(R, K, res, stagnated)
 
     def readout_loss(p, R):
         m = eqx.combine(p, static)
