@@ -129,6 +129,28 @@ def test_hopfield_is_a_gradient_flow_with_symmetric_jacobian(getkey):
     assert net.readout(r).shape == (2,)
 
 
+def test_hopfield_energy_matches_its_symmetric_form(getkey):
+    # The energy is written without W_s (`rho^T W rho - sum_i W_ii rho_i^2`, no transpose of
+    # W): its value and its parameter gradient must be the textbook form's, with
+    # `W_s = (W + W^T)/2` and a zero diagonal, for a W that is neither symmetric nor
+    # zero on its diagonal.
+    net = nd.networks.Hopfield(3, 6, 2, key=getkey())
+    net = eqx.tree_at(lambda m: m.W, net, net.W + jnp.diag(jr.normal(getkey(), (8,))))
+    assert not np.allclose(net.W, net.W.T) and np.all(np.abs(np.diag(net.W)) > 0)
+    x = jr.uniform(getkey(), (3,))
+    r = jr.normal(getkey(), (8,))
+
+    def textbook(m):
+        rho = m.activation(r)
+        return 0.5 * r @ r - 0.5 * rho @ m.symmetric_weights @ rho - rho @ (m.U @ x + m.b)
+
+    np.testing.assert_allclose(net.energy(r, x), textbook(net), rtol=1e-12)
+    g, g_ref = eqx.filter_grad(lambda m: m.energy(r, x))(net), eqx.filter_grad(textbook)(net)
+    for name in ("W", "U", "b"):
+        np.testing.assert_allclose(getattr(g, name), getattr(g_ref, name), rtol=1e-12, atol=1e-14, err_msg=name)
+    np.testing.assert_array_equal(np.diag(g.W), 0.0)
+
+
 def test_relax_reports_non_convergence_without_nans(getkey):
     net = nd.networks.CTRNN(8, 2, 1, key=getkey())
     r, info = nd.relax(net, jnp.ones(2), max_steps=3)

@@ -111,7 +111,15 @@ class Hopfield(AbstractEnergyNetwork, AbstractInputRescalable):
 
     def energy(self, r: State, x: Input) -> Scalar:
         rho = self.activation(r)
-        return 0.5 * jnp.sum(r * r) - 0.5 * rho @ self.coupling(rho) - rho @ (matvec(self.U, x) + self.b)
+        if self.W_index is not None:
+            pair = rho @ self.coupling(rho)
+        else:
+            # `rho^T W_s rho = rho^T W rho - sum_i W_ii rho_i^2` for any `W`: the same value
+            # without `W_s`, whose transpose of `W` (and of the gradient, backwards) XLA
+            # fuses into a strided loop. The gradient in `W` is `-rho rho^T / 2` off the
+            # diagonal, one matrix product over a batch.
+            pair = rho @ matvec(self.W, rho) - jnp.diagonal(self.W) @ (rho * rho)
+        return 0.5 * jnp.sum(r * r) - 0.5 * pair - rho @ (matvec(self.U, x) + self.b)
 
     def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
