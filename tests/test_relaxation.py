@@ -54,6 +54,29 @@ def _check_strategies(net, getkey):
         np.testing.assert_allclose(r, ref, rtol=1e-8, atol=1e-9, err_msg=sname)
 
 
+@pytest.mark.parametrize("sname,rel", STRATEGIES + [("default", None)], ids=[n for n, _ in STRATEGIES] + ["default"])
+def test_info_residual_is_what_the_tolerance_judged(sname, rel, getkey):
+    # `converged` is exactly `residual <= atol + rtol rms(r)`, converged or cut short by
+    # max_steps; for the stepping strategies the residual is the last step difference over
+    # dt0 (Euler: rms(F) one step before r, which the contraction has since reduced).
+    net = nd.networks.CTRNN(12, 3, 2, gain=0.8, key=getkey())
+    x = jr.uniform(getkey(), (3,))
+    rtol, atol = 1e-8, 1e-10
+    kw = dict(dt0=0.5, rtol=rtol, atol=atol) | ({} if rel is None else dict(relaxation=rel))
+    for max_steps in (2, 10_000):
+        r, info = nd.relax(net, x, max_steps=max_steps, **kw)
+        tol = atol + rtol * float(nd._misc.rms_norm(r))
+        res = float(info["residual"])
+        assert np.isfinite(res) and bool(info["converged"]) == (res <= tol), (sname, max_steps, res, tol)
+        assert bool(info["converged"]) == (max_steps > 2), (sname, max_steps)
+        true_res = float(nd._misc.rms_norm(net(0.0, r, x)))
+        if sname == "newton-krylov":
+            np.testing.assert_allclose(res, true_res, rtol=1e-10)
+        elif sname != "anderson":
+            # One contracting Euler step after the measured one: rms(F(r)) is below it.
+            assert true_res < res, (sname, max_steps, true_res, res)
+
+
 def test_fixed_step_is_the_plain_loop_and_the_default_chunks_it(getkey):
     # FixedStep() is the plain Euler loop BPTT differentiates: same state, same step count
     # as a hand-written loop that stops at the first step difference below the tolerance.
