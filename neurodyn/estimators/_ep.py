@@ -15,7 +15,15 @@ from .._objectives import AbstractObjective, SteadyState
 from .._options import IntegrationOptions
 from .._outcome import flag_failure, RESULTS
 from ..networks import AbstractEnergyNetwork, AbstractNetwork
-from ._base import AbstractSurrogateEstimator, CheckedInput, CheckedTarget, Residuals
+from ._base import (
+    AbstractSurrogateEstimator,
+    BatchInput,
+    BatchTarget,
+    CheckedInput,
+    CheckedTarget,
+    Residuals,
+    weighted_sum,
+)
 
 
 _VARIANTS = ("centered", "one-sided", "holomorphic")
@@ -90,7 +98,9 @@ class EP(AbstractSurrogateEstimator):
     Cost: the free relaxation, then one (one-sided), two (centered) or `N` (holomorphic,
     complex arithmetic: about 4x a real step each) nudged relaxations from `r*`, run as one
     relaxation batched over the phases, each usually shorter than the free one; the
-    parameter gradient is one reverse pass through `E` (or `F`) and the loss. Memory O(n)
+    parameter gradient is one reverse pass through `E` (or `F`) and the loss; in a
+    batch (`nd.batch_value_and_grad`) the phases of all examples are the rows of one
+    batch of energies, so each weight gradient is one matrix product over `2B` rows. Memory O(n)
     (O(Nn) for holomorphic).
 
     **Arguments:**
@@ -198,6 +208,29 @@ class EP(AbstractSurrogateEstimator):
             # -delta^T dF/dw at r*, with delta ~ dr^beta/dbeta.
             dynamics_term = -jnp.vdot(weights @ states, net(0.0, r_free, x))
         return objective.value(net, r_free, y) + dynamics_term
+
+    def batch_surrogate(
+        self,
+        net: AbstractNetwork,
+        xs: BatchInput,
+        ys: BatchTarget,
+        weights: Float[Array, " B"],
+        objective: AbstractObjective,
+        residuals: Residuals,
+    ) -> Scalar:
+        if self.variant == "holomorphic" or not isinstance(net, AbstractEnergyNetwork):
+            return super().batch_surrogate(net, xs, ys, weights, objective, residuals)
+        # The phases as rows of one batch: `sum_b w_b (l_b + sum_k c_k E(r_bk))`, so each
+        # weight gradient is ONE matrix product over the 2B rows (two over B rows each,
+        # then a sum, measured 0.03 ms slower on Hopfield n = 256, B = 32).
+        states, phase_weights, r_free = residuals
+        B, K = states.shape[:2]
+        keep = weights > 0
+        row_weights = jnp.where(keep[:, None], weights[:, None] * phase_weights, 0).reshape(B * K)
+        x_rows = jnp.repeat(xs, K, axis=0)
+        energies = jax.vmap(net.energy)(states.reshape((B * K,) + states.shape[2:]), x_rows)
+        losses = jax.vmap(lambda r, y: objective.value(net, r, y))(r_free, ys)
+        return weighted_sum(weights, losses) + jnp.sum(row_weights * jnp.where(jnp.repeat(keep, K), energies, 0))
 
     def solve(
         self,
