@@ -9,7 +9,7 @@ from .._custom_types import RealState
 from .._iterate import AbstractIterativeSolver, iterate
 from .._misc import rms_norm
 from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec
-from ._common import adjoint_solution, default_rtol, relative_residual
+from ._common import adjoint_solution, default_rtol
 
 
 def _adjoint_field(t, v, args):
@@ -28,7 +28,9 @@ class AdjointODE(AbstractAdjointSolve):
     state too, as the forward relaxation's test is relative to `r`: with large weights,
     `|v| >> |g|`, float32 rounding alone leaves a residual above `rtol rms(g)`). It converges exactly when the forward
     equilibrium is stable (the eigenvalues of J have negative real part), so divergence here
-    flags an unstable equilibrium.
+    flags an unstable equilibrium. The reported `adjoint_residual` is the loop's own test
+    quantity (the last step difference over the step, relative to `rms(g)`), so
+    `adjoint_converged` is exactly that test.
 
     **Arguments:**
 
@@ -66,11 +68,12 @@ class AdjointODE(AbstractAdjointSolve):
         it = _AdjointIteration(self.solver, dt, k, self.max_steps, rtol, atol, rms_norm(g), first)
         v0 = dt * g if first else jnp.zeros_like(g)
         sol = iterate(it, v0, (matvec, g), max_iterations=-(-(self.max_steps - first) // k))
-        v = sol.value
-        res = relative_residual(matvec, v, g)
-        # The loop tests the step difference; allow a factor 10 for the exact residual.
-        converged = jnp.isfinite(res) & (res * it.scale <= 10 * it.tolerance(v, None))
-        return adjoint_solution(v, converged, sol.state[1], res)
+        # The reported residual is the one the loop judged: the last step difference over
+        # the step, `J^T v + g` one step back (with Euler), relative to `rms(g)`. Measuring
+        # it again at `v` cost one more VJP per example (a sixth of RBP's batch gradient on
+        # Hopfield n = 256, B = 32) for `info` alone.
+        res = sol.residual / jnp.where(it.scale > 0, it.scale, 1)
+        return adjoint_solution(sol.value, sol.converged & jnp.isfinite(res), sol.state[1], res)
 
 
 class _AdjointIteration(AbstractIterativeSolver):

@@ -19,7 +19,8 @@ class AdjointSolution(eqx.Module):
     - `value`: `v` with `J^T v ~= -g`.
     - `converged`: the solve met its tolerance.
     - `steps`: iterations (VJPs) taken; `-1` where the solver does not report them.
-    - `residual`: `rms(J^T v + g) / rms(g)`.
+    - `residual`: `rms(J^T v + g) / rms(g)` (`AdjointODE`: as its loop measured it, the
+      last step difference over the step, one step before `value`).
     """
 
     value: Float[Array, " n"]
