@@ -226,3 +226,12 @@ def test_adjoint_ode_iterates_are_the_neumann_partial_sums(getkey):
         M = jnp.eye(n) + dt * J.T
         expected = dt * sum(jnp.linalg.matrix_power(M, i) @ g for i in range(k))
         np.testing.assert_allclose(sol.value, expected, rtol=1e-10, atol=1e-12)
+        # The reported residual is the one the loop judged: `J^T v + g` at the iterate one
+        # step before the last, relative to rms(g), and `converged` is exactly its test.
+        before = dt * sum(jnp.linalg.matrix_power(M, i) @ g for i in range(k - 1))
+        rms = nd._misc.rms_norm
+        # (A difference of iterates: rounding of order eps |v| / dt.)
+        np.testing.assert_allclose(sol.residual, rms(J.T @ before + g) / rms(g), rtol=1e-5, atol=1e-14)
+        tol = 1e-10 * float(rms(g) + rms(sol.value))  # the float64 default rtol, atol = 0
+        assert bool(sol.converged) == (float(sol.residual) * float(rms(g)) <= tol)
+        assert bool(sol.converged) == (k < max_steps)
