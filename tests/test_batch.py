@@ -230,3 +230,25 @@ def test_differentiating_the_returned_grads_is_refused(getkey):
         jax.grad(
             lambda n: jnp.sum(nd.batch_value_and_grad(n, xs, ys, objective=nd.SteadyState(), estimator=nd.RBP())[1].W)
         )(net)
+
+
+def test_a_checked_signature_still_refuses_bad_data(getkey):
+    # The one-example checks of a batch are cached per signature (network structure,
+    # objective, data shapes and dtypes) once they pass: the cached call gives the first
+    # call's result, a batch of another shape is still refused, and class indices are
+    # checked by value on every call.
+    net = dict(NETWORKS)["ctrnn-rate"]
+    xs, ys = _batch(net, getkey())
+    kw = dict(objective=nd.SteadyState(), estimator=nd.RBP())
+    first = nd.batch_value_and_grad(net, xs, ys, **kw)
+    again = nd.batch_value_and_grad(net, xs, ys, **kw)
+    assert_tree_close(again[1], first[1], rtol=0, atol=0, what="cached check")
+    with pytest.raises(ValueError, match="expects"):
+        nd.batch_value_and_grad(net, xs[:, :-1], ys, **kw)
+    with pytest.raises(ValueError, match="must match the readout"):
+        nd.batch_value_and_grad(net, xs, ys[:, :-1], **kw)
+    ce = dict(objective=nd.SteadyState(nd.losses.softmax_cross_entropy), estimator=nd.RBP())
+    labels = jnp.arange(B) % net.n_out
+    nd.batch_value_and_grad(net, xs, labels, **ce)
+    with pytest.raises(ValueError, match="class index"):
+        nd.batch_value_and_grad(net, xs, labels.at[1].set(net.n_out), **ce)
