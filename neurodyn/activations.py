@@ -55,6 +55,49 @@ class Tanh(AbstractActivation):
         return jnp.tanh(z)
 
 
+def value_and_slope(f: Callable[[Array], Array], z: Inexact[Array, "*shape"]) -> tuple[Array, Array]:
+    """`(f(z), f'(z))` elementwise, for an elementwise `f` (an activation or a plain
+    callable): the pair the Hopfield field needs.
+
+    For `Logistic` and `Tanh` the pair has a derivative rule of its own, `(f' dz, f'' dz)`
+    with `f''` in closed form. A linearisation of the network (BPTT's stored steps, RTRL)
+    then keeps two vectors per step for the activation, `f'` and `f''`, where differentiating
+    `jax.jvp(f, ...)` kept four intermediate ones. Anything else: `jax.jvp(f, (z,), (1,))`."""
+    if isinstance(f, Logistic):
+        return _logistic_pair(z)
+    if isinstance(f, Tanh):
+        return _tanh_pair(z)
+    return jax.jvp(f, (z,), (jnp.ones_like(z),))
+
+
+@jax.custom_jvp
+def _logistic_pair(z):
+    s = jax.nn.sigmoid(z)
+    return s, s * (1 - s)
+
+
+@_logistic_pair.defjvp
+def _logistic_pair_jvp(primals, tangents):
+    (z,), (dz,) = primals, tangents
+    s = jax.nn.sigmoid(z)
+    d1 = s * (1 - s)
+    return (s, d1), (d1 * dz, d1 * (1 - 2 * s) * dz)
+
+
+@jax.custom_jvp
+def _tanh_pair(z):
+    t = jnp.tanh(z)
+    return t, 1 - t * t
+
+
+@_tanh_pair.defjvp
+def _tanh_pair_jvp(primals, tangents):
+    (z,), (dz,) = primals, tangents
+    t = jnp.tanh(z)
+    d1 = 1 - t * t
+    return (t, d1), (d1 * dz, -2 * t * d1 * dz)
+
+
 class HardLogistic(AbstractActivation):
     """`f(z) = max(min(0.25 z + 0.5, 1), 0)`."""
 

@@ -239,3 +239,19 @@ def test_all_finite_finds_one_bad_entry_anywhere(bad, where):
     # Per example under vmap: only the broken row.
     rows = jnp.ones((3, 300)).at[1, where].set(bad)
     np.testing.assert_array_equal(jax.vmap(all_finite)(rows), [True, False, True])
+
+
+@pytest.mark.parametrize("act", [nd.activations.logistic, nd.activations.tanh, nd.activations.softplus])
+def test_value_and_slope_and_its_derivative(act, getkey):
+    # `(f, f')` with a derivative rule of its own for logistic and tanh (f'' in closed
+    # form): values, slopes and their JVP must be autodiff's through jax.jvp of f, on real
+    # and complex (holomorphic EP) arguments; softplus takes the generic path.
+    z = jr.normal(getkey(), (7,))
+    dz = jr.normal(getkey(), (7,))
+    pair = lambda z: nd.activations.value_and_slope(act, z)  # noqa: E731
+    generic = lambda z: jax.jvp(act, (z,), (jnp.ones_like(z),))  # noqa: E731
+    for zz, dd in [(z, dz), (jax.lax.complex(z, 0.3 * dz), jax.lax.complex(dz, 0.2 * z))]:
+        (v, s), (dv, ds) = jax.jvp(pair, (zz,), (dd,))
+        (v_ref, s_ref), (dv_ref, ds_ref) = jax.jvp(generic, (zz,), (dd,))
+        for got, want in [(v, v_ref), (s, s_ref), (dv, dv_ref), (ds, ds_ref)]:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)

@@ -1,7 +1,6 @@
 from collections.abc import Callable
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
@@ -123,7 +122,7 @@ class Hopfield(AbstractEnergyNetwork, AbstractInputRescalable):
 
     def __call__(self, t: Time, r: State, x: Input) -> State:
         del t
-        rho, drho = jax.jvp(self.activation, (r,), (jnp.ones_like(r),))
+        rho, drho = _act.value_and_slope(self.activation, r)
         return -r + drho * (self.coupling(rho) + matvec(self.U, x) + self.b)
 
     def init_state(self, x: Input) -> State:
