@@ -220,25 +220,12 @@ class AbstractSurrogateEstimator(AbstractEstimator):
         params, static = eqx.partition(net, eqx.is_inexact_array)
 
         def total(p):
-            return self.batch_surrogate(eqx.combine(p, static), xs, ys, weights, objective, residuals)
+            m = eqx.combine(p, static)
+            per = jax.vmap(lambda x, y, res: self.surrogate(m, x, y, objective, res))(xs, ys, residuals)
+            return weighted_sum(weights, per)
 
         grads = jax.grad(total)(params)
         return weighted_sum(weights, losses), grads, dict(info, loss=losses)
-
-    def batch_surrogate(
-        self,
-        net: AbstractNetwork,
-        xs: BatchInput,
-        ys: BatchTarget,
-        weights: Float[Array, " B"],
-        objective: AbstractObjective,
-        residuals: Residuals,
-    ) -> Scalar:
-        """`sum_b weights_b surrogate_b`: the scalar whose parameter gradient is the batch's.
-        The default vmaps `surrogate`; an estimator may lay the batch out better (EP: its
-        phases as rows of one batch)."""
-        per = jax.vmap(lambda x, y, res: self.surrogate(net, x, y, objective, res))(xs, ys, residuals)
-        return weighted_sum(weights, per)
 
 
 class AbstractGradientResidualEstimator(AbstractEstimator):
