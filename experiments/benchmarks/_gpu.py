@@ -15,22 +15,20 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
-
-import neurodyn as nd
 
 from ._steady_peer import ours_functions, peer_functions, rel
 from ._timing import row, time_side_by_side
 
 
-def problem(kind: str, n: int, B: int, seed: int = 0):
-    """The CPU sections' problems at size `n`: the RBP section's CTRNN (16 inputs, 8
-    outputs, normal data) or the EP section's Hopfield network (64 inputs, 10 outputs)."""
-    k1, k2, k3 = jr.split(jr.PRNGKey(seed), 3)
+def problem(kind: str, n: int, B: int):
+    """The CPU sections' problems at size `n`: the RBP section's CTRNN or the EP section's
+    Hopfield network (the RBP section's copy of it)."""
+    from .rbp import _hopfield_problem, _problem
+
     if kind == "CTRNN":
-        return nd.networks.CTRNN(n, 16, 8, key=k1), jr.normal(k2, (B, 16)), jr.normal(k3, (B, 8))
+        return _problem(n, B)
     if kind == "Hopfield":
-        return nd.networks.Hopfield(64, n - 10, 10, key=k1), jr.uniform(k2, (B, 64)), jr.uniform(k3, (B, 10))
+        return _hopfield_problem(n, B)
     raise ValueError(f"unknown problem kind {kind!r}")
 
 

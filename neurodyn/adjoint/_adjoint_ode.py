@@ -73,7 +73,7 @@ class AdjointODE(AbstractAdjointSolve):
         # it again at `v` cost one more VJP per example (a sixth of RBP's batch gradient on
         # Hopfield n = 256, B = 32) for `info` alone.
         res = sol.residual / jnp.where(it.scale > 0, it.scale, 1)
-        return adjoint_solution(sol.value, sol.converged & jnp.isfinite(res), sol.state[1], res)
+        return adjoint_solution(sol.value, sol.converged, sol.state[1], res)  # converged: res finite
 
 
 class _AdjointIteration(AbstractIterativeSolver):
