@@ -12,7 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, Real, Shaped
 
 from ._custom_types import Grads, Info
 from ._dynamics import aval_key, structure_key
-from ._misc import all_finite, tree_dtype
+from ._misc import all_finite, BoundedCache, cache_key, tree_dtype
 from ._objectives import AbstractObjective, StepWeightedTargets, Trajectory
 from ._options import check_option_names
 from ._outcome import flag_failure, flag_nonfinite, RESULTS
@@ -95,7 +95,7 @@ def _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts):
 
 # Signatures (network structure, objective, data shapes and dtypes) whose one-example
 # checks passed, with the dtypes the data is cast to.
-_CHECKED: dict[Any, Any] = {}
+_CHECKED = BoundedCache(4096)
 
 
 def _check_batch(net, objective, xs, ys, weights):
@@ -112,20 +112,11 @@ def _check_batch(net, objective, xs, ys, weights):
     B = xs.shape[0]
     if B == 0:
         raise ValueError("nd.batch_value_and_grad got an empty batch (leading axis of length 0).")
-    # The one-example checks (shapes, dtypes, class-index ranges) on the examples holding
-    # the smallest and largest targets, which covers every index range check. With float
-    # targets every check is structural: a signature that passed once passes again, and
-    # repeating them (device slices, a trace of `init_state`) cost half a millisecond per
-    # call, more than the benchmark's whole batch gradient.
-    try:
-        signature = (structure_key(net), objective, aval_key(xs), aval_key(ys))
-        hash(signature)
-    except TypeError:
-        signature = None
     integer = jnp.issubdtype(ys.dtype, jnp.integer)
-    if not integer and signature is not None and signature in _CHECKED:
-        x_dtype, y_dtype = _CHECKED[signature]
-    else:
+
+    # The one-example checks (shapes, dtypes, class-index ranges) on the examples holding
+    # the smallest and largest targets, which covers every index range check.
+    def check_examples():
         picks = {0}
         if integer and ys.size and not isinstance(ys, jax.core.Tracer):
             flat = np.asarray(ys).reshape(B, -1)
@@ -135,9 +126,14 @@ def _check_batch(net, objective, xs, ys, weights):
                 x0, y0 = objective.check_data(net, xs[i], ys[i])
             except ValueError as e:
                 raise ValueError(f"example {i} of the batch: {e}") from None
-        x_dtype, y_dtype = x0.dtype, y0.dtype
-        if not integer and signature is not None and len(_CHECKED) < 4096:
-            _CHECKED[signature] = (x_dtype, y_dtype)
+        return x0.dtype, y0.dtype
+
+    # With float targets every check is structural: a signature that passed once passes
+    # again, and repeating them (device slices, a trace of `init_state`) cost half a
+    # millisecond per call, more than the benchmark's whole batch gradient. Class indices
+    # are checked by value on every call.
+    signature = None if integer else cache_key(lambda: (structure_key(net), objective, aval_key(xs), aval_key(ys)))
+    x_dtype, y_dtype = _CHECKED.get(signature, check_examples)
     if weights is not None:
         weights = jnp.asarray(weights)
         trajectory = isinstance(objective, Trajectory)

@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from ._custom_types import Info, Input, Readout, State, Time, Times
-from ._misc import all_finite, rms_norm, tree_dtype
+from ._misc import all_finite, BoundedCache, cache_key, rms_norm, tree_dtype
 from ._options import (
     check_option_names,
     IntegrationOptions,
@@ -307,7 +307,7 @@ def check_input(net: AbstractNetwork, x: ArrayLike, *, sequence: bool, what: str
 # `init_state`'s output shape per (network structure, leaf shapes, input shape): tracing it
 # with `jax.eval_shape` on every call cost 0.33 ms, a third of a whole batch gradient on the
 # benchmark problem, in every unjitted `nd.relax` / `nd.batch_value_and_grad` call.
-_INIT_SHAPES: dict[Any, Any] = {}
+_INIT_SHAPES = BoundedCache(4096)
 
 
 def aval_key(a: Any) -> Any:
@@ -328,17 +328,11 @@ def structure_key(tree: Any) -> Any:
 
 
 def _init_state_shape(net: AbstractNetwork, x: Array) -> Any:
-    try:
-        key = (structure_key(net), aval_key(x))
-    except TypeError:  # an unhashable leaf: no caching
-        key = None
-    if key is not None and key in _INIT_SHAPES:
-        return _INIT_SHAPES[key]
-    r0 = jax.eval_shape(net.init_state, x)  # shapes only, nothing computed
-    shape = getattr(r0, "shape", type(r0).__name__)
-    if key is not None and len(_INIT_SHAPES) < 4096:
-        _INIT_SHAPES[key] = shape
-    return shape
+    def shape():
+        r0 = jax.eval_shape(net.init_state, x)  # shapes only, nothing computed
+        return getattr(r0, "shape", type(r0).__name__)
+
+    return _INIT_SHAPES.get(cache_key(lambda: (structure_key(net), aval_key(x))), shape)
 
 
 def _initial_state(net, x, r0):

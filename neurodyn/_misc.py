@@ -11,6 +11,40 @@ from jaxtyping import Bool, DTypeLike, PyTree
 from ._custom_types import Array
 
 
+class BoundedCache:
+    """Values of a pure function of hashable keys, for the Python-side work an unjitted
+    entry point would otherwise repeat on every call (tracing `init_state` for a shape,
+    resolving options, checking a batch's examples).
+
+    Holds at most `size` entries and starts over when full. A key of `None` (see `cache_key`)
+    is never cached: the value is computed every time."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: dict[Any, Any] = {}
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key is not None and key in self._entries:
+            return self._entries[key]
+        value = compute()
+        if key is not None:
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[key] = value
+        return value
+
+
+def cache_key(make: Callable[[], Any]) -> Any:
+    """`make()` when it builds a hashable key; `None` (no caching) when a part of it is not
+    hashable (an array leaf in a static position, an array tolerance)."""
+    try:
+        key = make()
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def all_finite(tree: PyTree) -> Bool[Array, ""]:
     """Whether every entry of every inexact array leaf of `tree` is finite.
 

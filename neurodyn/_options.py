@@ -8,14 +8,14 @@ floating dtype of the network, so that the same call works in float32 and in flo
 
 import difflib
 import functools
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._misc import matmul_roundoff
+from ._misc import BoundedCache, cache_key, matmul_roundoff
 
 
 if TYPE_CHECKING:
@@ -62,21 +62,15 @@ def _memoised(resolve):
     inputs it depends on: resolving and validating the options cost 0.06 ms in every
     unjitted call. Unhashable options (an array tolerance) are resolved every time; the
     result is an immutable module, so sharing it is safe."""
-    cache: dict[Any, IntegrationOptions] = {}
+    cache = BoundedCache(1024)
 
     @functools.wraps(resolve)
     def wrapper(dtype, **given):
-        try:
+        def key():
             precision = getattr(jax.config, "jax_default_matmul_precision", None)
-            key = (jnp.dtype(dtype), tuple(sorted(given.items())), precision, jax.default_backend())
-            hash(key)
-        except TypeError:
-            return resolve(dtype, **given)
-        if key not in cache:
-            if len(cache) >= 1024:
-                cache.clear()
-            cache[key] = resolve(dtype, **given)
-        return cache[key]
+            return (jnp.dtype(dtype), tuple(sorted(given.items())), precision, jax.default_backend())
+
+        return cache.get(cache_key(key), lambda: resolve(dtype, **given))
 
     return wrapper
 

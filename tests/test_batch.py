@@ -252,3 +252,25 @@ def test_a_checked_signature_still_refuses_bad_data(getkey):
     nd.batch_value_and_grad(net, xs, labels, **ce)
     with pytest.raises(ValueError, match="class index"):
         nd.batch_value_and_grad(net, xs, labels.at[1].set(net.n_out), **ce)
+
+
+def test_bounded_cache_computes_once_per_key_and_starts_over_when_full():
+    from neurodyn._misc import BoundedCache, cache_key
+
+    calls = []
+
+    def compute(v):
+        return lambda: calls.append(v) or v
+
+    cache = BoundedCache(2)
+    assert cache.get("a", compute(1)) == 1
+    assert cache.get("a", compute(99)) == 1  # cached: not recomputed
+    assert cache.get("b", compute(2)) == 2
+    assert cache.get("c", compute(3)) == 3  # full: starts over
+    assert cache.get("a", compute(4)) == 4
+    assert calls == [1, 2, 3, 4]
+    # An unhashable part gives no key, and a value without a key is computed every time.
+    assert cache_key(lambda: ("x", [1, 2])) is None
+    assert cache_key(lambda: ("x", (1, 2))) == ("x", (1, 2))
+    assert cache.get(None, compute(5)) == 5 and cache.get(None, compute(6)) == 6
+    assert calls == [1, 2, 3, 4, 5, 6]
