@@ -7,7 +7,10 @@ The headline problems (a CTRNN and a Hopfield network, n = 256, B = 32 on the CP
 the batch path, `nd.batch_value_and_grad` (states per example, one reverse pass whose
 weight gradients are matrix products over the batch); each also has a row against the old
 path (`nd.batch_mean` of the vmapped `nd.value_and_grad`) and one for `jax.grad` of the
-batch loss. The strategy, scaling and memory tables run on the batch path too.
+batch loss, and one against RBP written by hand for that network and loss
+(`_hand_written_floor`, checked against `nd.RBP` and the reference): the floor a generic
+estimator could reach on the machine. The strategy, scaling and memory tables run on the
+batch path too.
 
 Every gradient error is relative to a float64 reference (tight relaxation, dense LU where
 n <= 256, the adjoint ODE to 1e-11 above), computed on the per-example path.
@@ -78,6 +81,73 @@ def _reference(net, xs, ys):
         return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), g)
 
 
+def _hand_written_floor(kind, net, rtol=1e-5, atol=1e-6, max_steps=10_000, check_every=2):
+    """RBP of exactly this problem written by hand for it: the floor of what a generic
+    estimator could reach on this machine (as the EP section's).
+
+    It knows the network (the rate CTRNN `F = -r + tanh(W r + U x + b)` with its linear
+    readout, or the dense Hopfield `F = -r + rho'(r) (W_s rho(r) + U x + b)` read at its
+    output units) and the loss (the squared error), which `nd.RBP` cannot assume. The same
+    two loops as `nd.RBP()`'s defaults, Euler with `dt0 = 1` and a test every `check_every`
+    steps, as whole-batch loops with no per-example bookkeeping (every row steps until all
+    rows pass the test) and nothing reported: the relaxation (step difference against
+    `atol + rtol rms(r)`), then the adjoint `v <- v + (J^T v + g)` from `v = g` (against
+    `rtol (rms(g) + rms(v)) + atol`), then each weight gradient one matrix product."""
+
+    def rms(A):
+        return jnp.sqrt(jnp.mean(A * A, axis=-1, keepdims=True))
+
+    def loop(step, test, X):
+        def body(c):
+            X, k, _ = c
+            for _ in range(check_every - 1):
+                X = step(X)
+            X1 = step(X)
+            return X1, k + check_every, jnp.all(rms(X1 - X) <= test(X1))
+
+        return jax.lax.while_loop(lambda c: (c[1] < max_steps) & ~c[2], body, (X, 0, False))[0]
+
+    if kind == "CTRNN":
+
+        @jax.jit
+        def grad(W, U, b, V, c, xs, ys):
+            B, n = xs.shape[0], W.shape[0]
+            C = xs @ U.T + b
+            R = loop(lambda R: jnp.tanh(R @ W.T + C), lambda R: atol + rtol * rms(R), jnp.zeros((B, n), W.dtype))
+            D = 1 - jnp.tanh(R @ W.T + C) ** 2
+            E = R @ V.T + c - ys  # each example's d loss / d readout
+            g = E @ V  # unscaled, as nd.RBP's per-example adjoint (the same test)
+            v = loop(lambda v: (D * v) @ W + g, lambda v: rtol * (rms(g) + rms(v)) + atol, g)
+            S, E = D * v / B, E / B  # the pre-activation's cotangent, the batch mean's weights
+            return dict(W=S.T @ R, U=S.T @ xs, b=jnp.sum(S, 0), V=E.T @ R, c=jnp.sum(E, 0))
+
+        return grad
+
+    act, n_hidden, n = net.activation, net.n_hidden, net.n_state
+    mask = 1 - jnp.eye(n, dtype=net.W.dtype)
+
+    @jax.jit
+    def grad(W, U, b, xs, ys):
+        B = xs.shape[0]
+        W_s = 0.5 * (W + W.T) * mask
+        C = xs @ U.T + b
+
+        def field(R):
+            rho, drho = jax.jvp(act, (R,), (jnp.ones_like(R),))
+            return -R + drho * (rho @ W_s + C)
+
+        R = loop(lambda R: R + field(R), lambda R: atol + rtol * rms(R), jnp.zeros((B, n), W.dtype))
+        g = jnp.zeros_like(R).at[:, n_hidden:].set(R[:, n_hidden:] - ys)  # per example, unscaled
+        _, vjp = jax.vjp(field, R)  # J^T v, W_s symmetric
+        v = loop(lambda v: v + vjp(v)[0] + g, lambda v: rtol * (rms(g) + rms(v)) + atol, g)
+        rho, drho = jax.jvp(act, (R,), (jnp.ones_like(R),))
+        S = drho * v / B  # d (v . F) / d (W_s rho + C), the batch mean's weights
+        G = S.T @ rho
+        return dict(W=0.5 * (G + G.T) * mask, U=S.T @ xs, b=jnp.sum(S, 0))
+
+    return grad
+
+
 def _steps(info, key):
     return int(jnp.max(info[key]))
 
@@ -106,8 +176,27 @@ def _head(kind, n, B, large, repeats):
         peers = peers[1:]  # a batched dense n x n LU per example: B n^2 floats, minutes to compile
     opeers = [optimistix_peer_functions(linear_solver=solver)[1] for _, solver in peers]
     e_opt = [rel(opeer(net, xs, ys)[1], g_ref) for opeer in opeers]
-    t_ours, t_through, t_relax, t_old, t_peer, *t_opt = time_side_by_side(
-        [(ours, net, xs, ys), (through, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (peer, net, xs, ys)]
+    # The floor: the same two loops written by hand for this network and loss, checked
+    # against nd.RBP (same iterates: to rounding) and the float64 reference.
+    hand = _hand_written_floor(kind, net)
+    hand_args = (net.W, net.U, net.b, xs, ys) if kind == "Hopfield" else (net.W, net.U, net.b, net.V, net.c, xs, ys)
+    g_hand = hand(*hand_args)
+    hand_err = max(rel(g_hand[k], getattr(g_ref, k)) for k in g_hand)
+    hand_gap = max(rel(g_hand[k], getattr(g_ours, k)) for k in g_hand)
+    if not (hand_err < 1e-2 and hand_gap < 1e-3):
+        raise AssertionError(
+            f"the hand-written RBP floor disagrees (rel err {hand_err:.2e} against the reference, "
+            f"{hand_gap:.2e} against nd.RBP)"
+        )
+    t_ours, t_through, t_relax, t_old, t_peer, t_hand, *t_opt = time_side_by_side(
+        [
+            (ours, net, xs, ys),
+            (through, net, xs, ys),
+            (relax, net, xs),
+            (old, net, xs, ys),
+            (peer, net, xs, ys),
+            (hand, *hand_args),
+        ]
         + [(opeer, net, xs, ys) for opeer in opeers],
         repeats=repeats,
     )
@@ -130,6 +219,20 @@ def _head(kind, n, B, large, repeats):
             t_peer,
             "<= 0.05x (20x faster)" if large else "<= 0.2x",
             **extra,
+        )
+    )
+    rows.append(
+        row(
+            "rbp",
+            problem,
+            label,
+            "hand-written RBP of this network (the floor)",
+            t_ours,
+            t_hand,
+            f"context: the floor is {t_hand / t_relax:.2f}x nd.relax",
+            hand_rel_err=hand_err,
+            hand_vs_ours_rel=hand_gap,
+            floor_vs_relax=t_hand / t_relax,
         )
     )
     rows += batch_path_rows("rbp", problem, "nd.RBP", t_ours, t_old, t_through, d_old, d_through)
