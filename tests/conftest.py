@@ -30,3 +30,20 @@ def _free_compiled_code():
     the compiler late in the run."""
     yield
     jax.clear_caches()
+
+
+def _heavy_test_ids() -> frozenset[str]:
+    import pathlib
+
+    lines = (pathlib.Path(__file__).parent / "heavy_tests.txt").read_text().splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m 'not slow'` deselects by the marks
+def pytest_collection_modifyitems(config, items):
+    """Marks `slow` the tests listed in `heavy_tests.txt` (the default suite's slowest, kept
+    under 10 minutes on 2 cores); they run in CI's slow step."""
+    heavy = _heavy_test_ids()
+    for item in items:
+        if item.nodeid in heavy:
+            item.add_marker(pytest.mark.slow)
