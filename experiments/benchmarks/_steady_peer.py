@@ -169,6 +169,25 @@ def batch_path_rows(section, problem, label, t_grad, t_old, t_through, d_old, d_
     ]
 
 
+def floor_row(section, problem, label, estimator, t_ours, t_hand, t_relax, hand_err, hand_gap):
+    """The row against `estimator` written by hand for the problem (the section's floor),
+    with the floor's own ratio to `nd.relax` (times from one `time_side_by_side`)."""
+    from ._timing import row
+
+    return row(
+        section,
+        problem,
+        label,
+        f"hand-written {estimator} of this network (the floor)",
+        t_ours,
+        t_hand,
+        f"context: the floor is {t_hand / t_relax:.2f}x nd.relax",
+        hand_rel_err=hand_err,
+        hand_vs_ours_rel=hand_gap,
+        floor_vs_relax=t_hand / t_relax,
+    )
+
+
 def rel(a, b):
     import numpy as np
 

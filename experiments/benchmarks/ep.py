@@ -23,6 +23,7 @@ import neurodyn as nd
 from ._steady_peer import (
     batch_path_rows,
     check_batch_path,
+    floor_row,
     optimistix_peer_functions,
     ours_functions,
     peer_functions,
@@ -205,19 +206,6 @@ def run(quick: bool = False, large: bool = False):
                 peer_cosine=_cosine(g_opt, g_ref),
             )
         )
-        rows.append(
-            row(
-                "ep",
-                problem,
-                label,
-                "hand-written EP of this network (the floor)",
-                t_ours,
-                t_hand,
-                f"context: the floor is {t_hand / t_relax:.2f}x nd.relax",
-                hand_rel_err=hand_err,
-                hand_vs_ours_rel=hand_gap,
-                floor_vs_relax=t_hand / t_relax,
-            )
-        )
+        rows.append(floor_row("ep", problem, label, "EP", t_ours, t_hand, t_relax, hand_err, hand_gap))
         rows += batch_path_rows("ep", problem, "nd.EP", t_ours, t_old, t_through, d_old, d_through)
     return rows

@@ -27,6 +27,7 @@ from neurodyn._misc import tree_cast
 from ._steady_peer import (
     batch_path_rows,
     check_batch_path,
+    floor_row,
     optimistix_peer_functions,
     ours_functions,
     peer_functions,
@@ -221,20 +222,7 @@ def _head(kind, n, B, large, repeats):
             **extra,
         )
     )
-    rows.append(
-        row(
-            "rbp",
-            problem,
-            label,
-            "hand-written RBP of this network (the floor)",
-            t_ours,
-            t_hand,
-            f"context: the floor is {t_hand / t_relax:.2f}x nd.relax",
-            hand_rel_err=hand_err,
-            hand_vs_ours_rel=hand_gap,
-            floor_vs_relax=t_hand / t_relax,
-        )
-    )
+    rows.append(floor_row("rbp", problem, label, "RBP", t_ours, t_hand, t_relax, hand_err, hand_gap))
     rows += batch_path_rows("rbp", problem, "nd.RBP", t_ours, t_old, t_through, d_old, d_through)
     for (plabel, _), t, e in zip(peers, t_opt, e_opt):
         rows.append(row("rbp", problem, label, plabel, t_ours, t, "faster", ours_rel_err=e_ours, peer_rel_err=e))
