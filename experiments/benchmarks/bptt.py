@@ -8,7 +8,8 @@
   tight Krylov-RBP reference.
 
 Each problem also has a row against the old path (`nd.batch_mean` of the vmapped
-`nd.value_and_grad`) and one for `jax.grad` of the batch loss."""
+`nd.value_and_grad`), one for `jax.grad` of the batch loss, and one against BPTT of that
+problem written by hand for its network and loss (the floor, checked against `nd.BPTT`)."""
 
 import diffrax
 import equinox as eqx
@@ -23,6 +24,7 @@ from ._steady_peer import (
     batch_path_rows,
     check_batch_path,
     check_peer_field,
+    floor_row,
     ours_functions,
     peer_field,
     peer_functions,
@@ -137,6 +139,63 @@ def _hand_written_floor(n_save, steps_per_save, dt):
     return grad
 
 
+def _hand_written_steady_floor(net, rtol, atol, K, dt=1.0):
+    """Full BPTT of the relaxation of exactly this problem written by hand for it: the
+    floor of what a generic estimator could reach on this machine.
+
+    It knows the network (a dense `nd.networks.Hopfield` with logistic units: `F = -r +
+    rho'(r) z`, `z = rho(r) W_s + U x + b`) and the loss (the squared error of the output
+    units), which `nd.BPTT` cannot assume, and the number of steps the slowest example
+    takes (`K`, a static length). Forward: `K` Euler steps of the whole batch as one scan,
+    each row stopping at its own first step within tolerance (the test `nd.BPTT`'s stored
+    path makes every step), keeping `r` and `z`. Backward: the transposed steps by hand,
+    `a <- a + dt (-a + rho'' z a + rho' ((rho' a) W_s))`, one product per step as the
+    forward; then each weight gradient is one matrix product over all steps of all rows."""
+    n, n_hidden = net.n_state, net.n_hidden
+    mask = 1 - jnp.eye(n, dtype=net.W.dtype)
+
+    def rms(A):
+        return jnp.sqrt(jnp.mean(A * A, axis=-1))
+
+    @jax.jit
+    def grad(W, U, b, xs, ys):
+        B = xs.shape[0]
+        W_s = 0.5 * (W + W.T) * mask
+        C = xs @ U.T + b
+
+        def fwd(carry, _):
+            R, live = carry
+            s = jax.nn.sigmoid(R)
+            z = s @ W_s + C
+            R1 = R + dt * (-R + s * (1 - s) * z)
+            done = rms(R1 - R) / dt <= atol + rtol * rms(R1)
+            return (jnp.where(live[:, None], R1, R), live & ~done), (R, z, live)
+
+        R0 = jnp.zeros((B, n), W.dtype)
+        (R, _), (Rs, Zs, Ls) = jax.lax.scan(fwd, (R0, jnp.ones((B,), bool)), None, length=K)
+        E = R[:, n_hidden:] - ys
+        loss = 0.5 * jnp.sum(E * E) / B
+        A = jnp.zeros_like(R).at[:, n_hidden:].set(E / B)
+
+        def back(A, inp):
+            R, z, live = inp
+            s = jax.nn.sigmoid(R)
+            d1 = s * (1 - s)
+            d2 = d1 * (1 - 2 * s)
+            G = jnp.where(live[:, None], dt * d1 * A, 0.0)  # the drive's cotangent
+            A1 = A + dt * (-A + d2 * z * A) + d1 * (G @ W_s)
+            return jnp.where(live[:, None], A1, A), G
+
+        _, Gs = jax.lax.scan(back, A, (Rs, Zs, Ls), reverse=True)
+        S_rows = jax.nn.sigmoid(Rs).reshape(-1, n)
+        G_rows = Gs.reshape(-1, n)
+        G_s = S_rows.T @ G_rows  # d loss / d W_s (rows: rho, columns: the drive's cotangent)
+        G_c = jnp.sum(Gs, axis=0)  # (B, n)
+        return loss, dict(W=0.5 * (G_s + G_s.T) * mask, U=G_c.T @ xs, b=jnp.sum(G_c, axis=0))
+
+    return grad
+
+
 def _trajectory(n, B, repeats, lean=False):
     """BPTT of a trajectory against the forward rollout and diffrax; with `lean` (the GPU
     table) only those three and the peer's forward, and a disagreement with the reference is
@@ -234,7 +293,7 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
     relax, ours = ours_functions(est)
     _, ref = ours_functions(nd.RBP(adjoint=nd.adjoint.JaxGMRES(rtol=1e-6)), rtol=1e-6, atol=1e-7)
     _, peer = peer_functions()
-    (_, g_ours, info), (_, g_ref, _), (_, g_peer) = ours(net, xs, ys), ref(net, xs, ys), peer(net, xs, ys)
+    (l_ours, g_ours, info), (_, g_ref, _), (_, g_peer) = ours(net, xs, ys), ref(net, xs, ys), peer(net, xs, ys)
     assert bool(jnp.all(info["converged"])), "BPTT's relaxation did not converge on the benchmark problem"
     steps = int(jnp.max(info["steps"]))
     extra = dict(
@@ -246,8 +305,25 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
     )
     old, through = per_example_functions(est), through_grad_function(est)
     d_old, d_through = check_batch_path("bptt", net, xs, ys, ours, old, through)
-    t_ours, t_through, t_relax, t_old, t_peer = time_side_by_side(
-        [(ours, net, xs, ys), (through, net, xs, ys), (relax, net, xs), (old, net, xs, ys), (peer, net, xs, ys)],
+    opts = nd.SteadyState().options(xs.dtype)
+    hand = _hand_written_steady_floor(net, opts.rtol, opts.atol, steps, opts.dt0)
+    l_hand, g_hand = hand(net.W, net.U, net.b, xs, ys)
+    hand_err = max(rel(g_hand[k], getattr(g_ref, k)) for k in g_hand)
+    hand_gap = max(rel(g_hand[k], getattr(g_ours, k)) for k in g_hand)
+    if not (hand_err < 1e-2 and hand_gap < 1e-3 and abs(float(l_hand - l_ours)) <= 1e-5 * abs(float(l_ours))):
+        raise AssertionError(
+            f"the hand-written steady BPTT floor disagrees (rel err {hand_err:.2e} against the reference, "
+            f"{hand_gap:.2e} against nd.BPTT; loss {float(l_hand)} against {float(l_ours)})"
+        )
+    t_ours, t_through, t_relax, t_old, t_peer, t_hand = time_side_by_side(
+        [
+            (ours, net, xs, ys),
+            (through, net, xs, ys),
+            (relax, net, xs),
+            (old, net, xs, ys),
+            (peer, net, xs, ys),
+            (hand, net.W, net.U, net.b, xs, ys),
+        ],
         repeats=repeats,
     )
     problem = f"Hopfield n={n} B={B} float32, steady state (BPTT of the relaxation)"
@@ -266,6 +342,7 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
         ),
     ]
     rows += batch_path_rows("bptt", problem, "nd.BPTT", t_ours, t_old, t_through, d_old, d_through)
+    rows.append(floor_row("bptt", problem, label, "BPTT", t_ours, t_hand, t_relax, hand_err, hand_gap))
     return rows
 
 
