@@ -99,9 +99,9 @@ _CHECKED = BoundedCache(4096)
 
 
 def _check_batch(net, objective, xs, ys, weights):
-    if not isinstance(xs, jax.core.Tracer):
+    if not isinstance(xs, jax.Array):  # arrays and tracers as they are
         xs = jnp.asarray(xs)
-    if not isinstance(ys, jax.core.Tracer):
+    if not isinstance(ys, jax.Array):
         ys = jnp.asarray(ys)
     if xs.ndim == 0 or ys.ndim == 0 or xs.shape[0] != ys.shape[0]:
         raise ValueError(
@@ -123,7 +123,7 @@ def _check_batch(net, objective, xs, ys, weights):
             picks |= {int(np.argmin(np.min(flat, 1))), int(np.argmax(np.max(flat, 1)))}
         for i in sorted(picks):
             try:
-                x0, y0 = objective.check_data(net, xs[i], ys[i])
+                x0, y0 = type(objective).check_data(objective, net, xs[i], ys[i])
             except ValueError as e:
                 raise ValueError(f"example {i} of the batch: {e}") from None
         return x0.dtype, y0.dtype
@@ -135,7 +135,8 @@ def _check_batch(net, objective, xs, ys, weights):
     signature = None if integer else cache_key(lambda: (structure_key(net), objective, aval_key(xs), aval_key(ys)))
     x_dtype, y_dtype = _CHECKED.get(signature, check_examples)
     if weights is not None:
-        weights = jnp.asarray(weights)
+        if not isinstance(weights, jax.Array):
+            weights = jnp.asarray(weights)
         trajectory = isinstance(objective, Trajectory)
         per_time = trajectory and weights.shape == (B, len(objective.ts))
         if weights.shape != (B,) and not per_time:
@@ -148,7 +149,10 @@ def _check_batch(net, objective, xs, ys, weights):
                     "weights must be finite and >= 0 with a positive sum (0 masks a padded "
                     f"example{' or time' if per_time else ''}), got {w.ravel().tolist()[:8]}..."
                 )
-    return xs.astype(x_dtype), ys.astype(y_dtype), weights
+    # (`astype` to the same dtype still costs a dispatch per call.)
+    xs = xs if xs.dtype == x_dtype else xs.astype(x_dtype)
+    ys = ys if ys.dtype == y_dtype else ys.astype(y_dtype)
+    return xs, ys, weights
 
 
 def batch_value_and_grad(
@@ -204,7 +208,9 @@ def batch_value_and_grad(
     check_option_names(options)
     if not isinstance(estimator, AbstractEstimator):
         raise ValueError(f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}.")
-    estimator.check_objective(objective)
+    # Called through their classes: equinox wraps each method access on a Module in a new
+    # `BoundMethod` Module, tens of microseconds per top-level call for nothing.
+    type(estimator).check_objective(estimator, objective)
     xs, ys, weights = _check_batch(net, objective, xs, ys, weights)
-    opts = objective.options(tree_dtype(net), **options)
+    opts = type(objective).options(objective, tree_dtype(net), **options)
     return _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts)

@@ -277,7 +277,8 @@ def check_input(net: AbstractNetwork, x: ArrayLike, *, sequence: bool, what: str
                 f"declared `{name}: int = eqx.field(static=True)` (JAX traces non-static fields inside the "
                 "estimators, where a traced size cannot give an array shape); see docs/bring_your_own.md."
             )
-    x = jnp.asarray(x)
+    if not isinstance(x, jax.Array):  # a jax.Array (or tracer) needs no conversion
+        x = jnp.asarray(x)
     if jnp.iscomplexobj(x):
         raise ValueError(
             f"{what} is complex ({x.dtype}); the networks are real and casting would silently "
@@ -294,8 +295,12 @@ def check_input(net: AbstractNetwork, x: ArrayLike, *, sequence: bool, what: str
             f"{what} has shape {x.shape} but {type(net).__name__} with n_in={net.n_in} expects "
             f"{want}={'(T, ' if sequence else '('}{net.n_in}{')' if sequence else ',)'}.{hint}"
         )
-    x = x.astype(tree_dtype(net))
-    shape = _init_state_shape(net, x[0] if sequence else x)
+    dtype = tree_dtype(net)
+    if x.dtype != dtype:
+        x = x.astype(dtype)
+    # The shape of one step's input, not a slice of it: slicing here ran on the device in
+    # every top-level call.
+    shape = _init_state_shape(net, jax.ShapeDtypeStruct(x.shape[1:], x.dtype) if sequence else x)
     if shape != (net.n_state,):
         raise ValueError(
             f"{type(net).__name__}.init_state(x) returns shape {shape}, "
@@ -336,8 +341,10 @@ def _init_state_shape(net: AbstractNetwork, x: Array) -> Any:
 
 
 def _initial_state(net, x, r0):
+    """`r0` checked and cast; `None` stays `None`, for the jitted function to call
+    `net.init_state` inside (eagerly it ran on the device in every top-level call)."""
     if r0 is None:
-        return net.init_state(x)
+        return None
     r0 = jnp.asarray(r0, dtype=tree_dtype(net))
     if r0.shape != (net.n_state,):
         raise ValueError(f"r0 has shape {r0.shape} but the network's state has shape ({net.n_state},).")
@@ -387,8 +394,13 @@ def _implicit_relax_bwd(r, g_out, perturbed, diff, static, r0, opts, adjoint):
 
 @eqx.filter_jit
 def _relax_jit(net, x, r0, opts, adjoint):
+    if r0 is None:
+        r0 = net.init_state(x)
     diff, static = eqx.partition((net, x), eqx.is_inexact_array)
     return _implicit_relax(diff, static, r0, opts, adjoint)
+
+
+_DEFAULT_ADJOINT = AdjointODE()  # built once: a Module's construction costs tens of microseconds
 
 
 def relax(
@@ -429,7 +441,7 @@ def relax(
     x = check_input(net, x, sequence=False)
     opts = steady_state_options(tree_dtype(net), **options)
     if adjoint is None:
-        adjoint = AdjointODE()
+        adjoint = _DEFAULT_ADJOINT
     elif not isinstance(adjoint, AbstractAdjointSolve):
         raise ValueError(f"`adjoint` must be an nd.adjoint strategy such as nd.adjoint.AdjointODE(), got {adjoint!r}.")
     return _relax_jit(net, x, _initial_state(net, x, r0), opts, adjoint)
@@ -437,6 +449,8 @@ def relax(
 
 @eqx.filter_jit
 def _rollout_jit(net, xs, r0, grid, solver, output):
+    if r0 is None:
+        r0 = net.init_state(xs[0])
     rs, info = rollout_loop(net, xs, grid, r0, solver)
     if output == "readout":
         rs = jax.vmap(net.readout)(rs)

@@ -53,7 +53,8 @@ class AbstractObjective(eqx.Module):
 
 
 def _check_target(net: AbstractNetwork, y: Target, loss: Callable, lead: tuple[int, ...], what: str) -> Array:
-    y = jnp.asarray(y)
+    if not isinstance(y, jax.Array):  # arrays and tracers as they are
+        y = jnp.asarray(y)
     if jnp.iscomplexobj(y):
         raise ValueError(
             f"{what} is complex ({y.dtype}); neurodyn's losses take real targets and casting "
@@ -85,7 +86,8 @@ def _check_target(net: AbstractNetwork, y: Target, loss: Callable, lead: tuple[i
             f"{what} has shape {y.shape} but the readout of {type(net).__name__} gives "
             f"{want} (n_out={net.n_out}); the target must match the readout."
         )
-    return y.astype(tree_dtype(net))
+    dtype = tree_dtype(net)
+    return y if y.dtype == dtype else y.astype(dtype)
 
 
 class SteadyState(AbstractObjective):

@@ -89,7 +89,9 @@ def value_and_grad(
     check_option_names(options)
     if not isinstance(estimator, AbstractEstimator):
         raise ValueError(f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}.")
-    estimator.check_objective(objective)
-    x, y = objective.check_data(net, x, y)
-    opts = objective.options(tree_dtype(net), **options)
+    # Called through their classes: equinox wraps each method access on a Module in a new
+    # `BoundMethod` Module, tens of microseconds per top-level call for nothing.
+    type(estimator).check_objective(estimator, objective)
+    x, y = type(objective).check_data(objective, net, x, y)
+    opts = type(objective).options(objective, tree_dtype(net), **options)
     return _value_and_grad(net, x, y, objective, estimator, opts)
