@@ -332,7 +332,7 @@ def structure_key(tree: Any) -> Any:
     return key
 
 
-def _init_state_shape(net: AbstractNetwork, x: Array) -> Any:
+def _init_state_shape(net: AbstractNetwork, x: Array | jax.ShapeDtypeStruct) -> Any:
     def shape():
         r0 = jax.eval_shape(net.init_state, x)  # shapes only, nothing computed
         return getattr(r0, "shape", type(r0).__name__)
