@@ -12,7 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, Real, Shaped
 
 from ._custom_types import Grads, Info
 from ._dynamics import aval_key, structure_key
-from ._misc import all_finite, BoundedCache, cache_key, tree_dtype
+from ._misc import all_finite, BoundedCache, cache_key, entry_jit, tree_dtype
 from ._objectives import AbstractObjective, StepWeightedTargets, Trajectory
 from ._options import check_option_names
 from ._outcome import flag_failure, flag_nonfinite, RESULTS
@@ -51,7 +51,7 @@ def _batch_estimate_bwd(grads, g_out, perturbed, params, static, xs, ys, weights
     return jtu.tree_map(lambda g: jnp.asarray(g_loss, g.dtype) * g, grads)
 
 
-@eqx.filter_jit
+@entry_jit
 def _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts):
     params, static = eqx.partition(net, eqx.is_inexact_array)
     dtype = tree_dtype(net)

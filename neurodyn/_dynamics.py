@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from ._custom_types import Info, Input, Readout, State, Time, Times
-from ._misc import all_finite, BoundedCache, cache_key, rms_norm, tree_dtype
+from ._misc import all_finite, BoundedCache, cache_key, entry_jit, rms_norm, tree_dtype
 from ._options import (
     check_option_names,
     IntegrationOptions,
@@ -392,7 +392,7 @@ def _implicit_relax_bwd(r, g_out, perturbed, diff, static, r0, opts, adjoint):
     return vjp_w(v)[0]
 
 
-@eqx.filter_jit
+@entry_jit
 def _relax_jit(net, x, r0, opts, adjoint):
     if r0 is None:
         r0 = net.init_state(x)
@@ -447,7 +447,7 @@ def relax(
     return _relax_jit(net, x, _initial_state(net, x, r0), opts, adjoint)
 
 
-@eqx.filter_jit
+@entry_jit
 def _rollout_jit(net, xs, r0, grid, solver, output):
     if r0 is None:
         r0 = net.init_state(xs[0])

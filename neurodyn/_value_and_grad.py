@@ -6,7 +6,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, ArrayLike, Float, Real
 
 from ._custom_types import Grads, Info, Target
-from ._misc import tree_dtype
+from ._misc import entry_jit, tree_dtype
 from ._objectives import AbstractObjective
 from ._options import check_option_names
 from ._outcome import flag_nonfinite
@@ -48,7 +48,7 @@ def _estimate_bwd(residuals, g_out, perturbed, params, static, x, y, objective, 
     return estimator.grads_from_residuals(net, x, y, objective, opts, residuals, g_loss)
 
 
-@eqx.filter_jit
+@entry_jit
 def _value_and_grad(net, x, y, objective, estimator, opts):
     params, static = eqx.partition(net, eqx.is_inexact_array)
     loss, grads, info = _estimate(params, static, x, y, objective, estimator, opts)
