@@ -23,7 +23,7 @@ import jax
 from experiments.benchmarks._timing import device_name
 
 
-SECTIONS = ["bptt", "rbp", "ep", "rtrl", "sparse", "sweep", "scaling"]
+SECTIONS = ["bptt", "rbp", "ep", "rtrl", "sparse", "sweep", "scaling", "overhead"]
 
 
 def _markdown(rows):
