@@ -61,8 +61,8 @@ def entry_jit(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def call(*args):
         leaves, treedef = jax.tree.flatten(args)
-        arrays = [leaf for leaf in leaves if eqx.is_array(leaf)]
         statics = tuple(_TRACED if eqx.is_array(leaf) else leaf for leaf in leaves)
+        arrays = [leaf for leaf, s in zip(leaves, statics) if s is _TRACED]
         return traced((treedef, statics), arrays)
 
     return call

@@ -169,6 +169,22 @@ def batch_path_rows(section, problem, label, t_grad, t_old, t_through, d_old, d_
     ]
 
 
+def check_floor(estimator, g_hand, g_ref, g_ours, l_hand=None, l_ours=None):
+    """`(hand_err, hand_gap)`: the hand-written floor's gradient (a dict of weight arrays)
+    against the tight reference and against ours, raising when it does not solve the same
+    problem (and, given the losses, when its loss differs)."""
+    hand_err = max(rel(g_hand[k], getattr(g_ref, k)) for k in g_hand)
+    hand_gap = max(rel(g_hand[k], getattr(g_ours, k)) for k in g_hand)
+    loss_ok = l_hand is None or abs(float(l_hand - l_ours)) <= 1e-5 * abs(float(l_ours))
+    if not (hand_err < 1e-2 and hand_gap < 1e-3 and loss_ok):
+        loss = "" if l_hand is None else f"; loss {float(l_hand)} against {float(l_ours)}"
+        raise AssertionError(
+            f"the hand-written {estimator} floor disagrees (rel err {hand_err:.2e} against the reference, "
+            f"{hand_gap:.2e} against nd.{estimator}{loss})"
+        )
+    return hand_err, hand_gap
+
+
 def floor_row(section, problem, label, estimator, t_ours, t_hand, t_relax, hand_err, hand_gap):
     """The row against `estimator` written by hand for the problem (the section's floor),
     with the floor's own ratio to `nd.relax` (times from one `time_side_by_side`)."""

@@ -23,6 +23,7 @@ import neurodyn as nd
 from ._steady_peer import (
     batch_path_rows,
     check_batch_path,
+    check_floor,
     check_peer_field,
     floor_row,
     ours_functions,
@@ -308,13 +309,7 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
     opts = nd.SteadyState().options(xs.dtype)
     hand = _hand_written_steady_floor(net, opts.rtol, opts.atol, steps, opts.dt0)
     l_hand, g_hand = hand(net.W, net.U, net.b, xs, ys)
-    hand_err = max(rel(g_hand[k], getattr(g_ref, k)) for k in g_hand)
-    hand_gap = max(rel(g_hand[k], getattr(g_ours, k)) for k in g_hand)
-    if not (hand_err < 1e-2 and hand_gap < 1e-3 and abs(float(l_hand - l_ours)) <= 1e-5 * abs(float(l_ours))):
-        raise AssertionError(
-            f"the hand-written steady BPTT floor disagrees (rel err {hand_err:.2e} against the reference, "
-            f"{hand_gap:.2e} against nd.BPTT; loss {float(l_hand)} against {float(l_ours)})"
-        )
+    hand_err, hand_gap = check_floor("BPTT", g_hand, g_ref, g_ours, l_hand, l_ours)
     t_ours, t_through, t_relax, t_old, t_peer, t_hand = time_side_by_side(
         [
             (ours, net, xs, ys),

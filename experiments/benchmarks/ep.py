@@ -23,6 +23,7 @@ import neurodyn as nd
 from ._steady_peer import (
     batch_path_rows,
     check_batch_path,
+    check_floor,
     floor_row,
     optimistix_peer_functions,
     ours_functions,
@@ -158,13 +159,7 @@ def run(quick: bool = False, large: bool = False):
         hand = _hand_written_floor(net, opts.rtol, opts.atol, opts.max_steps)
         hand_args = (net.W, net.U, net.b, xs, ys, jnp.asarray(BETA, xs.dtype))
         l_hand, g_hand = hand(*hand_args)
-        hand_err = max(rel(g_hand[k], getattr(g_ref, k)) for k in g_hand)
-        hand_gap = max(rel(g_hand[k], getattr(g_ours, k)) for k in g_hand)
-        if not (hand_err < 1e-2 and hand_gap < 1e-3 and abs(float(l_hand - l_ours)) <= 1e-5 * abs(float(l_ours))):
-            raise AssertionError(
-                f"the hand-written EP floor disagrees (rel err {hand_err:.2e} against the reference, "
-                f"{hand_gap:.2e} against nd.EP; loss {float(l_hand)} against {float(l_ours)})"
-            )
+        hand_err, hand_gap = check_floor("EP", g_hand, g_ref, g_ours, l_hand, l_ours)
         t_ours, t_through, t_relax, t_old, t_peer, t_opt, t_hand = time_side_by_side(
             [
                 (ours, net, xs, ys),
