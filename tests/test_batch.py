@@ -11,6 +11,7 @@ import pytest
 
 import neurodyn as nd
 from helpers import assert_tree_close, dense_ift_grad, small_networks
+from neurodyn._misc import tree_cast
 
 
 NETWORKS = small_networks(jr.PRNGKey(4321))
@@ -107,34 +108,66 @@ def test_batch_equals_mean_of_examples_trajectory(name, est, weighted, getkey):
     assert info["loss"].shape == (B,) and bool(jnp.all(info["converged"]))
 
 
-def test_stored_steady_state_bptt_is_exact_and_matches_its_fallback(getkey):
+def test_stored_steady_state_bptt_is_exact_and_matches_its_segments(getkey):
     """The stored-states path against the dense implicit-function-theorem gradient of the
-    converged steady state, and against the checkpointed loop it falls back to when the
-    states do not fit (`stored_steps=2`)."""
+    converged steady state, and against its segmented form, which relaxes again from each
+    segment's first state (`stored_steps` smaller than the steps taken): 2 steps per segment,
+    and 12 (a segment that is not a whole number of the backward pass's 8-step chunks)."""
     net = dict(NETWORKS)["ctrnn-rate"]
     xs, ys = _batch(net, getkey())
     kw = dict(objective=nd.SteadyState(), rtol=1e-12, atol=1e-13)
     loss, grads, info = nd.batch_value_and_grad(net, xs, ys, estimator=nd.BPTT(), **kw)
-    # More steps than the first attempt's 16 (the second attempt, with room for 128); the
+    # Past the first two buffer sizes (8 and 32 steps, the third has room for 128); the
     # backward pass works in chunks of 8 stored steps and these relaxations span several,
     # the examples stopping at different steps (inside a chunk, not at its edge).
     steps = np.asarray(info["steps"])
-    assert steps.max() > 16 and len(set(steps.tolist())) > 1 and np.any(steps % 8 != 0)
+    assert 32 < steps.max() <= 128 and len(set(steps.tolist())) > 1 and np.any(steps % 8 != 0), steps
     refs = [dense_ift_grad(net, x, y) for x, y in zip(xs, ys)]
     ref = jax.tree.map(lambda *g: sum(g) / B, *[r[1] for r in refs])
     # BPTT through a converged relaxation is the implicit gradient up to the contraction's tail.
     assert_tree_close(grads, ref, rtol=1e-8, atol=1e-10, what="stored vs dense IFT")
-    loss_fb, grads_fb, info_fb = nd.batch_value_and_grad(net, xs, ys, estimator=nd.BPTT(stored_steps=2), **kw)
-    np.testing.assert_array_equal(info_fb["steps"], info["steps"])
-    assert_tree_close(grads_fb, grads, rtol=1e-10, atol=1e-13, what="fallback vs stored")
+    for stored in (2, 12):
+        loss_s, grads_s, info_s = nd.batch_value_and_grad(net, xs, ys, estimator=nd.BPTT(stored_steps=stored), **kw)
+        np.testing.assert_array_equal(info_s["steps"], info["steps"])
+        np.testing.assert_allclose(loss_s, loss, rtol=1e-13)
+        assert_tree_close(grads_s, grads, rtol=1e-10, atol=1e-13, what=f"segments of {stored} vs stored")
+
+
+def test_segmented_steady_state_bptt_against_one_example_loops(getkey):
+    """Relaxations longer than `stored_steps` (segments of 12 steps, the examples stopping
+    in different segments, and inside them; inputs of different sizes relax at different
+    speeds), in float32 as trained: the batch gradient equals the mean of the one-example
+    gradients (reverse mode through the checkpointed loop), jit-compiled, and `jax.grad`
+    of the returned loss gives it."""
+    net = tree_cast(dict(NETWORKS)["hopfield"], jnp.float32)
+    xs, ys = (a.astype(jnp.float32) for a in _batch(net, getkey()))
+    xs = xs * jnp.asarray([0.0, 2.0, 8.0, 32.0], jnp.float32)[:, None]
+    # Loose tolerances: a step more or less at the end moves the gradient well beyond
+    # rounding (at a tight tolerance the extra steps would sit at the fixed point).
+    kw = dict(objective=nd.SteadyState(), dt0=0.1, rtol=1e-2, atol=1e-3)
+    est = nd.BPTT(stored_steps=12)
+
+    @eqx.filter_jit
+    def batch(net):
+        return nd.batch_value_and_grad(net, xs, ys, estimator=est, **kw)
+
+    loss, grads, info = batch(net)
+    steps = np.asarray(info["steps"])
+    assert bool(jnp.all(info["converged"])) and steps.min() > 12 and len(set((steps // 12).tolist())) > 1, steps
+    ref_loss, ref_grads, ref_info = _mean_of_examples(net, xs, ys, None, estimator=est, **kw)
+    np.testing.assert_array_equal(ref_info["steps"], steps)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    assert_tree_close(grads, ref_grads, rtol=1e-4, atol=1e-6, what="segmented batch vs one-example loops")
+    through = eqx.filter_grad(lambda m: nd.batch_value_and_grad(m, xs, ys, estimator=est, **kw)[0])(net)
+    assert_tree_close(through, grads, rtol=1e-6, atol=1e-8, what="jax.grad of the loss")
 
 
 @pytest.mark.slow  # the stored path stays in the default suite through the test above
 @pytest.mark.parametrize("name", ["hopfield", "ctrnn-current", "layered"])
-def test_stored_steady_state_bptt_within_the_first_attempt(getkey, name):
-    """Relaxations that stop within the first attempt's 16 stored steps, with a two-stage
-    solver (each step's stored linearisation covers both stages): the same gradient as
-    reverse mode through the checkpointed loop (`stored_steps=2`)."""
+def test_stored_steady_state_bptt_continues_into_larger_buffers(getkey, name):
+    """Relaxations that outgrow the first buffers (8 stored steps) and go on in the next
+    ones, with a two-stage solver (each step's stored linearisation covers both stages):
+    the same gradient as the segmented form (`stored_steps=2`, two steps per segment)."""
     import diffrax
 
     net = dict(NETWORKS)[name]
