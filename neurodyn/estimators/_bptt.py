@@ -212,11 +212,12 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
     The buffers grow along `sizes` (stored steps, increasing): when some example has not
     stopped once they are full, they are copied into the next size's and the same loop goes
     on from the step where it was (no step is taken twice). Past the last size `L`, the
-    relaxation goes on in segments of `L` steps keeping only each segment's first state;
-    the backward pass then takes the segments from the last, relaxing each again from its
-    first state into the buffers (every example stopping at its own step count, known by
-    then) before reversing it: one more forward sweep, memory `O(L + max_steps / L)` states
-    per example. Each choice is a batch-level `lax.cond`. Returns `(loss, grads, info)`.
+    relaxation goes on in segments of `L` steps, each stored over the one before, keeping
+    each segment's first state; the backward pass takes the last segment from the buffers
+    and relaxes each earlier one again from its first state (every example stopping at its
+    own step count, known by then) before reversing it: one more forward sweep of all but
+    the last segment, memory `O(L + max_steps / L)` states per example. Each choice is a
+    batch-level `lax.cond`. Returns `(loss, grads, info)`.
     """
     params, static = eqx.partition(net, eqx.is_inexact_array)
     frozen = jax.lax.stop_gradient(net)
@@ -370,25 +371,36 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
         return finish(loss, info, g_readout, A0, G)
 
     def segmented(carry):
-        """Past the last size `L`: the relaxation goes on in segments of `L` steps keeping
-        each one's first state, then the backward pass relaxes each segment again into the
-        buffers, from the last, and reverses it."""
+        """Past the last size `L`: the relaxation goes on in segments of `L` steps, each
+        stored over the one before and its first state kept. The backward pass takes the
+        last segment from the buffers, then relaxes each earlier one again into them, from
+        its first state, before reversing it."""
         state, buf, lbuf = carry
         L = sizes[-1]
         firsts = jnp.zeros((-(-max_steps // L),) + R0.shape, dtype).at[0].set(R0)
 
         def segment(c):
-            state, firsts = c
-            firsts = jax.lax.dynamic_update_index_in_dim(firsts, state[0], state[1] // L, 0)
-            end = jnp.minimum(state[1] + L, max_steps)
-            state = jax.lax.while_loop(lambda s: (s[1] < end) & ~jnp.all(s[2]), lambda s: advance(s)[0], state)
-            return state, firsts
+            state, firsts, buf, lbuf = c
+            off = state[1]
+            firsts = jax.lax.dynamic_update_index_in_dim(firsts, state[0], off // L, 0)
+            end = jnp.minimum(off + L, max_steps)
 
-        state, firsts = jax.lax.while_loop(
-            lambda c: (c[0][1] < max_steps) & ~jnp.all(c[0][2]), segment, (state, firsts)
+            def body(t):
+                state, buf, lbuf = t
+                state1, leaves = advance(state)
+                return (state1, *store(buf, lbuf, state[0], leaves, state[1] - off))
+
+            state, buf, lbuf = jax.lax.while_loop(
+                lambda t: (t[0][1] < end) & ~jnp.all(t[0][2]), body, (state, buf, lbuf)
+            )
+            return state, firsts, buf, lbuf
+
+        state, firsts, buf, lbuf = jax.lax.while_loop(
+            lambda c: (c[0][1] < max_steps) & ~jnp.all(c[0][2]), segment, (state, firsts, buf, lbuf)
         )
         loss, info, g_readout, A = start(state)
         k_max, K = state[1], state[3]
+        last = (k_max - 1) // L
 
         def back_segment(c):
             j, A, G, buf, lbuf = c  # j: the segment
@@ -401,12 +413,15 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
                 buf, lbuf = store(buf, lbuf, R, leaves, k - off)
                 return k + 1, jnp.where((k < K)[:, None], R1, R), buf, lbuf
 
+            # The last segment is still in the buffers (with, past its end, the steps of
+            # the one before, which the backward pass does not read).
+            begin = jnp.where(j == last, top, off)
             first = jax.lax.dynamic_index_in_dim(firsts, j, 0, keepdims=False)
-            _, _, buf, lbuf = jax.lax.while_loop(lambda t: t[0] < top, again, (off, first, buf, lbuf))
+            _, _, buf, lbuf = jax.lax.while_loop(lambda t: t[0] < top, again, (begin, first, buf, lbuf))
             A, G = reverse(buf, lbuf, off, top - 1, K, A, G)
             return j - 1, A, G, buf, lbuf
 
-        _, A0, G, _, _ = jax.lax.while_loop(lambda c: c[0] >= 0, back_segment, ((k_max - 1) // L, A, zeros, buf, lbuf))
+        _, A0, G, _, _ = jax.lax.while_loop(lambda c: c[0] >= 0, back_segment, (last, A, zeros, buf, lbuf))
         return finish(loss, info, g_readout, A0, G)
 
     def attempt(i, carry):
