@@ -341,6 +341,39 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
     return rows
 
 
+def _long_steady(n, B, repeats, dt0s=(0.35, 0.05), n_in=64, n_out=10):
+    """BPTT of longer relaxations of the same problem (smaller steps `dt0`): one that
+    outgrows the first stored buffers and goes on in larger ones, and one past
+    `stored_steps` (the backward pass relaxes each segment again). Against `nd.relax` with
+    the same options and against the old path (the vmapped one-example checkpointed loop),
+    whose gradient it must equal."""
+    k1, k2, k3 = jr.split(jr.PRNGKey(0), 3)
+    net = nd.networks.Hopfield(n_in, n - n_out, n_out, key=k1)
+    xs, ys = jr.uniform(k2, (B, n_in)), jr.uniform(k3, (B, n_out))
+    est = nd.BPTT()
+    label = "nd.BPTT batch_value_and_grad"
+    rows = []
+    for dt0 in dt0s:
+        relax, ours = ours_functions(est, dt0=dt0)
+        old = per_example_functions(est, dt0=dt0)
+        (_, g_ours, info), (_, g_old, info_old) = ours(net, xs, ys), old(net, xs, ys)
+        assert bool(jnp.all(info["converged"])), f"BPTT's relaxation did not converge at dt0={dt0}"
+        steps = int(jnp.max(info["steps"]))
+        d_old = rel(g_ours, g_old)
+        assert d_old < 1e-3 and bool(jnp.all(info["steps"] == info_old["steps"])), (
+            f"bptt: the batch path and the one-example loop disagree at dt0={dt0} ({d_old:.2e})"
+        )
+        t_ours, t_relax, t_old = time_side_by_side([(ours, net, xs, ys), (relax, net, xs), (old, net, xs, ys)], repeats)
+        path = "stored" if steps <= est.stored_steps else f"in segments of {est.stored_steps}"
+        problem = f"Hopfield n={n} B={B} float32, steady state, dt0={dt0}: {steps} steps ({path})"
+        extra = dict(fwd_steps=steps, stored_steps=est.stored_steps, rel_diff=d_old)
+        rows.append(row("bptt", problem, label, "nd.relax alone (same dt0)", t_ours, t_relax, "context", **extra))
+        rows.append(
+            row("bptt", problem, label, "old path (vmapped checkpointed loop)", t_ours, t_old, "speed-up", **extra)
+        )
+    return rows
+
+
 LARGE_SIZES = [(256, 256), (1024, 256), (4096, 256)]
 
 
@@ -364,4 +397,5 @@ def run(quick: bool = False, large: bool = False):
         )
     steady = (64, 8) if quick else (256, 32)
     rows += _steady(*steady, 3 if quick else 15)
+    rows += _long_steady(*steady, 2 if quick else 5)
     return rows
