@@ -34,6 +34,7 @@ from ._steady_peer import (
     through_grad_function,
 )
 from ._timing import row, time_side_by_side
+from .rbp import _hopfield_problem
 
 
 def _problem(n, B, n_in=8, n_out=4, n_save=40, steps_per_save=10, dt=0.1, seed=0):
@@ -284,12 +285,10 @@ def _trajectory(n, B, repeats, lean=False):
     return rows
 
 
-def _steady(n, B, repeats, n_in=64, n_out=10):
+def _steady(n, B, repeats):
     """Full BPTT of the relaxation (the stored-states path of the batch) on the EP section's
     Hopfield network."""
-    k1, k2, k3 = jr.split(jr.PRNGKey(0), 3)
-    net = nd.networks.Hopfield(n_in, n - n_out, n_out, key=k1)
-    xs, ys = jr.uniform(k2, (B, n_in)), jr.uniform(k3, (B, n_out))
+    net, xs, ys = _hopfield_problem(n, B)
     est = nd.BPTT()
     relax, ours = ours_functions(est)
     _, ref = ours_functions(nd.RBP(adjoint=nd.adjoint.JaxGMRES(rtol=1e-6)), rtol=1e-6, atol=1e-7)
@@ -341,15 +340,13 @@ def _steady(n, B, repeats, n_in=64, n_out=10):
     return rows
 
 
-def _long_steady(n, B, repeats, dt0s=(0.35, 0.05), n_in=64, n_out=10):
+def _long_steady(n, B, repeats, dt0s=(0.35, 0.05)):
     """BPTT of longer relaxations of the same problem (smaller steps `dt0`): one that
     outgrows the first stored buffers and goes on in larger ones, and one past
     `stored_steps` (the backward pass relaxes each segment again). Against `nd.relax` with
     the same options and against the old path (the vmapped one-example checkpointed loop),
     whose gradient it must equal."""
-    k1, k2, k3 = jr.split(jr.PRNGKey(0), 3)
-    net = nd.networks.Hopfield(n_in, n - n_out, n_out, key=k1)
-    xs, ys = jr.uniform(k2, (B, n_in)), jr.uniform(k3, (B, n_out))
+    net, xs, ys = _hopfield_problem(n, B)
     est = nd.BPTT()
     label = "nd.BPTT batch_value_and_grad"
     rows = []

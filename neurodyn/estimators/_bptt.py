@@ -280,13 +280,15 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
         lbuf = [jax.lax.dynamic_update_index_in_dim(b, leaf, i, 0) for b, leaf in zip(lbuf, leaves)]
         return buf, lbuf
 
-    def stored_run(S, carry):
-        def body(c):
-            state, buf, lbuf = c
-            state1, leaves = advance(state)
-            return (state1, *store(buf, lbuf, state[0], leaves, state[1]))
+    def stored_run(end, carry, off=0):
+        """Steps until step `end` or every example stopped, step `k` stored at `k - off`."""
 
-        return jax.lax.while_loop(lambda c: (c[0][1] < S) & ~jnp.all(c[0][2]), body, carry)
+        def body(t):
+            state, buf, lbuf = t
+            state1, leaves = advance(state)
+            return (state1, *store(buf, lbuf, state[0], leaves, state[1] - off))
+
+        return jax.lax.while_loop(lambda t: (t[0][1] < end) & ~jnp.all(t[0][2]), body, carry)
 
     def buffers(S, old=None):
         # The states' buffer is padded to whole chunks for the backward pass's slices (never
@@ -379,36 +381,27 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
         L = sizes[-1]
         firsts = jnp.zeros((-(-max_steps // L),) + R0.shape, dtype).at[0].set(R0)
 
-        def segment(c):
-            state, firsts, buf, lbuf = c
+        def segment(t):
+            state, firsts, buf, lbuf = t
             off = state[1]
             firsts = jax.lax.dynamic_update_index_in_dim(firsts, state[0], off // L, 0)
-            end = jnp.minimum(off + L, max_steps)
-
-            def body(t):
-                state, buf, lbuf = t
-                state1, leaves = advance(state)
-                return (state1, *store(buf, lbuf, state[0], leaves, state[1] - off))
-
-            state, buf, lbuf = jax.lax.while_loop(
-                lambda t: (t[0][1] < end) & ~jnp.all(t[0][2]), body, (state, buf, lbuf)
-            )
+            state, buf, lbuf = stored_run(jnp.minimum(off + L, max_steps), (state, buf, lbuf), off)
             return state, firsts, buf, lbuf
 
         state, firsts, buf, lbuf = jax.lax.while_loop(
-            lambda c: (c[0][1] < max_steps) & ~jnp.all(c[0][2]), segment, (state, firsts, buf, lbuf)
+            lambda t: (t[0][1] < max_steps) & ~jnp.all(t[0][2]), segment, (state, firsts, buf, lbuf)
         )
         loss, info, g_readout, A = start(state)
         k_max, K = state[1], state[3]
         last = (k_max - 1) // L
 
-        def back_segment(c):
-            j, A, G, buf, lbuf = c  # j: the segment
+        def back_segment(t):
+            j, A, G, buf, lbuf = t  # j: the segment
             off = j * L
             top = jnp.minimum(off + L, k_max)
 
-            def again(t):
-                k, R, buf, lbuf = t
+            def again(u):
+                k, R, buf, lbuf = u
                 R1, leaves = linearised_leaves(R, k)
                 buf, lbuf = store(buf, lbuf, R, leaves, k - off)
                 return k + 1, jnp.where((k < K)[:, None], R1, R), buf, lbuf
@@ -421,7 +414,7 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
             A, G = reverse(buf, lbuf, off, top - 1, K, A, G)
             return j - 1, A, G, buf, lbuf
 
-        _, A0, G, _, _ = jax.lax.while_loop(lambda c: c[0] >= 0, back_segment, (last, A, zeros, buf, lbuf))
+        _, A0, G, _, _ = jax.lax.while_loop(lambda t: t[0] >= 0, back_segment, (last, A, zeros, buf, lbuf))
         return finish(loss, info, g_readout, A0, G)
 
     def attempt(i, carry):
