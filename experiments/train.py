@@ -74,7 +74,7 @@ class Config:
     )
     init: str = ndc.field(
         "default",
-        help="default, or transition: input fields' std at init_scale (seed 003)",
+        help="default, or transition: input fields' std at init_scale (LeCun et al. 1998)",
         choices=("default", "transition"),
     )
     init_scale: float = ndc.field(1.0, help="init: transition: the induced local fields' standard deviation", gt=0)

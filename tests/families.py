@@ -1,4 +1,4 @@
-"""Small instances of the network families of issue 8 (seed 004's recurrent families, the
+"""Small instances of the network families of issue 8 (the recurrent families of Haykin 2009, ch. 15; the
 layered Hopfield network of EP, sparse CTRNN and Hopfield) for the shared estimator suites.
 
 `tests/helpers.py::small_networks` appends these, so every suite parametrised over it

@@ -1,4 +1,4 @@
-"""BPTT against exact references, finite differences and the seed 001 recursion."""
+"""BPTT against exact references, finite differences and the backward recursion of Werbos (1990)."""
 
 import diffrax
 import equinox as eqx
@@ -51,8 +51,8 @@ def test_bptt_agrees_with_finite_differences(name, net, getkey):
         np.testing.assert_allclose(directional(grads, d), fd, rtol=1e-5, atol=1e-8)
 
 
-def test_bptt_is_the_seed_recursion(getkey):
-    # Seed 001: x(t) = f(W x(t-1) + b(t)); s(t) = D(t)(dR/dx(t) + W^T s(t+1)),
+def test_bptt_is_the_backward_recursion(getkey):
+    # Werbos (1990): x(t) = f(W x(t-1) + b(t)); s(t) = D(t)(dR/dx(t) + W^T s(t+1)),
     # dW = sum_t s(t) x(t-1)^T, db(t) = s(t). Here b(t) = U x_in(t) + b and R = -l.
     n, T = 5, 6
     net = nd.networks.CTRNN(n, 2, 2, nd.activations.tanh, "rate", key=getkey())

@@ -157,8 +157,9 @@ def test_nudged_finite_difference_tends_to_minus_J_inverse_dl_dr(hop, ctrnn):
 
 
 def test_generic_formula_on_a_symmetric_non_energy_network(hop):
-    # The seed formula -((r^b - r^-b)/2b)^T dF/dw, with its sign, on the same vector field
-    # seen without its energy: exact as beta -> 0 because J is symmetric.
+    # The centered EP formula (Scellier & Bengio 2017; Laborieux et al. 2021),
+    # -((r^b - r^-b)/2b)^T dF/dw, with its sign, on the same vector field seen without its
+    # energy: exact as beta -> 0 because J is symmetric.
     net, x, y, ref = hop
     _, g, info = _vg(NotEnergy(net), x, y, nd.EP(5e-3, "centered"))
     assert rel_error(g.net, ref) < 1e-3

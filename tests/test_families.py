@@ -1,7 +1,8 @@
 """The network families of issue 8.
 
-Each seed-004 family: its Euler dt = 1 step is its discrete-time definition, written here
-from the seed formulas, independently of the library code. The layered and the sparse
+Each recurrent family of Haykin (2009, ch. 15): its Euler dt = 1 step is its discrete-time
+definition, written here from the published recursions, independently of the library code.
+The layered and the sparse
 Hopfield networks are gradient flows of the energies written here. Sparse connectivity is the
 masked dense network, at O(nnz) cost.
 
@@ -34,7 +35,7 @@ def _sigmoid(z):
 
 
 # ---------------------------------------------------------------------------------------
-# Seed 004: the four recurrent families, Euler dt = 1 against the seed recursion.
+# Haykin (2009, ch. 15): the four recurrent families, Euler dt = 1 against their recursions.
 # ---------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Seed results about the networks themselves (seeds 000, 001, 002)."""
+"""Published results about the networks themselves: the feedforward ODE (Almeida 1987;
+Pineda 1987), the discrete-time network (Werbos 1990) and the activations (Haykin 2009, ch. 4)."""
 
 import diffrax
 import equinox as eqx
@@ -61,7 +62,7 @@ def test_every_network_takes_every_activation(name, act, _, getkey):
 
 
 def test_layered_steady_state_is_the_mlp_forward_pass(getkey):
-    # Seed 000: dx_l/dt = -x_l + f(W_l x_{l-1}); its steady state is the MLP's forward pass.
+    # Almeida (1987), Pineda (1987): dx_l/dt = -x_l + f(W_l x_{l-1}); its steady state is the MLP's forward pass.
     net = nd.networks.Layered((4, 7, 5, 3), nd.activations.tanh, key=getkey())
     x = jr.normal(getkey(), (4,))
     r_star, info = nd.relax(net, x)
@@ -91,7 +92,7 @@ def test_layered_jacobian_is_block_lower_triangular(getkey):
 
 
 def test_euler_dt1_is_the_discrete_time_network(getkey):
-    # DESIGN / seed 001: x(t) = f(W x(t-1) + U x_in(t) + b) is Euler with dt = 1.
+    # The discrete-time network (Werbos 1990): x(t) = f(W x(t-1) + U x_in(t) + b) is Euler with dt = 1.
     net = nd.networks.CTRNN(6, 3, 2, nd.activations.tanh, "rate", key=getkey())
     net = eqx.tree_at(lambda n: n.b, net, jr.normal(getkey(), (6,)))
     T = 7

@@ -48,8 +48,8 @@ def test_adjoint_strategies_agree_with_the_dense_reference(name, adj, form, getk
     assert float(info["adjoint_residual"]) < 1e-8
 
 
-def test_seed_001_rate_form_formula(getkey):
-    # x = f(Wx + b): D = diag f'(Wx + b), (D^-1 - W^T) s = dR/dx, dW = s x^T, with R = -l.
+def test_rate_form_recurrent_backprop_formula(getkey):
+    # Pineda (1987) for x = f(Wx + b): D = diag f'(Wx + b), (D^-1 - W^T) s = dR/dx, dW = s x^T, with R = -l.
     n = 6
     net = nd.networks.CTRNN(n, 3, 2, nd.activations.tanh, "rate", key=getkey())
     net = eqx.tree_at(lambda m: m.b, net, 0.3 * jr.normal(getkey(), (n,)))
@@ -65,7 +65,7 @@ def test_seed_001_rate_form_formula(getkey):
 
 
 def test_layered_adjoint_is_backprop(getkey):
-    # Seed 000: for the feedforward ODE, v* = -dl/dr* J^-1 is backprop's dl/dx_l, and the
+    # Almeida (1987), Pineda (1987): for the feedforward ODE, v* = -dl/dr* J^-1 is backprop's dl/dx_l, and the
     # Neumann series with K = L terms is exact (I + J is nilpotent of order L).
     net = nd.networks.Layered((3, 5, 4, 2), nd.activations.tanh, key=getkey())
     x, y = jr.normal(getkey(), (3,)), jr.normal(getkey(), (2,))

@@ -53,7 +53,7 @@ def test_one_full_batch_step_is_mean_of_per_example_gradients_plus_l2():
 
 
 def test_sgd_momentum_is_the_seed_notes_rule():
-    # w(n+1) = w(n) + alpha dw(n-1) - eta g(n)  (seed 003), with dw(n) = w(n+1) - w(n).
+    # w(n+1) = w(n) + alpha dw(n-1) - eta g(n)  (heavy-ball momentum, Haykin 2009, sec. 4.4), with dw(n) = w(n+1) - w(n).
     eta, alpha = 0.1, 0.9
     opt = nd.config.optimizer("sgd", eta, momentum=alpha)
     w = jnp.asarray([1.0, -2.0])
