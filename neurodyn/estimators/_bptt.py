@@ -227,6 +227,7 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
     dtype = R0.dtype
     c = _CHUNK
     rows = jnp.arange(c)
+    xs_rows = jax.tree.map(lambda a: jnp.tile(a, (c,) + (1,) * (a.ndim - 1)), xs)  # row i * B + b: example b
 
     def step_batch(m, R, k):
         t = k.astype(dtype) * dt
@@ -334,12 +335,17 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
             return jax.tree.unflatten(lin_def, [next(stored) if v else leaf for leaf, v in zip(fixed_leaves, varying)])
 
         def chunk_grads(lo, A_chunk):
-            R_chunk = jax.lax.dynamic_slice_in_dim(buf, lo, c, 0)
+            # The chunk's steps as `c x B` rows of one batch, each with its own input and
+            # time: no quantity of an example is broadcast over the steps, so the transpose
+            # has no sum over a leading steps axis (XLA:CPU runs that sum of a (c, B, n)
+            # array 20-30x slower than the same adds as rows: 4.2 ms at B = 128, n = 512).
+            R_rows = jax.lax.dynamic_slice_in_dim(buf, lo, c, 0).reshape((c * B,) + R0.shape[1:])
+            t_rows = jnp.repeat((off + lo + rows).astype(dtype) * dt, B)
 
             def total(p):
                 m = eqx.combine(p, static)
-                steps = jax.vmap(lambda R, i: step_batch(m, R, off + lo + i))(R_chunk, rows)
-                return jnp.vdot(A_chunk, steps)
+                steps = jax.vmap(lambda r, x, t: _fresh_step(solver, m, r, x, t, dt))(R_rows, xs_rows, t_rows)
+                return jnp.vdot(A_chunk.reshape(steps.shape), steps)
 
             return jax.grad(total)(params)
 
