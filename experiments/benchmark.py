@@ -20,6 +20,7 @@ import time
 
 import jax
 
+import neurodyn as nd
 from experiments.benchmarks._timing import device_name
 
 
@@ -42,7 +43,14 @@ def main(argv=None):
     p.add_argument("--large", action="store_true", help="GPU sizes")
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--out", default="experiments/results")
+    p.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is (by default nd.tune_cpu_allocator() runs first, as in every experiment)",
+    )
     args = p.parse_args(argv)
+    # Ours and the peers run in this one process, so both sides see the same allocator.
+    tuned = False if args.default_allocator else nd.tune_cpu_allocator()
     rows, skipped = [], []
     for name in args.sections.split(","):
         try:
@@ -56,11 +64,12 @@ def main(argv=None):
         new = mod.run(quick=args.quick, large=args.large)
         print(f"[{name}] {len(new)} rows in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         print(_markdown(new), flush=True)  # as each section ends: a later one may run out of time
-        rows += new
+        rows += [dict(r, allocator_tuned=tuned) for r in new]
     md = _markdown(rows)
     header = (
         f"Device: {device_name()} ({platform.processor() or platform.machine()}), jax {jax.__version__}; "
-        f"command: `python -m experiments.benchmark{' --quick' if args.quick else ''}{' --large' if args.large else ''}`\n\n"
+        f"command: `python -m experiments.benchmark{' --quick' if args.quick else ''}{' --large' if args.large else ''}"
+        f"{' --default-allocator' if args.default_allocator else ''}`; nd.tune_cpu_allocator applied: {tuned}\n\n"
     )
     print(header + md)
     if skipped:

@@ -14,6 +14,7 @@ from . import (
     relaxation as relaxation,
     rtrl as rtrl,
 )
+from ._allocator import tune_cpu_allocator as tune_cpu_allocator
 from ._batch import batch_value_and_grad as batch_value_and_grad
 from ._dynamics import relax as relax, rollout as rollout
 from ._iterate import (
