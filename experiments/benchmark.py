@@ -44,13 +44,12 @@ def main(argv=None):
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--out", default="experiments/results")
     p.add_argument(
-        "--default-allocator",
+        "--tune-allocator",
         action="store_true",
-        help="leave glibc's allocator as it is (by default nd.tune_cpu_allocator() runs first, as in every experiment)",
+        help="call nd.tune_cpu_allocator() first (ours and the peers share this process and its allocator)",
     )
     args = p.parse_args(argv)
-    # Ours and the peers run in this one process, so both sides see the same allocator.
-    tuned = False if args.default_allocator else nd.tune_cpu_allocator()
+    tuned = nd.tune_cpu_allocator() if args.tune_allocator else False
     rows, skipped = [], []
     for name in args.sections.split(","):
         try:
@@ -69,7 +68,7 @@ def main(argv=None):
     header = (
         f"Device: {device_name()} ({platform.processor() or platform.machine()}), jax {jax.__version__}; "
         f"command: `python -m experiments.benchmark{' --quick' if args.quick else ''}{' --large' if args.large else ''}"
-        f"{' --default-allocator' if args.default_allocator else ''}`; nd.tune_cpu_allocator applied: {tuned}\n\n"
+        f"{' --tune-allocator' if args.tune_allocator else ''}`; nd.tune_cpu_allocator applied: {tuned}\n\n"
     )
     print(header + md)
     if skipped:

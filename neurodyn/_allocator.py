@@ -37,9 +37,12 @@ def tune_cpu_allocator() -> bool:
     threshold of 1 GiB and a trim threshold of 2 GiB, leaving alone any of them set by
     their environment variable (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
     `MALLOC_TRIM_THRESHOLD_`). The cost: memory freed by a program stays with the process
-    (up to 2 GiB of free heap) rather than going back to the OS. Call it before the first
-    JAX computation: the arena limit holds only for threads that have not allocated yet.
-    neurodyn's experiment scripts call it at startup; the library never does on import.
+    (up to 2 GiB of free heap) rather than going back to the OS, and every thread shares
+    one arena: for programs with small temporaries the effect was within the machine's
+    run-to-run spread (2-5% slower on average over three pairs of processes), so it is not
+    a default. Call it before the first JAX computation: the arena limit holds only for
+    threads that have not allocated yet. neurodyn never calls it on import;
+    `python -m experiments.benchmark --tune-allocator` runs the benchmark with it.
 
     **Returns:** whether every setting was applied (`False` where the C library is not
     glibc, e.g. macOS or musl; there, nothing changes).

@@ -795,13 +795,10 @@ def _fail(e: BaseException):
 def entrypoint(main):
     """Decorates an experiment's `main`: a `ConfigError` raised anywhere inside it (a bad
     `kind`, an unknown estimator argument, a missing data file) ends the process with one
-    line on stderr and exit code 2 instead of a traceback. It first calls
-    `nd.tune_cpu_allocator()`: an experiment owns its process."""
+    line on stderr and exit code 2 instead of a traceback."""
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
-        # Before the experiment's first JAX computation (see `nd.tune_cpu_allocator`).
-        _nd().tune_cpu_allocator()
         try:
             return main(*args, **kwargs)
         except ConfigError as e:
