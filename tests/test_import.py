@@ -30,15 +30,16 @@ def _arenas_after_a_computation(tune: bool) -> tuple[str, int]:
     # threads have run a computation: each thread that allocates takes an arena of its own
     # unless M_ARENA_MAX says otherwise.
     code = (
-        "import ctypes, sys, tempfile, neurodyn as nd, jax, jax.numpy as jnp\n"
+        "import ctypes, os, sys, tempfile, neurodyn as nd, jax, jax.numpy as jnp\n"
         f"print(nd.tune_cpu_allocator() if {tune} else 'untouched')\n"
         "x = jnp.ones((512, 512))\n"
         "for _ in range(3): jax.block_until_ready(jax.jit(lambda x: jnp.tanh(x @ x) @ x)(x))\n"
         "libc = ctypes.CDLL(None)\n"
         "libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]\n"
         "libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]\n"
-        "path = tempfile.mktemp(); fp = libc.fopen(path.encode(), b'w'); libc.malloc_info(0, fp); libc.fclose(fp)\n"
-        "print(open(path).read().count('<heap nr='))\n"
+        "fd, path = tempfile.mkstemp(suffix='.xml'); os.close(fd)\n"
+        "fp = libc.fopen(path.encode(), b'w'); libc.malloc_info(0, fp); libc.fclose(fp)\n"
+        "print(open(path).read().count('<heap nr=')); os.remove(path)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
