@@ -152,6 +152,46 @@ def test_hopfield_energy_matches_its_symmetric_form(getkey):
     np.testing.assert_array_equal(np.diag(g.W), 0.0)
 
 
+@pytest.mark.parametrize("n", [1024, 1030])
+def test_symmetric_part_in_slabs_is_the_transpose_formula(n, getkey):
+    # `(W + W^T)/2` of a matrix past 4 MiB runs as a loop over slabs of rows on the CPU
+    # (XLA:CPU's fused strided transpose is several times slower there). Same values bit for
+    # bit as the formula, under jit and vmap, with the formula's derivatives in both modes;
+    # n = 1030 is padded to whole slabs.
+    symmetric_part = nd.networks.symmetric_part
+    A, C = jr.normal(getkey(), (n, n), jnp.float32), jr.normal(getkey(), (n, n), jnp.float32)
+    sym = jax.jit(symmetric_part)
+    assert "while" in sym.lower(A).compile().as_text()  # the slabs' loop, not the fused one
+    np.testing.assert_array_equal(sym(A), 0.5 * (A + A.T))
+    np.testing.assert_array_equal(jax.vmap(sym)(jnp.stack([A, C])), 0.5 * (jnp.stack([A + A.T, C + C.T])))
+    np.testing.assert_array_equal(jax.grad(lambda A: jnp.vdot(C, sym(A)))(A), 0.5 * (C + C.T))
+    np.testing.assert_array_equal(jax.jvp(sym, (A,), (C,))[1], 0.5 * (C + C.T))
+
+
+def test_large_hopfield_relaxes_as_with_the_transpose_formula(getkey):
+    # A dense Hopfield network past the slabs' threshold (n = 1024, float32): its relaxation
+    # and RBP gradient equal those of the same network whose W_s is the plain formula.
+    class Plain(nd.networks.Hopfield):
+        @property
+        def symmetric_weights(self):
+            return 0.5 * (self.W + self.W.T) * (1 - jnp.eye(self.n_state, dtype=self.W.dtype))
+
+    def f32(m):
+        return jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, m)
+
+    key = getkey()
+    net, plain = f32(nd.networks.Hopfield(4, 1020, 4, key=key)), f32(Plain(4, 1020, 4, key=key))
+    xs, ys = jr.uniform(getkey(), (2, 4), jnp.float32), jr.uniform(getkey(), (2, 4), jnp.float32)
+    obj = nd.SteadyState(nd.losses.squared_error)
+    (loss, g, i), (loss_p, g_p, i_p) = (
+        nd.batch_value_and_grad(m, xs, ys, objective=obj, estimator=nd.RBP()) for m in (net, plain)
+    )
+    assert bool(jnp.all(i["converged"]))
+    np.testing.assert_array_equal(loss, loss_p)
+    np.testing.assert_array_equal(g.W, g_p.W)
+    np.testing.assert_array_equal(i["steps"], i_p["steps"])
+
+
 def test_relax_reports_non_convergence_without_nans(getkey):
     net = nd.networks.CTRNN(8, 2, 1, key=getkey())
     r, info = nd.relax(net, jnp.ones(2), max_steps=3)

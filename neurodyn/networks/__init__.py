@@ -5,6 +5,7 @@ from ._base import (
     AbstractInputRescalable as AbstractInputRescalable,
     AbstractNetwork as AbstractNetwork,
     matvec as matvec,
+    symmetric_part as symmetric_part,
 )
 from ._ctrnn import CTRNN as CTRNN
 from ._elman import Elman as Elman

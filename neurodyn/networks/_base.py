@@ -73,6 +73,50 @@ def matvec(A: Float[Array, "m n"], v: Float[Array, "*batch n"]) -> Float[Array, 
     return jax.lax.dot_general(v, A, (((v.ndim - 1,), (1,)), ((), ())))
 
 
+@jax.custom_jvp
+def symmetric_part(A: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """`(A + A^T) / 2`, with the transpose done in row slabs on the CPU for large `A`.
+
+    XLA:CPU fuses a transpose into the elementwise loop that consumes it and reads the
+    transposed operand with a stride of one row per element. Once `A` no longer fits in the
+    cache, every element costs a cache miss: `(W + W^T) / 2` of a float32 `(1024, 1024)`
+    matrix took 3.3-5 ms on a 2-core Xeon, 15x an elementwise pass and 40% of a dense
+    Hopfield network's relaxation of a batch of 32. Transposing slabs of 8 rows one at a
+    time keeps each slab in the cache: 1.2-2 ms at n = 1024, 12 against 41-46 ms at
+    n = 2048. Below 4 MiB the fused loop is as fast; other platforms use `(A + A.T) / 2` as
+    it is. The values are the same bit for bit either way.
+
+    Derivatives use `(dA + dA^T) / 2` as written (the slabs' loop, transposed for reverse
+    mode, costs as much as the strided loop it replaces). `nd.networks.Hopfield` forms its
+    `W_s` with it; a network of your own with symmetric weights can too."""
+    n = A.shape[-1]
+    if A.ndim != 2 or A.shape[0] != n or n * n * A.dtype.itemsize < _SLAB_TRANSPOSE_BYTES:
+        return _dense_symmetric_part(A)
+
+    def slabs(A):
+        k = _SLAB_ROWS
+        m = -(-n // k) * k
+        P = jnp.pad(A, ((0, m - n), (0, 0)))  # whole slabs of k rows
+        T = jax.lax.map(lambda slab: slab.T, P.reshape(m // k, k, n))  # (m/k, n, k)
+        return 0.5 * (A + T.transpose(1, 0, 2).reshape(n, m)[:, :n])
+
+    return jax.lax.platform_dependent(A, cpu=slabs, default=_dense_symmetric_part)
+
+
+@symmetric_part.defjvp
+def _symmetric_part_jvp(primals, tangents):
+    (A,), (dA,) = primals, tangents
+    return symmetric_part(A), _dense_symmetric_part(dA)
+
+
+def _dense_symmetric_part(A):
+    return 0.5 * (A + jnp.swapaxes(A, -1, -2))
+
+
+_SLAB_ROWS = 8
+_SLAB_TRANSPOSE_BYTES = 4 * 2**20
+
+
 def normal_init(key: PRNGKeyArray, shape: tuple[int, ...], scale: ArrayLike, dtype=None) -> Array:
     dtype = jnp.result_type(float) if dtype is None else dtype
     return jnp.multiply(scale, jax.random.normal(key, shape, dtype))

@@ -8,7 +8,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from .. import activations as _act
 from .._custom_types import Input, Readout, Scalar, State, Time
 from . import _sparse
-from ._base import AbstractEnergyNetwork, AbstractInputRescalable, matvec, normal_init, scaled_to
+from ._base import AbstractEnergyNetwork, AbstractInputRescalable, matvec, normal_init, scaled_to, symmetric_part
 
 
 class Hopfield(AbstractEnergyNetwork, AbstractInputRescalable):
@@ -99,7 +99,7 @@ class Hopfield(AbstractEnergyNetwork, AbstractInputRescalable):
         """`W_s = (W + W^T)/2` with zero diagonal: the weights the dynamics use (dense)."""
         if self.W_index is not None:
             return _sparse.densify(self.W, self.W_index, self.n_state, symmetric=True)
-        W = 0.5 * (self.W + self.W.T)
+        W = symmetric_part(self.W)
         return W * (1 - jnp.eye(self.n_state, dtype=W.dtype))
 
     def coupling(self, v):
