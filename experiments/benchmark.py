@@ -68,7 +68,9 @@ def main(argv=None):
     header = (
         f"Device: {device_name()} ({platform.processor() or platform.machine()}), jax {jax.__version__}; "
         f"command: `python -m experiments.benchmark{' --quick' if args.quick else ''}{' --large' if args.large else ''}"
-        f"{' --tune-allocator' if args.tune_allocator else ''}`; nd.tune_cpu_allocator applied: {tuned}\n\n"
+        f"{' --tune-allocator' if args.tune_allocator else ''}"
+        f"{f' --sections {args.sections}' if args.sections != ','.join(SECTIONS) else ''}`; "
+        f"nd.tune_cpu_allocator applied: {tuned}\n\n"
     )
     print(header + md)
     if skipped:
