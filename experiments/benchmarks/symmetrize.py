@@ -1,12 +1,14 @@
-"""A dense Hopfield network past the cache: its symmetric weights `W_s = (W + W^T)/2` formed in
-row slabs (`nd.networks.Hopfield`, through `nd.networks.symmetric_part`) against the same network with the
-formula as written (`_FusedTranspose`, which XLA:CPU fuses into one strided loop).
+"""A dense Hopfield network past the cache, where XLA:CPU's transposes of `(n, n)` arrays
+are strided loops: `nd.networks.Hopfield` (its `W_s = (W + W^T)/2` formed in row slabs by
+`nd.networks.symmetric_part`, and its coupling's weight gradient formed as two products over
+the batch, with no transpose) against the same network with `W_s` and the coupling written
+as the formula and differentiated as written (`_FusedTranspose`).
 
-Both hold the same weights and must give the same relaxation and gradients bit for bit
-(checked); the ratio is the time with slabs over the time with the fused transpose, for
-`nd.relax` of the batch and the batch path of RBP, EP and BPTT (Hopfield n = 1024, B = 32,
-float32; quick: B = 4). `sym_ms` is the symmetrisation alone, each way. Below 4 MiB (n < 1024
-in float32) both networks run the same program, so there is nothing to compare.
+Both hold the same weights and must give the same relaxation bit for bit, the same loss,
+steps and outcome, and the same gradients to float32 rounding (`grad_rel_err`); the ratio is
+ours over the formula's time, for `nd.relax` of the batch and the batch path of RBP, EP and
+BPTT (Hopfield n = 1024, B = 32, float32; quick: B = 4). The last row is the symmetrisation
+alone, each way. Below 4 MiB (n < 1024 in float32) both networks run the same program.
 """
 
 import jax
@@ -16,16 +18,20 @@ import numpy as np
 
 import neurodyn as nd
 
-from ._steady_peer import ours_functions
+from ._steady_peer import ours_functions, rel
 from ._timing import row, time_side_by_side
 
 
 class _FusedTranspose(nd.networks.Hopfield):
-    """The same network with `W_s` written as the formula: XLA:CPU's fused strided transpose."""
+    """The same network with `W_s` and the coupling written as the formula: XLA:CPU's fused
+    strided transposes, forwards and in the weight gradient."""
 
     @property
     def symmetric_weights(self):
         return 0.5 * (self.W + self.W.T) * (1 - jnp.eye(self.n_state, dtype=self.W.dtype))
+
+    def coupling(self, v):
+        return nd.networks.matvec(self.symmetric_weights, v)
 
 
 def run(quick: bool = False, large: bool = False):
@@ -44,11 +50,22 @@ def run(quick: bool = False, large: bool = False):
     for tag, net in (("slabs", slabs), ("fused", fused)):
         relax, _ = ours_functions(nd.RBP())
         calls[tag] = [(relax, net, xs)] + [(ours_functions(est)[1], net, xs, ys) for _, est in estimators]
-    # Same numbers both ways: the states, and every estimator's loss, gradient and steps.
-    for a, b in zip(calls["slabs"], calls["fused"], strict=True):
+    # The same relaxation bit for bit, and the same loss, steps and outcome for every
+    # estimator; the weight gradients are the same sums in another order (two products over
+    # the batch instead of one and a transpose): equal to float32 rounding.
+    grad_err = 0.0
+    for i, (a, b) in enumerate(zip(calls["slabs"], calls["fused"], strict=True)):
         out_a, out_b = a[0](*a[1:]), b[0](*b[1:])
-        for u, v in zip(jax.tree.leaves(out_a), jax.tree.leaves(out_b), strict=True):
+        if i == 0:
+            np.testing.assert_array_equal(np.asarray(out_a), np.asarray(out_b))
+            continue
+        (loss_a, g_a, info_a), (loss_b, g_b, info_b) = out_a, out_b
+        np.testing.assert_array_equal(np.asarray(loss_a), np.asarray(loss_b))
+        for u, v in zip(jax.tree.leaves(info_a), jax.tree.leaves(info_b), strict=True):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+        err = float(rel(g_a, g_b))
+        assert err < 1e-5, f"{labels[i]}: gradients differ by {err:.2e}"
+        grad_err = max(grad_err, err)
     sym_slabs = jax.jit(nd.networks.symmetric_part)
     sym_fused = jax.jit(lambda W: 0.5 * (W + W.T))
     times = time_side_by_side(
@@ -56,16 +73,16 @@ def run(quick: bool = False, large: bool = False):
     )
     k = len(labels)
     t_slabs, t_fused, (t_sym, t_sym_fused) = times[:k], times[k : 2 * k], times[2 * k :]
-    extra = dict(sym_ms_slabs=1e3 * t_sym, sym_ms_fused=1e3 * t_sym_fused)
+    extra = dict(sym_ms_slabs=1e3 * t_sym, sym_ms_fused=1e3 * t_sym_fused, grad_rel_err=grad_err)
     rows = [
         row(
             "symmetrize",
             problem,
-            f"{label}, W_s in row slabs",
-            f"{label}, W_s as (W + W.T)/2 fused",
+            f"{label}, Hopfield (no (n, n) transposes)",
+            f"{label}, W_s as the formula (fused transposes)",
             a,
             b,
-            "below 1: the slabs are faster (same values bit for bit)",
+            "below 1: ours faster (same states; gradients to float32 rounding)",
             **extra,
         )
         for label, a, b in zip(labels, t_slabs, t_fused, strict=True)
