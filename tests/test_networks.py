@@ -172,13 +172,7 @@ def test_large_hopfield_relaxes_as_with_the_transpose_formula(getkey):
     # A dense Hopfield network past the slabs' threshold (n = 1024, float32): its relaxation
     # and RBP gradient equal those of the same network whose W_s and coupling are the plain
     # formula, differentiated as written.
-    class Plain(nd.networks.Hopfield):
-        @property
-        def symmetric_weights(self):
-            return 0.5 * (self.W + self.W.T) * (1 - jnp.eye(self.n_state, dtype=self.W.dtype))
-
-        def coupling(self, v):
-            return nd.networks.matvec(self.symmetric_weights, v)
+    from experiments.benchmarks.symmetrize import FormulaHopfield as Plain
 
     def f32(m):
         return jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, m)

@@ -2,7 +2,7 @@
 are strided loops: `nd.networks.Hopfield` (its `W_s = (W + W^T)/2` formed in row slabs by
 `nd.networks.symmetric_part`, and its coupling's weight gradient formed as two products over
 the batch, with no transpose) against the same network with `W_s` and the coupling written
-as the formula and differentiated as written (`_FusedTranspose`).
+as the formula and differentiated as written (`FormulaHopfield`).
 
 Both hold the same weights and must give the same relaxation bit for bit, the same loss,
 steps and outcome, and the same gradients to float32 rounding (`grad_rel_err`); the ratio is
@@ -22,9 +22,10 @@ from ._steady_peer import ours_functions, rel
 from ._timing import row, time_side_by_side
 
 
-class _FusedTranspose(nd.networks.Hopfield):
-    """The same network with `W_s` and the coupling written as the formula: XLA:CPU's fused
-    strided transposes, forwards and in the weight gradient."""
+class FormulaHopfield(nd.networks.Hopfield):
+    """The same network with `W_s` and the coupling written as the formula and differentiated
+    as written: XLA:CPU's fused strided transposes, forwards and in the weight gradient (the
+    reference of this section and of `tests/test_networks.py`)."""
 
     @property
     def symmetric_weights(self):
@@ -41,7 +42,7 @@ def run(quick: bool = False, large: bool = False):
     repeats = 2 if quick else 5
     k1, k2, k3 = jr.split(jr.PRNGKey(0), 3)
     slabs = nd.networks.Hopfield(n_in, n - n_out, n_out, key=k1)
-    fused = _FusedTranspose(n_in, n - n_out, n_out, key=k1)
+    fused = FormulaHopfield(n_in, n - n_out, n_out, key=k1)
     xs, ys = jr.uniform(k2, (B, n_in)), jr.uniform(k3, (B, n_out))
     problem = f"dense Hopfield n={n} B={B} float32"
     estimators = [("RBP", nd.RBP()), ("EP", nd.EP(beta=0.05, variant="centered")), ("BPTT", nd.BPTT())]

@@ -89,9 +89,9 @@ def symmetric_part(A: Float[Array, "n n"]) -> Float[Array, "n n"]:
     Derivatives use `(dA + dA^T) / 2` as written (the slabs' loop, transposed for reverse
     mode, costs as much as the strided loop it replaces). `nd.networks.Hopfield` forms its
     `W_s` with it; a network of your own with symmetric weights can too."""
-    n = A.shape[-1]
-    if A.ndim != 2 or A.shape[0] != n or n * n * A.dtype.itemsize < _SLAB_TRANSPOSE_BYTES:
+    if not past_cache(A):
         return _dense_symmetric_part(A)
+    n = A.shape[-1]
 
     def slabs(A):
         k = _SLAB_ROWS
@@ -113,8 +113,14 @@ def _dense_symmetric_part(A):
     return 0.5 * (A + jnp.swapaxes(A, -1, -2))
 
 
+def past_cache(A) -> bool:
+    """Whether `A` is a square matrix of at least 4 MiB: where XLA:CPU's fused transpose of
+    it turns into a cache miss per element (see `symmetric_part`)."""
+    return A.ndim == 2 and A.shape[0] == A.shape[1] and A.size * A.dtype.itemsize >= _PAST_CACHE_BYTES
+
+
 _SLAB_ROWS = 8
-_SLAB_TRANSPOSE_BYTES = 4 * 2**20
+_PAST_CACHE_BYTES = 4 * 2**20
 
 
 def normal_init(key: PRNGKeyArray, shape: tuple[int, ...], scale: ArrayLike, dtype=None) -> Array:

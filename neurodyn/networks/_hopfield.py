@@ -11,11 +11,11 @@ from .. import activations as _act
 from .._custom_types import Input, Readout, Scalar, State, Time
 from . import _sparse
 from ._base import (
-    _SLAB_TRANSPOSE_BYTES,
     AbstractEnergyNetwork,
     AbstractInputRescalable,
     matvec,
     normal_init,
+    past_cache,
     scaled_to,
     symmetric_part,
 )
@@ -109,17 +109,17 @@ class Hopfield(AbstractEnergyNetwork, AbstractInputRescalable):
         """`W_s = (W + W^T)/2` with zero diagonal: the weights the dynamics use (dense)."""
         if self.W_index is not None:
             return _sparse.densify(self.W, self.W_index, self.n_state, symmetric=True)
-        return _zero_diagonal(symmetric_part(self.W))
+        return _dense_symmetric_weights(self.W)
 
     def coupling(self, v):
         """`W_s v`, O(nnz) for sparse connectivity."""
         if self.W_index is not None:
             return _sparse.symmetric_matvec(self.W, self.W_index, v, self.n_state)
-        if self.W.size * self.W.dtype.itemsize < _SLAB_TRANSPOSE_BYTES:
-            # A small W's transpose is cheap (in the cache): the formula as written, whose
-            # reverse pass sums the weight gradient over every use before one transpose.
-            return matvec(self.symmetric_weights, v)
-        return _dense_coupling(self.W, v)
+        if past_cache(self.W):
+            return _dense_coupling(self.W, v)
+        # A small W's transpose is cheap (in the cache): the formula as written, whose
+        # reverse pass sums the weight gradient over every use before one transpose.
+        return matvec(self.symmetric_weights, v)
 
     def energy(self, r: State, x: Input) -> Scalar:
         rho = self.activation(r)
@@ -161,13 +161,13 @@ def _dense_coupling(W, v):
     the `(n, n)` gradient, a strided loop on the CPU (3 ms at n = 1024, float32). Used past
     4 MiB; below, the formula's derivative (one product, one transpose in the cache) is the
     cheaper."""
-    return matvec(_zero_diagonal(symmetric_part(W)), v)
+    return matvec(_dense_symmetric_weights(W), v)
 
 
 def _dense_coupling_jvp(primals, tangents):
     W, v = primals
     dW, dv = tangents
-    W_s = _zero_diagonal(symmetric_part(W))
+    W_s = _dense_symmetric_weights(W)
     out = matvec(W_s, v)
     d_out = jnp.zeros_like(out) if isinstance(dv, SymbolicZero) else matvec(W_s, dv)
     if isinstance(dW, SymbolicZero):
@@ -178,5 +178,6 @@ def _dense_coupling_jvp(primals, tangents):
 _dense_coupling.defjvp(_dense_coupling_jvp, symbolic_zeros=True)
 
 
-def _zero_diagonal(A):
-    return A * (1 - jnp.eye(A.shape[-1], dtype=A.dtype))
+def _dense_symmetric_weights(W):
+    """`(W + W^T)/2` with a zero diagonal."""
+    return symmetric_part(W) * (1 - jnp.eye(W.shape[-1], dtype=W.dtype))
