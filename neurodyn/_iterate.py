@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import equinox as eqx
 import equinox.internal as eqxi
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
@@ -80,14 +81,63 @@ def classify(converged, finite, stagnated) -> RESULTS:
     )
 
 
-def stall_update(res, anchor, since):
-    """The stagnation counter after a new stopping quantity `res`: `(anchor, since)` is the
-    last value that fell by at least 1% and the checks since. A residual far above (10x) the
-    anchor is divergence, not stagnation: it does not count. Elementwise, so a batch-native
-    loop (BPTT's stored relaxation) counts per example exactly as `iterate` does."""
-    better = res < 0.99 * anchor
-    stalled = ~better & (res <= 10 * anchor)
-    return jnp.where(better, res, anchor), jnp.where(better, 0, since + stalled.astype(since.dtype))
+# The slow-progress test runs at checks 2 * _FIRST_WINDOW, then at every doubling.
+_FIRST_WINDOW = 32
+
+
+class Progress(eqx.Module):
+    """A loop's progress towards its tolerance, per example (elementwise, so a batch-native
+    loop, BPTT's stored relaxation, counts exactly as `iterate` does).
+
+    - `anchor`: the last stopping quantity that fell by at least 1% (the best so far).
+    - `since`: checks since then that were not far above it (10x above is divergence, which
+      the non-finite test ends).
+    - `mark`: `anchor` at the last power-of-two check.
+    """
+
+    anchor: Float[Array, "*batch"]
+    since: Int[Array, "*batch"]
+    mark: Float[Array, "*batch"]
+
+    @classmethod
+    def start(cls, shape, dtype) -> "Progress":
+        big = jnp.full(shape, jnp.finfo(dtype).max, dtype)
+        return cls(big, jnp.zeros(shape, int), big)
+
+    def update(self, res, checks, tol, max_checks: int, patience: int, margin: float | None) -> "Progress":
+        """After the `checks`-th test, whose stopping quantity is `res` against `tol`.
+
+        Stagnation is `since >= patience`: `patience` checks without a 1% fall (an
+        oscillation, a rounding floor above the tolerance), or (unless `margin` is None),
+        tested at checks 64, 128, 256, ..., progress too slow for the budget: at the rate
+        `anchor` fell since the previous power of two, geometric, reaching `tol` would take
+        more than `margin` times the `max_checks - checks` checks left. A geometric
+        extrapolation is exact for the linear convergence of a fixed-step relaxation and
+        optimistic for anything slower (a residual that crawls down like a power of the
+        step count, at an equilibrium that is barely stable), so no loop that would have
+        converged within its budget at its current rate is stopped; one that would not is
+        stopped well before `max_checks`, with the same outcome (not converged)."""
+        # Control flow only: no derivative of a loop differentiated through (BPTT's
+        # checkpointed relaxation) passes through these logarithms.
+        res, tol = jax.lax.stop_gradient((res, tol))
+        anchor, since, mark = self.anchor, self.since, self.mark
+        better = res < 0.99 * anchor
+        near = res <= 10 * anchor
+        anchor = jnp.where(better, res, anchor)
+        since = jnp.where(better, 0, since + (~better & near).astype(since.dtype))
+        if margin is None:
+            return Progress(anchor, since, mark)
+        at_mark = (checks >= _FIRST_WINDOW) & ((checks & (checks - 1)) == 0)
+        # log(anchor / tol) * window > margin * left * log(mark / anchor): the rate per
+        # check is log(mark / anchor) / window, and at a zero rate any distance is too far.
+        window = (checks // 2).astype(anchor.dtype)
+        left = jnp.maximum(max_checks - checks, 0).astype(anchor.dtype)
+        safe_tol = jnp.where(tol > 0, tol, 1)
+        distance = jnp.log(jnp.maximum(anchor, safe_tol) / safe_tol) * window
+        rate_budget = margin * left * jnp.log(mark / anchor)
+        slow = at_mark & (checks >= 2 * _FIRST_WINDOW) & (tol > 0) & (anchor > tol) & near & (distance > rate_budget)
+        since = jnp.where(slow, jnp.maximum(since, patience), since)
+        return Progress(anchor, since, jnp.where(at_mark, anchor, mark))
 
 
 def iterate(
@@ -97,11 +147,14 @@ def iterate(
     *,
     max_iterations: int,
     patience: int | None = None,
+    budget_margin: float | None = None,
     kind: Literal["lax", "checkpointed", "bounded"] = "lax",
     checkpoints: int | None = None,
 ) -> Solution:
     """Runs `solver` from `y0` until `res <= tolerance(y)`, a non-finite `res`, `max_iterations`,
-    or (with `patience`) `patience` iterations without `res` falling by 1%.
+    or (with `patience`) `patience` iterations without `res` falling by 1% or, with a
+    `budget_margin` too, a fall too slow to reach the tolerance within `max_iterations`
+    (see `Progress.update`); both end as `RESULTS.stagnated`.
 
     A residual far above (10x) the last improvement is divergence, not stagnation: it is left
     to run into the non-finite test. `kind`/`checkpoints` choose the equinox while loop
@@ -116,7 +169,7 @@ def iterate(
     # example inside the body's select; testing there cost a tolerance's reductions over
     # the whole state each time.)
     def body(carry):
-        y, state, it, _, (anchor, since), _, _ = carry
+        y, state, it, _, progress, _, _ = carry
         y, state, res = solver.step(y, state, args, it)
         res = jnp.asarray(res, dtype)
         it = it + 1
@@ -124,28 +177,28 @@ def iterate(
         # An infinite tolerance means the iterate's norm overflowed (`rms_norm` gives inf
         # rather than scale a second pass): divergence, never convergence.
         res = jnp.where(jnp.isfinite(tol), res, jnp.inf)
-        anchor, since = stall_update(res, anchor, since)
         done = res <= tol
         go = (it < max_iterations) & ~done & jnp.isfinite(res)
         if patience is not None:
-            go = go & (since < patience)
-        return y, state, it, res, (anchor, since), done, go
+            progress = progress.update(res, it, jnp.asarray(tol, dtype), max_iterations, patience, budget_margin)
+            go = go & (progress.since < patience)
+        return y, state, it, res, progress, done, go
 
     init = (
         y0,
         solver.init(y0, args),
         jnp.asarray(0),
         big,
-        (big, jnp.asarray(0)),
+        Progress.start((), dtype),
         jnp.asarray(False),
         jnp.asarray(max_iterations > 0),
     )
-    y, state, it, res, (_, since), done, _ = eqxi.while_loop(
+    y, state, it, res, progress, done, _ = eqxi.while_loop(
         lambda carry: carry[-1], body, init, max_steps=max_iterations, kind=kind, checkpoints=checkpoints
     )
     converged = jnp.isfinite(res) & done
     finite = jnp.isfinite(res) & all_finite(y)
-    stagnated = jnp.asarray(False) if patience is None else (since >= patience)
+    stagnated = jnp.asarray(False) if patience is None else (progress.since >= patience)
     return Solution(y, state, it, res, classify(converged, finite, stagnated))
 
 

@@ -26,7 +26,9 @@ class RESULTS(eqx.Enumeration):
     stagnated = (
         "The relaxation stopped early: its residual stopped falling (it fell by less than "
         "1% over the strategy's `patience` convergence checks), so it oscillates or sits on "
-        "a rounding floor above the tolerance. Lower `dt0` or the learning rate (training); "
+        "a rounding floor above the tolerance; or it falls too slowly to reach the tolerance "
+        "within `max_steps` at its rate (an equilibrium that is barely stable). Lower `dt0` "
+        "or the learning rate (training); "
         "with a tolerance below the matmul rounding (TF32 on a GPU: the defaults account for "
         "it) loosen `rtol` or set JAX_DEFAULT_MATMUL_PRECISION=highest."
     )

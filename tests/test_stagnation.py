@@ -139,3 +139,83 @@ def test_the_default_tolerances_sit_above_the_matmul_rounding(getkey, monkeypatc
     assert nd.SteadyState().options(jnp.float64).rtol == 1e-10
     monkeypatch.setattr(jax, "default_backend", lambda: "tpu")  # one bfloat16 pass by default
     assert nd.SteadyState().options(jnp.float32).rtol == 8 * 2.0**-8
+
+
+class _Power(AbstractNetwork):
+    """`F(r) = -a (r - x)^p`: for `p = 1` a linear contraction at the rate `1 - a dt0` per
+    step, for `p = 3` an equilibrium that is barely stable (`J = 0` there), which Euler
+    approaches like `k^(-1/2)`, its residual like `k^(-3/2)`: falling by far more than 1% per
+    check forever, and never near a float64 tolerance within any budget."""
+
+    a: jax.Array
+    p: int = eqx.field(static=True)
+
+    @property
+    def n_state(self):
+        return self.a.shape[0]
+
+    @property
+    def n_in(self):
+        return self.a.shape[0]
+
+    @property
+    def n_out(self):
+        return self.a.shape[0]
+
+    def __call__(self, t, r, x):
+        return -self.a * (r - x) ** self.p
+
+    def init_state(self, x):
+        return jnp.zeros_like(x)
+
+    def readout(self, r):
+        return r
+
+
+def test_a_relaxation_too_slow_for_its_budget_stops_early():
+    """A residual that keeps falling, but too slowly to reach the tolerance within
+    `max_steps` at its rate, stops as stagnated at a power-of-two check instead of running
+    the whole budget; without the test (`budget_margin=None`) it runs to `max_steps`."""
+    net, x = _Power(jnp.ones(2), 3), jnp.array([0.5, -0.4])
+    _, info = nd.relax(net, x, relaxation=nd.relaxation.FixedStep())
+    assert _is(info["result"], nd.RESULTS.stagnated) and not bool(info["converged"])
+    steps = int(info["steps"])
+    assert steps in (128, 256, 512, 1024, 2048, 4096) and steps <= 4096, steps
+    # It was still falling by more than 1% per `patience` (100) checks: the patience test
+    # alone would not have stopped it.
+    free = nd.relaxation.FixedStep(patience=None)
+    _, at_stop = nd.relax(net, x, relaxation=free, max_steps=steps)
+    _, later = nd.relax(net, x, relaxation=free, max_steps=steps + 100)
+    assert float(later["residual"]) < 0.99 * float(at_stop["residual"])
+    _, whole = nd.relax(net, x, relaxation=nd.relaxation.FixedStep(budget_margin=None))
+    assert _is(whole["result"], nd.RESULTS.max_steps_reached) and int(whole["steps"]) == 10_000
+    with pytest.raises(ValueError, match="budget_margin > 0"):
+        nd.relaxation.FixedStep(budget_margin=0.0)
+
+
+@pytest.mark.parametrize("a, max_steps", [(0.0019, 10_000), (0.0019, 9_000), (0.004, 10_000)])
+def test_a_slow_contraction_that_fits_its_budget_still_converges(a, max_steps):
+    # Euler on F = -a (r - x): the residual a |x| (1 - a)^k reaches the float64 tolerance
+    # (rtol 1e-10 of |r| ~ |x|) after k = log(rtol / a) / log(1 - a) steps, 8 805 for
+    # a = 0.0019 (98% of a 9 000-step budget) and 4 371 for a = 0.004.
+    net, x = _Power(jnp.full(2, a), 1), jnp.array([1.0, -1.0])
+    opts = nd.SteadyState().options(jnp.float64)
+    _, info = nd.relax(net, x, max_steps=max_steps, relaxation=nd.relaxation.FixedStep())
+    assert bool(info["converged"]), info["result"]
+    k = jnp.log((opts.atol + opts.rtol) / a) / jnp.log1p(-a)
+    assert abs(int(info["steps"]) - float(k)) <= 2
+
+
+def test_bptt_stops_a_slow_relaxation_where_nd_relax_does():
+    """BPTT's stored-states relaxation counts progress per example as `nd.relax` with
+    `FixedStep()` does: the same steps and outcomes for a batch of a crawling example (stopped
+    before its budget) and one that converges at once (it starts at its equilibrium)."""
+    net = _Power(jnp.ones(2), 3)
+    xs, ys = jnp.array([[0.5, -0.4], [0.0, 0.0]]), jnp.zeros((2, 2))
+    _, _, info = nd.batch_value_and_grad(net, xs, ys, objective=nd.SteadyState(), estimator=nd.BPTT(), max_steps=1000)
+    assert int(info["steps"][0]) < 1000 and int(info["result"]._value[0]) == nd.RESULTS.stagnated._value
+    assert bool(info["converged"][1])
+    for x, steps, result in zip(xs, info["steps"], info["result"]._value):
+        _, alone = nd.relax(net, x, relaxation=nd.relaxation.FixedStep(), max_steps=1000)
+        assert int(steps) == int(alone["steps"])
+        assert int(result) == int(alone["result"]._value)

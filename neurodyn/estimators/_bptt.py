@@ -14,7 +14,7 @@ from .._dynamics import (
     time_grid,
     tree_where,
 )
-from .._iterate import stall_update
+from .._iterate import Progress
 from .._misc import all_finite, rms_norm
 from .._objectives import SteadyState, Trajectory
 from .._outcome import RESULTS
@@ -238,7 +238,9 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
 
     # Stagnation as `nd.iterate` counts it, per example (patience in steps: this loop checks
     # every step).
-    patience = _patience_in_steps(options.relaxation)
+    from ..relaxation._fixed_step import stopping_rules
+
+    patience, margin = stopping_rules(options.relaxation)
 
     # Each step's linearisation in the state is kept for the backward pass, so that it
     # does not evaluate the step again: the residuals that change from step to step are
@@ -263,18 +265,24 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
 
     def advance(state):
         """One step of every live example and its stopping test; with its stored leaves."""
-        R, k, done, K, res, (anchor, since) = state
+        R, k, done, K, res, progress = state
         R1, leaves = linearised_leaves(R, k)
         res1 = jax.vmap(rms_norm)(R1 - R) / dt
+        tol1 = tol(R1)
         live = ~done
         R = jnp.where(live[:, None], R1, R)
         res = jnp.where(live, res1, res)
         K = jnp.where(live, k + 1, K)
-        anchor1, since1 = stall_update(res1, anchor, since)
-        anchor, since = jnp.where(live, anchor1, anchor), jnp.where(live, since1, since)
-        stuck = since >= patience if patience is not None else jnp.zeros_like(done)
-        done = done | (res1 <= tol(R1)) | ~jnp.isfinite(res1) | stuck
-        return (R, k + 1, done, K, res, (anchor, since)), leaves
+        stuck = jnp.zeros_like(done)
+        if patience is not None:
+            progress = jax.tree.map(
+                lambda new, old: jnp.where(live, new, old),
+                progress.update(res1, k + 1, tol1, max_steps, patience, margin),
+                progress,
+            )
+            stuck = progress.since >= patience
+        done = done | (res1 <= tol1) | ~jnp.isfinite(res1) | stuck
+        return (R, k + 1, done, K, res, progress), leaves
 
     def store(buf, lbuf, R, leaves, i):
         buf = jax.lax.dynamic_update_index_in_dim(buf, R, i, 0)
@@ -302,8 +310,8 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
 
     def start(state):
         """`info`, the loss and its gradient in the parameters and in the final states."""
-        R, _, done, K, res, (_, since) = state
-        stagnated = since >= patience if patience is not None else jnp.zeros_like(done)
+        R, _, done, K, res, progress = state
+        stagnated = progress.since >= patience if patience is not None else jnp.zeros_like(done)
         info = jax.vmap(lambda r, steps, res, stag: relax_info(r, steps, res, options, stag))(R, K, res, stagnated)
 
         def readout_loss(p, R):
@@ -428,7 +436,7 @@ def _stored_steady_state(net, xs, ys, weights, objective, options, sizes: list[i
         if carry is None:
             big = jnp.full((B,), jnp.finfo(dtype).max, dtype)
             zero = jnp.zeros((B,), int)
-            carry = ((R0, k0, jnp.zeros((B,), bool), zero, big, (big, zero)), *buffers(S))
+            carry = ((R0, k0, jnp.zeros((B,), bool), zero, big, Progress.start((B,), dtype)), *buffers(S))
         else:
             state, buf, lbuf = carry
             carry = (state, *buffers(S, [buf, *lbuf]))
@@ -461,14 +469,6 @@ def _varying_leaves(fn, *args) -> list[bool]:
         if any(id(v) in live for v in eqn.invars):
             live.update(id(v) for v in eqn.outvars)
     return [id(v) in live for v in jaxpr.outvars]
-
-
-def _patience_in_steps(relaxation):
-    # A stepping relaxation's patience counts convergence checks of `check_every` steps.
-    from ..relaxation import AbstractSteppingRelaxation, FixedStep
-
-    relaxation = relaxation if isinstance(relaxation, AbstractSteppingRelaxation) else FixedStep()
-    return None if relaxation.patience is None else relaxation.patience * relaxation.check_every
 
 
 def _fresh_step(solver, net, r, x, t0, dt):

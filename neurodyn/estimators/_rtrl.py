@@ -192,17 +192,14 @@ class _JointRelaxation(AbstractIterativeSolver):
 
 
 def _steady_state(params, static, x, y, objective, options, init, step, state0, contract):
-    from ..relaxation import AbstractSteppingRelaxation, FixedStep
+    from ..relaxation._fixed_step import stopping_rules
 
     dt = jnp.asarray(options.dt0, state0[0].dtype)
     solver = _JointRelaxation(init, step, dt, options.rtol, options.atol)
     # The joint loop stops on stagnation as the stepping relaxation it reproduces does (its
     # patience, in steps: this loop tests every step).
-    relaxation = options.relaxation
-    if not isinstance(relaxation, AbstractSteppingRelaxation):
-        relaxation = FixedStep()
-    patience = None if relaxation.patience is None else relaxation.patience * relaxation.check_every
-    sol = iterate(solver, state0, x, max_iterations=options.max_steps, patience=patience)
+    patience, margin = stopping_rules(options.relaxation)
+    sol = iterate(solver, state0, x, max_iterations=options.max_steps, patience=patience, budget_margin=margin)
     r, p = sol.value
 
     def value(params, r):

@@ -37,18 +37,29 @@ class FixedStep(AbstractSteppingRelaxation):
       above the tolerance (float32 matmuls in TF32 on a GPU) then costs `patience` checks,
       not `max_steps` steps. A contraction slower than 1% per `patience` checks would need
       far more than the default `max_steps` anyway.
+    - `budget_margin`: with a `patience`, a residual that keeps falling but too slowly for
+      the budget stops as stagnated too (static; `None` never). At checks 64, 128, 256, ...
+      the rate at which the best residual fell since the previous power of two is
+      extrapolated geometrically (exact for a linear contraction, optimistic for anything
+      slower, such as the power-law crawl to an equilibrium that is barely stable); the
+      loop stops when reaching the tolerance would take more than `budget_margin` times
+      the checks `max_steps` leaves. So no relaxation that would converge within its
+      budget at its current rate is stopped.
 
     Cost: one evaluation of F per step (Euler), memory O(n).
     """
 
     check_every: int = eqx.field(static=True, default=1)
     patience: int | None = eqx.field(static=True, default=100)
+    budget_margin: float | None = eqx.field(static=True, default=2.0)
 
     def __check_init__(self):
         if self.check_every < 1:
             raise ValueError(f"FixedStep needs check_every >= 1, got {self.check_every}.")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"FixedStep needs patience >= 1 or None, got {self.patience!r}.")
+        if self.budget_margin is not None and not self.budget_margin > 0:
+            raise ValueError(f"FixedStep needs budget_margin > 0 or None, got {self.budget_margin!r}.")
 
     def relax(
         self,
@@ -67,6 +78,7 @@ class FixedStep(AbstractSteppingRelaxation):
             args,
             max_iterations=-(-opts.max_steps // self.check_every),
             patience=self.patience,
+            budget_margin=self.budget_margin,
             kind=kind,
             checkpoints=checkpoints,
         )
@@ -109,3 +121,17 @@ class _FixedStepIteration(AbstractIterativeSolver):
     def tolerance(self, r, args):
         del args
         return self.atol + self.rtol * rms_norm(r)
+
+
+def stopping_rules(relaxation) -> tuple[int | None, float | None]:
+    """`(patience, budget_margin)` for a loop that tests every step and reproduces the
+    stepping relaxation `relaxation` (`None`, or a strategy that does not step: the
+    `FixedStep()` BPTT and RTRL run instead): its patience in steps (checks of
+    `check_every` steps), and its slow-progress margin (none for a stepping relaxation of
+    the user's own that does not declare one)."""
+    from ._base import AbstractSteppingRelaxation
+
+    if not isinstance(relaxation, AbstractSteppingRelaxation):
+        relaxation = FixedStep()
+    patience = None if relaxation.patience is None else relaxation.patience * relaxation.check_every
+    return patience, getattr(relaxation, "budget_margin", None)
