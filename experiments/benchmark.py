@@ -24,7 +24,7 @@ import neurodyn as nd
 from experiments.benchmarks._timing import device_name
 
 
-SECTIONS = ["bptt", "rbp", "ep", "rtrl", "sparse", "symmetrize", "sweep", "scaling", "overhead"]
+SECTIONS = ["bptt", "rbp", "ep", "rtrl", "sparse", "symmetrize", "stalled", "sweep", "scaling", "overhead"]
 
 
 def _markdown(rows):
