@@ -91,53 +91,72 @@ class Progress(eqx.Module):
 
     - `anchor`: the last stopping quantity that fell by at least 1% (the best so far).
     - `since`: checks since then that were not far above it (10x above is divergence, which
-      the non-finite test ends).
-    - `mark`: `anchor` at the last power-of-two check.
+      the non-finite test ends, unless it is too slow for the budget: see `update`).
+    - `mark`, `res_mark`: `anchor` and the stopping quantity at the last power-of-two check.
     """
 
     anchor: Float[Array, "*batch"]
     since: Int[Array, "*batch"]
     mark: Float[Array, "*batch"]
+    res_mark: Float[Array, "*batch"]
 
     @classmethod
     def start(cls, shape, dtype) -> "Progress":
         big = jnp.full(shape, jnp.finfo(dtype).max, dtype)
-        return cls(big, jnp.zeros(shape, int), big)
+        return cls(big, jnp.zeros(shape, int), big, big)
 
     def update(self, res, checks, tol, max_checks: int, patience: int, margin: float | None) -> "Progress":
         """After the `checks`-th test, whose stopping quantity is `res` against `tol`.
 
         Stagnation is `since >= patience`: `patience` checks without a 1% fall (an
-        oscillation, a rounding floor above the tolerance), or (unless `margin` is None),
-        tested at checks 64, 128, 256, ..., progress too slow for the budget: at the rate
-        `anchor` fell since the previous power of two, geometric, reaching `tol` would take
-        more than `margin` times the `max_checks - checks` checks left. A geometric
-        extrapolation is exact for the linear convergence of a fixed-step relaxation and
-        optimistic for anything slower (a residual that crawls down like a power of the
-        step count, at an equilibrium that is barely stable), so no loop that would have
-        converged within its budget at its current rate is stopped; one that would not is
-        stopped well before `max_checks`, with the same outcome (not converged)."""
+        oscillation, a rounding floor above the tolerance). Unless `margin` is None, two
+        tests at checks 64, 128, 256, ... end a loop that cannot finish within
+        `max_checks` either, each extrapolating geometrically over the window since the
+        previous power of two:
+
+        - falling too slowly: `anchor` fell in the window, but at that rate reaching `tol`
+          would take more than `margin` times the `max_checks - checks` checks left. Exact
+          for the linear convergence of a fixed-step relaxation or adjoint iteration, and
+          optimistic for anything slower (a residual that crawls down like a power of the
+          step count, at an equilibrium that is barely stable): no loop that would have
+          converged within its budget at its current rate is stopped.
+        - far above its best (10x) and not on course to overflow within the budget: a
+          slow divergence or an oscillation far from any equilibrium, which would have
+          ended at `max_checks`. A divergence that would overflow in time still ends as
+          non-finite.
+
+        Both set `since` to `patience`: the outcome is stagnated, where the loop would
+        have ended not converged anyway."""
         # Control flow only: no derivative of a loop differentiated through (BPTT's
         # checkpointed relaxation) passes through these logarithms.
         res, tol = jax.lax.stop_gradient((res, tol))
-        anchor, since, mark = self.anchor, self.since, self.mark
+        anchor, since, mark, res_mark = self.anchor, self.since, self.mark, self.res_mark
         better = res < 0.99 * anchor
         near = res <= 10 * anchor
         anchor = jnp.where(better, res, anchor)
         since = jnp.where(better, 0, since + (~better & near).astype(since.dtype))
         if margin is None:
-            return Progress(anchor, since, mark)
+            return Progress(anchor, since, mark, res_mark)
         at_mark = (checks >= _FIRST_WINDOW) & ((checks & (checks - 1)) == 0)
-        # log(anchor / tol) * window > margin * left * log(mark / anchor): the rate per
-        # check is log(mark / anchor) / window, and at a zero rate any distance is too far.
+        test = at_mark & (checks >= 2 * _FIRST_WINDOW)
         window = (checks // 2).astype(anchor.dtype)
         left = jnp.maximum(max_checks - checks, 0).astype(anchor.dtype)
+        # Falling too slowly: log(anchor / tol) * window > margin * left * log(mark / anchor)
+        # (the rate per check is log(mark / anchor) / window).
         safe_tol = jnp.where(tol > 0, tol, 1)
         distance = jnp.log(jnp.maximum(anchor, safe_tol) / safe_tol) * window
-        rate_budget = margin * left * jnp.log(mark / anchor)
-        slow = at_mark & (checks >= 2 * _FIRST_WINDOW) & (tol > 0) & (anchor > tol) & near & (distance > rate_budget)
-        since = jnp.where(slow, jnp.maximum(since, patience), since)
-        return Progress(anchor, since, jnp.where(at_mark, anchor, mark))
+        slow = (tol > 0) & (anchor > tol) & (anchor < mark) & (distance > margin * left * jnp.log(mark / anchor))
+        # Far above its best: log(max / res) * window > left * log(res / res_mark), the
+        # growth per check being log(res / res_mark) / window (at none, never in time).
+        tiny = jnp.finfo(anchor.dtype).tiny
+        headroom = jnp.log(jnp.finfo(anchor.dtype).max / jnp.maximum(res, tiny)) * window
+        stuck = (
+            ~near
+            & jnp.isfinite(res)
+            & (headroom > left * jnp.log(jnp.maximum(res, tiny) / jnp.maximum(res_mark, tiny)))
+        )
+        since = jnp.where(test & (slow | stuck), jnp.maximum(since, patience), since)
+        return Progress(anchor, since, jnp.where(at_mark, anchor, mark), jnp.where(at_mark, res, res_mark))
 
 
 def iterate(

@@ -18,7 +18,10 @@ class RESULTS(eqx.Enumeration):
         "Increase `max_steps`, loosen `rtol`/`atol`, or lower the network's gain."
     )
     nonfinite = "The state became non-finite (inf or NaN): the dynamics diverged. Lower `dt0` or the network's gain."
-    adjoint_max_steps_reached = "The adjoint solve did not reach its tolerance within its iteration budget."
+    adjoint_max_steps_reached = (
+        "The adjoint solve did not reach its tolerance within its iteration budget (or "
+        "stopped early: its residual stopped falling, or at its rate it would not have)."
+    )
     unstable_equilibrium = (
         "The equilibrium is not stable: the adjoint iteration diverged or the leading "
         "eigenvalue of J = dF/dr has a non-negative real part."

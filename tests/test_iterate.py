@@ -51,6 +51,31 @@ def test_iterate_reports_each_outcome(a, noise, patience, max_iterations, expect
     assert bool(sol.converged) == (expected == "successful")
 
 
+@pytest.mark.parametrize(
+    "a, expected, at_most",
+    [
+        (0.9965, "successful", 7_600),  # converges at iteration 7 538 of 10 000: not stopped
+        (0.999, "stagnated", 4_096),  # would need 26 400: stopped at a power of two
+        (1.03, "stagnated", 256),  # 10x its best by 78, yet only ~1e128 by 10 000, no overflow
+        (1.5, "nonfinite", 1_800),  # overflows (float64) at ~1 750: still reported as such
+    ],
+    ids=["slow-fits", "too-slow", "slow-divergence", "fast-divergence"],
+)
+def test_the_budget_test_ends_what_cannot_finish_in_time(a, expected, at_most):
+    """With `budget_margin`, a loop that falls too slowly to reach its tolerance, or grows
+    too slowly to overflow, within `max_iterations` ends as stagnated at a power-of-two
+    iteration; one that would converge or overflow in time is left to. (Float64, the
+    tolerance 1e-12: the residual of `y <- a y + c` from 1 goes like `0.3 a^k`.)"""
+    y0, c = jnp.ones(3), jnp.full((3,), 0.3)
+    sol = nd.iterate(_Map(a), y0, c, max_iterations=10_000, patience=100, budget_margin=2.0)
+    assert sol.result == getattr(nd.RESULTS, expected)
+    assert int(sol.iterations) <= at_most
+    if expected == "stagnated":
+        assert int(sol.iterations) in (64, 128, 256, 512, 1024, 2048, 4096)
+        plain = nd.iterate(_Map(a), y0, c, max_iterations=10_000, patience=100)
+        assert int(plain.iterations) == 10_000 and plain.result == nd.RESULTS.max_steps_reached
+
+
 def _net(key, gain=0.5):
     return nd.networks.CTRNN(8, 3, 2, nd.activations.tanh, gain=gain, key=key)
 

@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 import pytest
 
 import neurodyn as nd
@@ -219,3 +220,25 @@ def test_bptt_stops_a_slow_relaxation_where_nd_relax_does():
         _, alone = nd.relax(net, x, relaxation=nd.relaxation.FixedStep(), max_steps=1000)
         assert int(steps) == int(alone["steps"])
         assert int(result) == int(alone["result"]._value)
+
+
+def test_an_adjoint_solve_that_cannot_finish_stops_early():
+    """`AdjointODE` has the relaxation's stopping rules: an adjoint iteration that diverges
+    too slowly to overflow (an unstable linearisation, as at a state that is not an
+    equilibrium) ends well before `max_steps`, not converged; without the rules it ran them
+    all. A contraction that fits its budget still converges."""
+    g = jnp.array([1.0, -2.0, 0.5])
+
+    def solve(rate, **kw):
+        # J^T = rate * I: the adjoint steps v <- v + (rate v + g) grow (rate > 0) or contract.
+        return nd.adjoint.AdjointODE(**kw).solve(lambda v: rate * v, g, None, False, 1.0)
+
+    grows = solve(0.003)
+    assert not bool(grows.converged) and int(grows.steps) < 1_000
+    assert int(solve(0.003, patience=None, budget_margin=None).steps) == 10_000
+    # Converges at step 5 730: rate 0.997, tolerance 1e-10 (|g| + |v|) with |v| -> 333 |g|.
+    slow = solve(-0.003)
+    assert bool(slow.converged) and abs(int(slow.steps) - 5_730) <= 2
+    np.testing.assert_allclose(slow.value, g / 0.003, rtol=1e-7)
+    with pytest.raises(ValueError, match="budget_margin > 0"):
+        nd.adjoint.AdjointODE(budget_margin=-1.0)

@@ -43,6 +43,15 @@ class AdjointODE(AbstractAdjointSolve):
     - `check_every`: solver steps per convergence test (static; default 2, as the forward
       relaxation's default): each test costs reductions and, under `vmap`, a batch-wide
       `any`; testing every other step saves that for at most one extra step.
+    - `patience`, `budget_margin`: the forward relaxation's stopping rules
+      (`nd.relaxation.FixedStep`), static: the solve ends, not converged, after `patience`
+      checks without its residual falling by 1%, or when at its rate (a linear iteration:
+      the geometric extrapolation is exact) it would need more than `budget_margin` times
+      the checks its budget leaves, or when it diverges too slowly to overflow within the
+      budget. In a batch, every example's loop waits for the slowest: an adjoint at a
+      state that is not an equilibrium (its forward relaxation failed, so its `info`
+      already says so) can diverge slowly and ran all `max_steps` before. `None` turns
+      each off.
     """
 
     solver: diffrax.AbstractSolver = diffrax.Euler()
@@ -51,10 +60,16 @@ class AdjointODE(AbstractAdjointSolve):
     atol: float | None = None
     max_steps: int = eqx.field(static=True, default=10_000)
     check_every: int = eqx.field(static=True, default=2)
+    patience: int | None = eqx.field(static=True, default=100)
+    budget_margin: float | None = eqx.field(static=True, default=2.0)
 
     def __check_init__(self):
         if self.check_every < 1:
             raise ValueError(f"AdjointODE needs check_every >= 1, got {self.check_every}.")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ValueError(f"AdjointODE needs patience >= 1 or None, got {self.patience!r}.")
+        if self.budget_margin is not None and not self.budget_margin > 0:
+            raise ValueError(f"AdjointODE needs budget_margin > 0 or None, got {self.budget_margin!r}.")
 
     def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
         del jacobian, symmetric
@@ -67,7 +82,14 @@ class AdjointODE(AbstractAdjointSolve):
         first = 1 if isinstance(self.solver, diffrax.Euler) and self.max_steps > 1 else 0
         it = _AdjointIteration(self.solver, dt, k, self.max_steps, rtol, atol, rms_norm(g), first)
         v0 = dt * g if first else jnp.zeros_like(g)
-        sol = iterate(it, v0, (matvec, g), max_iterations=-(-(self.max_steps - first) // k))
+        sol = iterate(
+            it,
+            v0,
+            (matvec, g),
+            max_iterations=-(-(self.max_steps - first) // k),
+            patience=self.patience,
+            budget_margin=self.budget_margin,
+        )
         # The reported residual is the one the loop judged: the last step difference over
         # the step, `J^T v + g` one step back (with Euler), relative to `rms(g)`. Measuring
         # it again at `v` cost one more VJP per example (a sixth of RBP's batch gradient on
