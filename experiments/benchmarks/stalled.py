@@ -1,5 +1,6 @@
-"""Relaxations too slow for their budget: the slow-progress test of `FixedStep`, side by side
-with the same relaxation without it, at parameters where training left many of them.
+"""Loops too slow for their budget: the slow-progress test of `FixedStep` and the stopping
+rules of `AdjointODE`, side by side with the same loops without them, at parameters where
+training left many such loops.
 
 EP (centered, beta = 0.1) trains a `LayeredHopfield` (40, 100, 10) on MNIST-1D (Greydanus
 2020) with Adam at 1e-2, Euler `dt0 = 1` and batches of 100. Within a few epochs the
@@ -9,11 +10,14 @@ residual falling like a power of the step count, by 1% every few checks, never n
 tolerance. Before the slow-progress test each of those ran thousands of steps, up to
 `max_steps`, in every phase, and each batch waits for its slowest example.
 
-At the trained parameters, one pass of EP batch gradients (`nd.batch_value_and_grad`) over
-the training set is timed with the default relaxation (`FixedStep(check_every=2)`: patience
-100 checks and the slow-progress test, `budget_margin = 2`) and with the slow-progress test
-off (`budget_margin=None`), side by side. The test may only stop what would not have
-converged: the same examples must converge on both sides (checked before timing).
+At the trained parameters, one pass of EP and one of RBP batch gradients
+(`nd.batch_value_and_grad`) over the training set are each timed with the defaults
+(`FixedStep(check_every=2)`: patience 100 checks and the slow-progress test, `budget_margin =
+2`; RBP's `AdjointODE` with the same rules) and with the rules added on 2026-12-02 off,
+side by side. RBP's adjoint solve at an example whose relaxation failed (a state that is not
+an equilibrium) can diverge slowly: it ran all 10 000 steps before, and every batch had such
+an example. The rules may only stop what would not have converged: the same examples must
+converge on both sides (checked before timing).
 """
 
 import sys
@@ -66,7 +70,7 @@ def run(quick: bool = False, large: bool = False):
     net = nd.networks.LayeredHopfield((40, hidden, 10), key=jr.PRNGKey(0))
     net = _train(net, X, Y, epochs, estimator, objective, batch)
 
-    def gradient_pass(relaxation):
+    def gradient_pass(estimator, relaxation):
         @jax.jit
         def one(net, xb, yb):
             return nd.batch_value_and_grad(
@@ -78,14 +82,12 @@ def run(quick: bool = False, large: bool = False):
 
         return whole
 
-    with_test = gradient_pass(nd.relaxation.FixedStep(check_every=2))
-    without = gradient_pass(nd.relaxation.FixedStep(check_every=2, budget_margin=None))
-
     def summary(outs):
         info = jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *[o[2] for o in outs])
         converged = info["converged"]
-        # The slowest phase of each example: the free relaxation, or the sum of the nudged ones.
-        slowest = np.maximum(info["steps"], info["nudged_steps"])
+        # Each example's slowest loop: the free relaxation, the sum of EP's nudged ones, or
+        # RBP's adjoint solve.
+        slowest = np.maximum(info["steps"], info.get("nudged_steps", info.get("adjoint_steps", 0)))
         per_batch = slowest.reshape(-1, batch).max(axis=1)
         return converged, dict(
             converged=int(converged.sum()),
@@ -94,30 +96,42 @@ def run(quick: bool = False, large: bool = False):
             max_steps=int(slowest.max()),
         )
 
-    conv_with, s_with = summary(with_test(net))
-    conv_without, s_without = summary(without(net))
-    if not np.array_equal(conv_with, conv_without):
-        raise AssertionError(
-            f"the slow-progress test changed which examples converge: {s_with['converged']} with it, "
-            f"{s_without['converged']} without"
-        )
-    t_with, t_without = time_side_by_side([(with_test, net), (without, net)], repeats=repeats, min_time=0.0)
-    problem = (
-        f"LayeredHopfield (40, {hidden}, 10), EP centered beta 0.1, after {epochs} epochs of Adam 1e-2 "
-        f"(dt0 1, batches of {batch}) on MNIST-1D: EP batch gradients over {n_train} examples"
-    )
-    extra = {f"with_{k}": v for k, v in s_with.items()} | {f"without_{k}": v for k, v in s_without.items()}
-    return [
-        row(
-            "stalled",
-            problem,
-            "FixedStep(check_every=2), slow-progress test (budget_margin 2, the default)",
-            "FixedStep(check_every=2, budget_margin=None): patience test only",
-            t_with,
-            t_without,
-            f"below 1; converged {s_with['converged']}/{n_train} on both sides, stagnated "
-            f"{s_with['stagnated']}; slowest example per batch (median) {s_with['batch_max_steps_median']:.0f} "
-            f"against {s_without['batch_max_steps_median']:.0f} steps",
-            **extra,
-        )
+    # The defaults, and the same loops with the rules of 2026-12-02 off: the forward
+    # relaxation's slow-progress test (`budget_margin`) and the adjoint solve's stopping rules.
+    free = nd.relaxation.FixedStep(check_every=2)
+    free_off = nd.relaxation.FixedStep(check_every=2, budget_margin=None)
+    rbp_off = nd.RBP(adjoint=nd.adjoint.AdjointODE(patience=None, budget_margin=None))
+    cases = [
+        ("EP centered beta 0.1", gradient_pass(estimator, free), gradient_pass(estimator, free_off)),
+        ("RBP (AdjointODE)", gradient_pass(nd.RBP(), free), gradient_pass(rbp_off, free_off)),
     ]
+    rows = []
+    for label, with_rules, without in cases:
+        conv_with, s_with = summary(with_rules(net))
+        conv_without, s_without = summary(without(net))
+        if not np.array_equal(conv_with, conv_without):
+            raise AssertionError(
+                f"{label}: the stopping rules changed which examples converge: {s_with['converged']} with "
+                f"them, {s_without['converged']} without"
+            )
+        t_with, t_without = time_side_by_side([(with_rules, net), (without, net)], repeats=repeats, min_time=0.0)
+        problem = (
+            f"LayeredHopfield (40, {hidden}, 10) after {epochs} epochs of EP (centered, beta 0.1) with Adam "
+            f"1e-2 (dt0 1, batches of {batch}) on MNIST-1D: {label} batch gradients over {n_train} examples"
+        )
+        extra = {f"with_{k}": v for k, v in s_with.items()} | {f"without_{k}": v for k, v in s_without.items()}
+        rows.append(
+            row(
+                "stalled",
+                problem,
+                "defaults (slow-progress test, budget_margin 2; AdjointODE's stopping rules)",
+                "budget_margin=None (and AdjointODE(patience=None, budget_margin=None))",
+                t_with,
+                t_without,
+                f"below 1; converged {s_with['converged']}/{n_train} on both sides, stagnated "
+                f"{s_with['stagnated']}; slowest loop per batch (median) {s_with['batch_max_steps_median']:.0f} "
+                f"against {s_without['batch_max_steps_median']:.0f} steps",
+                **extra,
+            )
+        )
+    return rows
