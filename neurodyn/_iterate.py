@@ -7,6 +7,7 @@ its root finders). Its result is a typed `Solution`, never a positional tuple.
 """
 
 import abc
+import math
 from typing import Any, Literal
 
 import equinox as eqx
@@ -83,27 +84,31 @@ def classify(converged, finite, stagnated) -> RESULTS:
 
 # The slow-progress test runs at checks 2 * _FIRST_WINDOW, then at every doubling.
 _FIRST_WINDOW = 32
+_LOG_0_99, _LOG_10 = math.log(0.99), math.log(10)
 
 
 class Progress(eqx.Module):
     """A loop's progress towards its tolerance, per example (elementwise, so a batch-native
-    loop, BPTT's stored relaxation, counts exactly as `iterate` does).
+    loop, BPTT's stored relaxation, counts exactly as `iterate` does). In logarithms: the
+    tests are on ratios, and every operation here is traced into every loop of every
+    program (each one added to a program's tracing and compile time, measurably).
 
-    - `anchor`: the last stopping quantity that fell by at least 1% (the best so far).
+    - `best`: log of the last stopping quantity that fell by at least 1% (the best so far).
     - `since`: checks since then that were not far above it (10x above is divergence, which
       the non-finite test ends, unless it is too slow for the budget: see `update`).
-    - `mark`, `res_mark`: `anchor` and the stopping quantity at the last power-of-two check.
+    - `mark`, `res_mark`: logs of `best` and of the stopping quantity at the last
+      power-of-two check.
     """
 
-    anchor: Float[Array, "*batch"]
+    best: Float[Array, "*batch"]
     since: Int[Array, "*batch"]
     mark: Float[Array, "*batch"]
     res_mark: Float[Array, "*batch"]
 
     @classmethod
     def start(cls, shape, dtype) -> "Progress":
-        big = jnp.full(shape, jnp.finfo(dtype).max, dtype)
-        return cls(big, jnp.zeros(shape, int), big, big)
+        top = jnp.full(shape, math.log(jnp.finfo(dtype).max), dtype)
+        return cls(top, jnp.zeros(shape, int), top, top)
 
     def update(self, res, checks, tol, max_checks: int, patience: int, margin: float | None) -> "Progress":
         """After the `checks`-th test, whose stopping quantity is `res` against `tol`.
@@ -114,12 +119,13 @@ class Progress(eqx.Module):
         `max_checks` either, each extrapolating geometrically over the window since the
         previous power of two:
 
-        - falling too slowly: `anchor` fell in the window, but at that rate reaching `tol`
+        - falling too slowly: the best fell in the window, but at that rate reaching `tol`
           would take more than `margin` times the `max_checks - checks` checks left. Exact
           for the linear convergence of a fixed-step relaxation or adjoint iteration, and
           optimistic for anything slower (a residual that crawls down like a power of the
           step count, at an equilibrium that is barely stable): no loop that would have
-          converged within its budget at its current rate is stopped.
+          converged within its budget at its current rate is stopped. A window without a
+          new best (a plateau) is left to the patience test.
         - far above its best (10x) and not on course to overflow within the budget: a
           slow divergence or an oscillation far from any equilibrium, which would have
           ended at `max_checks`. A divergence that would overflow in time still ends as
@@ -129,34 +135,27 @@ class Progress(eqx.Module):
         have ended not converged anyway."""
         # Control flow only: no derivative of a loop differentiated through (BPTT's
         # checkpointed relaxation) passes through these logarithms.
-        res, tol = jax.lax.stop_gradient((res, tol))
-        anchor, since, mark, res_mark = self.anchor, self.since, self.mark, self.res_mark
-        better = res < 0.99 * anchor
-        near = res <= 10 * anchor
-        anchor = jnp.where(better, res, anchor)
-        since = jnp.where(better, 0, since + (~better & near).astype(since.dtype))
+        log_res = jnp.log(jax.lax.stop_gradient(res))
+        better = log_res < self.best + _LOG_0_99
+        near = log_res <= self.best + _LOG_10
+        best = jnp.where(better, log_res, self.best)
+        since = jnp.where(better, 0, self.since + near.astype(self.since.dtype))
         if margin is None:
-            return Progress(anchor, since, mark, res_mark)
+            return Progress(best, since, self.mark, self.res_mark)
+        log_tol = jnp.log(jax.lax.stop_gradient(tol))
         at_mark = (checks >= _FIRST_WINDOW) & ((checks & (checks - 1)) == 0)
-        test = at_mark & (checks >= 2 * _FIRST_WINDOW)
-        window = (checks // 2).astype(anchor.dtype)
-        left = jnp.maximum(max_checks - checks, 0).astype(anchor.dtype)
-        # Falling too slowly: log(anchor / tol) * window > margin * left * log(mark / anchor)
-        # (the rate per check is log(mark / anchor) / window).
-        safe_tol = jnp.where(tol > 0, tol, 1)
-        distance = jnp.log(jnp.maximum(anchor, safe_tol) / safe_tol) * window
-        slow = (tol > 0) & (anchor > tol) & (anchor < mark) & (distance > margin * left * jnp.log(mark / anchor))
-        # Far above its best: log(max / res) * window > left * log(res / res_mark), the
-        # growth per check being log(res / res_mark) / window (at none, never in time).
-        tiny = jnp.finfo(anchor.dtype).tiny
-        headroom = jnp.log(jnp.finfo(anchor.dtype).max / jnp.maximum(res, tiny)) * window
-        stuck = (
-            ~near
-            & jnp.isfinite(res)
-            & (headroom > left * jnp.log(jnp.maximum(res, tiny) / jnp.maximum(res_mark, tiny)))
-        )
-        since = jnp.where(test & (slow | stuck), jnp.maximum(since, patience), since)
-        return Progress(anchor, since, jnp.where(at_mark, anchor, mark), jnp.where(at_mark, res, res_mark))
+        checks = checks.astype(best.dtype)
+        window, left = 0.5 * checks, max_checks - checks
+        # Too slow: log(best / tol) * window > margin * left * log(mark / best), the rate per
+        # check being log(mark / best) / window. Far above: log(max / res) * window > left *
+        # log(res / res_mark), the growth per check log(res / res_mark) / window.
+        top = math.log(jnp.finfo(best.dtype).max)
+        slow = (tol > 0) & (best > log_tol) & (best < self.mark)
+        slow = slow & ((best - log_tol) * window > margin * left * (self.mark - best))
+        stuck = ~near & ((top - log_res) * window > left * (log_res - self.res_mark))
+        stop = at_mark & (checks >= 2 * _FIRST_WINDOW) & (slow | stuck)
+        since = jnp.where(stop, jnp.maximum(since, patience), since)
+        return Progress(best, since, jnp.where(at_mark, best, self.mark), jnp.where(at_mark, log_res, self.res_mark))
 
 
 def iterate(
