@@ -158,6 +158,15 @@ class Progress(eqx.Module):
         return Progress(best, since, jnp.where(at_mark, best, self.mark), jnp.where(at_mark, log_res, self.res_mark))
 
 
+def check_stopping_rules(owner: str, patience: int | None, budget_margin: float | None) -> None:
+    """The `patience` and `budget_margin` checks of the strategies that pass them to
+    `iterate` (`FixedStep`, `AdjointODE`): a clear error naming `owner`."""
+    if patience is not None and (not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"{owner} needs patience >= 1 or None, got {patience!r}.")
+    if budget_margin is not None and not budget_margin > 0:
+        raise ValueError(f"{owner} needs budget_margin > 0 or None, got {budget_margin!r}.")
+
+
 def iterate(
     solver: AbstractIterativeSolver,
     y0: PyTree,
@@ -175,7 +184,8 @@ def iterate(
     (see `Progress.update`); both end as `RESULTS.stagnated`.
 
     A residual far above (10x) the last improvement is divergence, not stagnation: it is left
-    to run into the non-finite test. `kind`/`checkpoints` choose the equinox while loop
+    to run into the non-finite test (with a `budget_margin`, only while it could overflow
+    within `max_iterations`). `kind`/`checkpoints` choose the equinox while loop
     (`"checkpointed"` for reverse mode through the iterations, as BPTT needs).
     """
     # The stopping quantity is real even for complex iterates.

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import RealState
-from .._iterate import AbstractIterativeSolver, iterate
+from .._iterate import AbstractIterativeSolver, check_stopping_rules, iterate
 from .._misc import rms_norm
 from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec
 from ._common import adjoint_solution, default_rtol
@@ -66,10 +66,7 @@ class AdjointODE(AbstractAdjointSolve):
     def __check_init__(self):
         if self.check_every < 1:
             raise ValueError(f"AdjointODE needs check_every >= 1, got {self.check_every}.")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ValueError(f"AdjointODE needs patience >= 1 or None, got {self.patience!r}.")
-        if self.budget_margin is not None and not self.budget_margin > 0:
-            raise ValueError(f"AdjointODE needs budget_margin > 0 or None, got {self.budget_margin!r}.")
+        check_stopping_rules("AdjointODE", self.patience, self.budget_margin)
 
     def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
         del jacobian, symmetric

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from .._custom_types import RealState
-from .._iterate import AbstractIterativeSolver, iterate
+from .._iterate import AbstractIterativeSolver, check_stopping_rules, iterate
 from .._misc import rms_norm
 from .._options import IntegrationOptions
 from ._base import AbstractSteppingRelaxation, RelaxationSolution, RelaxKind, TermArgs
@@ -56,10 +56,7 @@ class FixedStep(AbstractSteppingRelaxation):
     def __check_init__(self):
         if self.check_every < 1:
             raise ValueError(f"FixedStep needs check_every >= 1, got {self.check_every}.")
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
-            raise ValueError(f"FixedStep needs patience >= 1 or None, got {self.patience!r}.")
-        if self.budget_margin is not None and not self.budget_margin > 0:
-            raise ValueError(f"FixedStep needs budget_margin > 0 or None, got {self.budget_margin!r}.")
+        check_stopping_rules("FixedStep", self.patience, self.budget_margin)
 
     def relax(
         self,
