@@ -76,6 +76,43 @@ def test_the_budget_test_ends_what_cannot_finish_in_time(a, expected, at_most):
         assert int(plain.iterations) == 10_000 and plain.result == nd.RESULTS.max_steps_reached
 
 
+class _Orbit(nd.AbstractIterativeSolver):
+    """`y <- R y`, a rotation by 2 pi / 50, its residual the distance to a point `p` of the
+    orbit's circle that the iterates pass within `miss` of once per period: a bounded
+    oscillation, far above its best (`miss`) most of the time, never growing."""
+
+    miss: float
+
+    def init(self, y0, args):
+        return None
+
+    def step(self, y, state, args, iteration):
+        c, s = jnp.cos(2 * jnp.pi / 50), jnp.sin(2 * jnp.pi / 50)
+        y1 = jnp.stack([c * y[0] - s * y[1], s * y[0] + c * y[1]])
+        return y1, state, jnp.linalg.norm(y1 - jnp.array([1.0, 0.0]))
+
+    def tolerance(self, y, args):
+        return jnp.asarray(1e-12)
+
+
+def test_a_bounded_oscillation_far_above_its_best_stops_at_a_power_of_two():
+    """An orbit that passes near its target once per period and is 10x or more above that
+    best the rest of the time: the patience test counts only the checks near the best
+    (one per period, so 100 periods), the budget test ends it at the first power-of-two
+    check that finds it far above its best and not growing towards overflow."""
+    miss = 1e-3
+    # The iterates pass `p` at iteration 5 of each period, `miss` radians off.
+    angle = -5 * 2 * jnp.pi / 50 + miss
+    y0 = jnp.array([jnp.cos(angle), jnp.sin(angle)])
+    ruled = nd.iterate(_Orbit(miss), y0, None, max_iterations=10_000, patience=100, budget_margin=2.0)
+    assert ruled.result == nd.RESULTS.stagnated
+    assert int(ruled.iterations) in (64, 128, 256)
+    patient = nd.iterate(_Orbit(miss), y0, None, max_iterations=10_000, patience=100)
+    assert patient.result == nd.RESULTS.stagnated
+    # One check near the best per period: patience runs out after about 100 periods.
+    assert 100 * 50 - 50 <= int(patient.iterations) <= 100 * 50 + 50
+
+
 def _net(key, gain=0.5):
     return nd.networks.CTRNN(8, 3, 2, nd.activations.tanh, gain=gain, key=key)
 
