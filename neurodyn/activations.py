@@ -7,6 +7,7 @@ network that uses them (`materialise`). A plain callable such as `jnp.tanh` also
 
 import abc
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -17,7 +18,13 @@ from jaxtyping import Array, ArrayLike, Float, Inexact, PRNGKeyArray
 
 class AbstractActivation(eqx.Module):
     """An elementwise nonlinearity `f`, applied to a vector of pre-activations (real, or
-    complex inside holomorphic EP); `f(z)` has the shape of `z`."""
+    complex inside holomorphic EP); `f(z)` has the shape of `z`.
+
+    An activation whose slope `f'` jumps declares where, as a class attribute
+    `slope_jumps: ClassVar[tuple[float, ...]]` (`HardLogistic`: `(-2.0, 2.0)`); none means
+    a continuous slope. Energy networks read it: a jump at a nonzero `z` makes their
+    gradient flow discontinuous there (see `nd.networks.Hopfield`). Declare it on an
+    activation of your own that has one."""
 
     @abc.abstractmethod
     def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
@@ -99,14 +106,24 @@ def _tanh_pair_jvp(primals, tangents):
 
 
 class HardLogistic(AbstractActivation):
-    """`f(z) = max(min(0.25 z + 0.5, 1), 0)`."""
+    """`f(z) = max(min(0.25 z + 0.5, 1), 0)`: flat past `z = +-2`.
+
+    In an energy network (`Hopfield`, `LayeredHopfield`) a unit driven past `+-2` has no
+    equilibrium its relaxation can reach: see `Hopfield`'s warning."""
+
+    slope_jumps: ClassVar[tuple[float, ...]] = (-2.0, 2.0)
 
     def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jnp.clip(0.25 * z + 0.5, 0, 1)
 
 
 class HardTanh(AbstractActivation):
-    """`f(z) = max(min(z, 1), -1)`."""
+    """`f(z) = max(min(z, 1), -1)`: flat past `z = +-1`.
+
+    In an energy network (`Hopfield`, `LayeredHopfield`) a unit driven past `+-1` has no
+    equilibrium its relaxation can reach: see `Hopfield`'s warning."""
+
+    slope_jumps: ClassVar[tuple[float, ...]] = (-1.0, 1.0)
 
     def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jnp.clip(z, -1, 1)
@@ -115,12 +132,16 @@ class HardTanh(AbstractActivation):
 class ReLU(AbstractActivation):
     """`f(z) = max(0, z)`."""
 
+    slope_jumps: ClassVar[tuple[float, ...]] = (0.0,)
+
     def __call__(self, z: Inexact[Array, "*shape"]) -> Inexact[Array, "*shape"]:
         return jax.nn.relu(z)
 
 
 class LeakyReLU(AbstractActivation):
     """`f(z) = max(0, z) + slope min(0, z)` (slope 0.01 by default)."""
+
+    slope_jumps: ClassVar[tuple[float, ...]] = (0.0,)
 
     slope: float = 0.01
 
@@ -153,6 +174,7 @@ class PReLU(AbstractParametricActivation):
     - `slope`: the initial slope (a scalar), or the per-neuron slopes themselves.
     """
 
+    slope_jumps: ClassVar[tuple[float, ...]] = (0.0,)
     slope: Float[Array, "*n"]
 
     def __init__(self, slope: float | ArrayLike = 0.25):

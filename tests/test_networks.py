@@ -1,6 +1,8 @@
 """Published results about the networks themselves: the feedforward ODE (Almeida 1987;
 Pineda 1987), the discrete-time network (Werbos 1990) and the activations (Haykin 2009, ch. 4)."""
 
+import contextlib
+
 import diffrax
 import equinox as eqx
 import jax
@@ -51,14 +53,54 @@ def test_prelu_and_maxout_are_learnable_per_neuron(getkey):
 @pytest.mark.parametrize("name,act,_", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
 def test_every_network_takes_every_activation(name, act, _, getkey):
     k = jr.split(getkey(), 3)
-    for net in (
-        nd.networks.CTRNN(4, 2, 1, act, key=k[0]),
-        nd.networks.Hopfield(2, 3, 1, act, key=k[1]),
-        nd.networks.Layered((2, 3, 1), act, key=k[2]),
-    ):
+    jumps = name in ("hard_logistic", "hard_tanh")  # warned about: see the test below
+    with pytest.warns(UserWarning, match="slope jumps") if jumps else contextlib.nullcontext():
+        hopfield = nd.networks.Hopfield(2, 3, 1, act, key=k[1])
+    for net in (nd.networks.CTRNN(4, 2, 1, act, key=k[0]), hopfield, nd.networks.Layered((2, 3, 1), act, key=k[2])):
         r = jnp.linspace(-0.5, 0.5, net.n_state)
         out = net(0.0, r, jnp.ones(2))
         assert out.shape == (net.n_state,) and bool(jnp.all(jnp.isfinite(out)))
+
+
+@pytest.mark.parametrize(
+    "act", [nd.activations.hard_logistic, nd.activations.hard_tanh], ids=["hard_logistic", "hard_tanh"]
+)
+def test_energy_networks_warn_about_a_slope_that_jumps_off_zero(act, getkey):
+    """The warning names the network, the activation, where its slope jumps and the fix;
+    activations whose slope is continuous or jumps at zero construct silently (the suite
+    turns any warning into an error)."""
+    for make in (
+        lambda a: nd.networks.Hopfield(2, 3, 1, a, key=getkey()),
+        lambda a: nd.networks.LayeredHopfield((2, 3, 1), a, key=getkey()),
+    ):
+        with pytest.warns(UserWarning, match=rf"Hopfield with {type(act).__name__}, whose slope jumps at z = \[-") as w:
+            make(act)
+        assert len(w) == 1 and "relu" in str(w[0].message) and "logistic, tanh" in str(w[0].message)
+        for fine in (nd.activations.logistic, nd.activations.relu, nd.activations.leaky_relu, nd.activations.PReLU()):
+            make(fine)
+
+
+@pytest.mark.parametrize("dt0", [1.0, 0.1])
+def test_a_unit_driven_past_a_slope_jump_has_no_equilibrium(dt0, getkey):
+    """Why the warning: one output unit of a `LayeredHopfield` with `hard_logistic`, its
+    drive 12 (past the jump at 8 = 4 x 2). Inside, `F = 3 - s > 1`; outside, `F = -s < -2`:
+    no zero. The relaxation ends stagnated with the state chattering about the jump (within
+    `dt0` times the field's size of it) and a residual of order one, at a large step and a
+    small one. The same unit with `logistic` (continuous slope) converges (at dt0 = 0.1:
+    its equilibrium's `J = -2.08` is beyond Euler's stability limit at dt0 = 1)."""
+    with pytest.warns(UserWarning, match="slope jumps"):
+        net = nd.networks.LayeredHopfield((1, 1), nd.activations.hard_logistic, key=getkey())
+    net = eqx.tree_at(lambda m: m.weights, net, (jnp.array([[12.0]]),))
+    x = jnp.ones(1)
+    r, info = nd.relax(net, x, dt0=dt0)
+    assert info["result"] == nd.RESULTS.stagnated and not bool(info["converged"])
+    assert int(info["steps"]) < 1_000  # the stopping rules end it, not max_steps
+    assert abs(float(r[0]) - 2.0) <= 3.0 * dt0 + 1e-6
+    assert float(jnp.abs(net(0.0, r, x))[0]) >= 0.9
+    smooth = eqx.tree_at(lambda m: m.activations, net, (nd.activations.logistic,))
+    r_s, info_s = nd.relax(smooth, x, dt0=0.1)
+    assert bool(info_s["converged"])
+    np.testing.assert_allclose(r_s[0], 12.0 * jax.nn.sigmoid(r_s[0]) * (1 - jax.nn.sigmoid(r_s[0])), rtol=1e-6)
 
 
 def test_layered_steady_state_is_the_mlp_forward_pass(getkey):

@@ -1,6 +1,9 @@
 """The network interface: a continuous-time vector field `dr/dt = F(r, w, x)`."""
 
 import abc
+import sys
+import warnings
+from collections.abc import Callable, Iterable
 
 import equinox as eqx
 import jax
@@ -59,6 +62,37 @@ class AbstractEnergyNetwork(AbstractNetwork):
     @abc.abstractmethod
     def energy(self, r: State, x: Input) -> Scalar:
         """The energy `E(r, x)` with `F(r, x) = -dE/dr`."""
+
+
+def warn_if_slope_jumps_off_zero(owner: str, activations: Iterable[Callable]) -> None:
+    """Warns, naming `owner` and the fix, when an energy network's activation has a slope
+    that jumps at a nonzero pre-activation (its `slope_jumps`): there the gradient flow
+    `-s + rho'(s) * drive` jumps by `rho'`'s jump times the drive, while `-s` is not zero,
+    so a unit driven past the jump has no zero of `F` to relax to (see `Hopfield`)."""
+    for f in activations:
+        jumps = [z for z in getattr(f, "slope_jumps", ()) if z != 0]
+        if jumps:
+            warnings.warn(
+                f"{owner} with {type(f).__name__}, whose slope jumps at z = {jumps}: this network's "
+                "vector field -s + rho'(s) * drive is discontinuous there, so a unit driven past "
+                "that point (as training grows the weights) has no equilibrium to relax to. Its "
+                "relaxation chatters about the jump at every dt0, never converges and ends "
+                "stagnated, and EP's and RBP's gradients there are unreliable. Use an activation "
+                "with a continuous slope (logistic, tanh, softplus, elu) or one whose jump sits "
+                "at z = 0 (relu, leaky_relu, PReLU); ignore this warning only if every unit's "
+                "drive stays inside the linear range.",
+                stacklevel=_user_stacklevel(),
+            )
+            return
+
+
+def _user_stacklevel() -> int:
+    """The `stacklevel` of the first caller outside neurodyn and equinox (a constructor runs
+    inside equinox's module machinery), so that a warning points at the user's line."""
+    level, frame = 2, sys._getframe(2)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(("neurodyn", "equinox")):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def matvec(A: Float[Array, "m n"], v: Float[Array, "*batch n"]) -> Float[Array, "*batch m"]:

@@ -9,7 +9,7 @@ from jaxtyping import Array, Float, Inexact, PRNGKeyArray
 
 from .. import activations as _act
 from .._custom_types import Input, Readout, Scalar, State, Time
-from ._base import AbstractEnergyNetwork, normal_init
+from ._base import AbstractEnergyNetwork, normal_init, warn_if_slope_jumps_off_zero
 
 
 class LayeredHopfield(AbstractEnergyNetwork):
@@ -34,7 +34,9 @@ class LayeredHopfield(AbstractEnergyNetwork):
 
     - `sizes`: `(n_in, n_1, ..., n_L)`; `n_L = n_out`, the output layer (at least 2 entries).
     - `activation`: `rho`, any `nd.activations` member (learnable ones get parameters per
-      layer); smooth choices (`logistic`, default) keep `J` well defined.
+      layer); smooth choices (`logistic`, default) keep `J` well defined. One whose slope
+      jumps at a nonzero pre-activation (`hard_logistic`, `hard_tanh`) warns: a unit
+      driven past the jump has no equilibrium to relax to (see `Hopfield`'s warning).
     - `gain`: `W_l ~ N(0, gain^2 / n_{l-1})`. With `logistic` (`rho' <= 1/4`) the default
       0.5 makes the relaxation a contraction with a unique, stable equilibrium, which EP
       and RBP need.
@@ -76,6 +78,7 @@ class LayeredHopfield(AbstractEnergyNetwork):
         )
         self.biases = tuple(jnp.zeros((s,)) for s in sizes[1:])
         self.activations = tuple(_act.materialise(activation, s, keys[L + i]) for i, s in enumerate(sizes[1:]))
+        warn_if_slope_jumps_off_zero("LayeredHopfield", self.activations)
         self.sizes = sizes
         self.n_state = sum(sizes[1:])
         self.n_in = sizes[0]
