@@ -111,10 +111,24 @@ def test_unstable_equilibrium_is_flagged(getkey):
     assert bool(info["forward_converged"])
     assert float(info["leading_eigenvalue"]) > 0 and bool(info["unstable"]) and not bool(info["converged"])
     assert info["result"] == nd.RESULTS.unstable_equilibrium
-    _, _, info = nd.value_and_grad(
-        net, x, y, objective=nd.SteadyState(), estimator=nd.RBP(adjoint=nd.adjoint.AdjointODE(max_steps=400))
-    )
+    diverging = nd.RBP(adjoint=nd.adjoint.AdjointODE(max_steps=400))
+    _, grads, info = nd.value_and_grad(net, x, y, objective=nd.SteadyState(), estimator=diverging)
     assert bool(info["unstable"]) and not bool(info["converged"])
+    # The diverged adjoint (its residual reached ~1e81) gives no term: the gradient is the
+    # readout's alone, finite, where the last iterate gave the bias a gradient of ~1e81.
+    assert float(info["adjoint_residual"]) > 1e10
+    r, _ = nd.relax(net, x)
+    readout_only = eqx.filter_grad(lambda m: nd.SteadyState().value(m, r, y))(net)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(readout_only)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # In a batch beside stable examples, the batch gradient is still their mean, finite.
+    xs, ys = jnp.stack([x, x + 0.3, x - 0.2]), jnp.stack([y, y, -y])
+    _, batch, binfo = nd.batch_value_and_grad(net, xs, ys, objective=nd.SteadyState(), estimator=diverging)
+    assert bool(binfo["unstable"][0])
+    each = [nd.value_and_grad(net, a, b, objective=nd.SteadyState(), estimator=diverging)[1] for a, b in zip(xs, ys)]
+    for got, *per in zip(jax.tree.leaves(batch), *map(jax.tree.leaves, each)):
+        assert bool(jnp.all(jnp.isfinite(got)))
+        np.testing.assert_allclose(got, sum(per) / 3, rtol=1e-9, atol=1e-12)
     stable = nd.networks.CTRNN(8, 2, 2, nd.activations.tanh, gain=0.5, key=jr.PRNGKey(1))
     _, _, info = nd.value_and_grad(stable, x, y, objective=nd.SteadyState(), estimator=nd.RBP(stability_check=True))
     assert float(info["leading_eigenvalue"]) < 0 and not bool(info["unstable"]) and bool(info["converged"])

@@ -47,6 +47,11 @@ class RBP(AbstractSurrogateEstimator):
 
         At an unstable equilibrium (the relaxation cannot find it, but a Newton solve can)
         the implicit gradient exists yet means little: `info["unstable"]` says so.
+
+    An adjoint solve that diverges or ends no closer than `v = 0` (relative residual 1 or
+    more; `info["unstable"]`) has no estimate to give: its example's gradient is the
+    readout term alone, not the last iterate's (which, at the examples a training run's
+    relaxations failed on, reached 1e17 and froze Adam's updates for the whole run).
     """
 
     adjoint: AbstractAdjointSolve = AdjointODE()
@@ -97,7 +102,13 @@ class RBP(AbstractSurrogateEstimator):
         v, ainfo = adjoint.value, adjoint.info()
 
         # An adjoint that blows up, or makes no progress at all, signals an unstable equilibrium.
-        unstable = ~jnp.isfinite(adjoint.residual) | (~adjoint.converged & (adjoint.residual >= 1))
+        failed = ~jnp.isfinite(adjoint.residual) | (~adjoint.converged & (adjoint.residual >= 1))
+        # Its last iterate is no estimate: `v = 0` has relative residual 1, so one at or above
+        # it is no better, and a diverged one (up to 1e17 at a training run's failed examples,
+        # or inf) would swamp a batch's gradient and, through Adam's second moments, stall
+        # training. The example keeps its readout term alone; `info` flags it.
+        v = jnp.where(failed, jnp.zeros_like(v), v)
+        unstable = failed
         extra = {}
         if self.stability_check:
             lam = _leading_eigenvalue(F_r, r, 0.1, self.power_iterations)
