@@ -102,13 +102,12 @@ class RBP(AbstractSurrogateEstimator):
         v, ainfo = adjoint.value, adjoint.info()
 
         # An adjoint that blows up, or makes no progress at all, signals an unstable equilibrium.
-        failed = ~jnp.isfinite(adjoint.residual) | (~adjoint.converged & (adjoint.residual >= 1))
+        unstable = ~jnp.isfinite(adjoint.residual) | (~adjoint.converged & (adjoint.residual >= 1))
         # Its last iterate is no estimate: `v = 0` has relative residual 1, so one at or above
         # it is no better, and a diverged one (up to 1e17 at a training run's failed examples,
         # or inf) would swamp a batch's gradient and, through Adam's second moments, stall
         # training. The example keeps its readout term alone; `info` flags it.
-        v = jnp.where(failed, jnp.zeros_like(v), v)
-        unstable = failed
+        v = jnp.where(unstable, jnp.zeros_like(v), v)
         extra = {}
         if self.stability_check:
             lam = _leading_eigenvalue(F_r, r, 0.1, self.power_iterations)
