@@ -59,7 +59,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._batch import batch_value_and_grad
 from ._dynamics import relax
-from ._misc import all_finite
+from ._misc import all_finite, tree_dtype
+from ._objectives import SteadyState
+from ._options import steady_state_options
 from .config import ConfigError
 
 
@@ -107,6 +109,57 @@ def accuracy(net, X, y, **options) -> float:
     """Classification accuracy of `argmax(readout(r*))` at the steady state (`y` integer labels)."""
     pred, _ = _predict(net, jnp.asarray(X), options)
     return float(jnp.mean(pred == jnp.asarray(y).astype(pred.dtype)))
+
+
+# Examples `fit`'s dt0 probe relaxes when the converged rate falls.
+_PROBE = 256
+
+
+@eqx.filter_jit
+def _converged_fraction(net, X, options):
+    _, info = jax.vmap(lambda x: relax(net, x, **options))(X)
+    return jnp.mean(info["converged"])
+
+
+def dt0_probe(net, X, *, factors=(1.0, 0.5, 0.25), **options) -> dict[float, float]:
+    """The fraction of the relaxations of `X` (`nd.relax`, one per row) that converge with
+    the step `dt0` of `options` (the library's default when not given) times each of
+    `factors`: `{dt0: fraction}`.
+
+    What it tells apart: training can make a network stiffer without making its
+    equilibria unstable. Euler's step map `r + dt0 F(r)` contracts about `r*` only while
+    every eigenvalue `lambda` of `dF/dr` there has `|1 + dt0 lambda| < 1` (for a real
+    `lambda < 0`: `dt0 < 2 / |lambda|`); past that, each step overshoots `r*` and the
+    relaxation oscillates about it (it ends `stagnated`). Those relaxations converge at a
+    smaller `dt0`, to the same `r*`. Relaxations that fail at every `dt0` point elsewhere:
+    lost equilibria (lower the learning rate) or an activation whose slope jumps.
+    `fit` runs this probe when the converged rate falls, and its warning says which case
+    it is.
+
+    **Arguments:** `net`; `X` `(N, n_in)` inputs; `factors` the multiples of `dt0` tried;
+    `**options` the integration options of the relaxations (`dt0` among them).
+    """
+    dt0 = steady_state_options(tree_dtype(net), **options).dt0
+    X = jnp.asarray(X)
+    return {f * dt0: float(_converged_fraction(net, X, dict(options, dt0=f * dt0))) for f in factors}
+
+
+def dt0_advice(rates: dict[float, float]) -> str:
+    """One sentence from a `dt0_probe`: the largest `dt0` tried at which nearly all (95%)
+    of the probe converges, if a smaller `dt0` than the first helps; otherwise that a
+    smaller step does not help."""
+    (dt0, first), *smaller = rates.items()
+    tried = ", ".join(f"{100 * rate:.0f}% at dt0 = {step:g}" for step, rate in rates.items())
+    if first >= 0.95:
+        return f"its relaxations converge at dt0 = {dt0:g} ({tried}): the failed solves are the estimator's own"
+    good = [step for step, rate in smaller if rate >= 0.95]
+    if good:
+        return (
+            f"{tried}: the Euler step overshoots equilibria that training made stiffer "
+            f"(stable only for dt0 < 2/|lambda| of dF/dr): pass dt0={good[0]:g} (--dt0 {good[0]:g} on an "
+            "experiment's command line)"
+        )
+    return f"{tried}: a smaller step does not help; lower the learning rate"
 
 
 def _tree_norm(tree):
@@ -527,6 +580,7 @@ def train_loop(
     steps: int | Callable[[int], int] = 1,
     place: Callable | None = None,
     tensorboard: bool = False,
+    diagnose: Callable | None = None,
 ):
     """The one training loop: `units` calls of `advance`, each followed by the row, the
     checks, the evaluation, the checkpoint and the progress line; resumes from `run`.
@@ -558,6 +612,8 @@ def train_loop(
     - `place(state) -> state`: applied to a restored state (e.g. to put it on devices).
     - `tensorboard`: also write the rows as TensorBoard scalars in the run directory
       (tensorboardX; the optional extra `tb`).
+    - `diagnose(state) -> str | None`: run when a unit's `converged_rate` falls (the
+      warning line); its sentence ends that warning (`fit`: a `dt0_probe`).
 
     **Returns:** `(state, history)`. A unit that stops training records the reason in its
     row's `stopped`: a `stopping` criterion, `"nonfinite"`, or `unit + "s"` (all done).
@@ -673,10 +729,12 @@ def train_loop(
             )
             _say(line)
             if "converged_rate" in row and _converged_rate_fell(history):
+                found = diagnose(state) if diagnose is not None else None
                 _say(
                     f"[{tag}] warning: only {100 * row['converged_rate']:.0f}% of the examples' solves converged "
                     f"this {unit} (best {100 * max(r['converged_rate'] for r in history):.0f}%): their gradients are "
                     "unreliable; lower dt0 or the learning rate (info['result'] says stagnated, max_steps or nonfinite)"
+                    + ("" if found is None else f"; {found}")
                 )
         if reason is not None:
             break
@@ -850,6 +908,17 @@ def fit(
             row["test_accuracy"] = accuracy(current, *test, **options)
         return row
 
+    # When the converged rate falls: the free relaxations of (at most) the first 256
+    # training examples at dt0, dt0/2 and dt0/4, which tells an overshooting step from
+    # lost equilibria (`dt0_probe`). Not on a global array that this process cannot read.
+    probe = X[:_PROBE] if isinstance(objective, SteadyState) and X.is_fully_addressable else None
+
+    def diagnose(state):
+        assert probe is not None
+        current = eqx.combine(state[0] if data_devices is None else _local(state[0]), static)
+        rates = dt0_probe(current, np.asarray(probe), **options)
+        return f"a probe of {probe.shape[0]} training examples: {dt0_advice(rates)}"
+
     state = (params, opt_state)
     if place is not None:
         state = place(state)
@@ -870,6 +939,7 @@ def fit(
         steps=n_batches,
         place=place,
         tensorboard=tensorboard,
+        diagnose=None if probe is None else diagnose,
     )
     if data_devices is not None:
         params = _local(params)

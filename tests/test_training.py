@@ -308,3 +308,81 @@ def test_a_falling_converged_rate_is_warned_about():
     assert not _converged_rate_fell(h(1.0, 0.99))  # within 95%
     assert not _converged_rate_fell(h(0.9))  # a first epoch has nothing to fall from
     assert not _converged_rate_fell(h(0.9, 0.91))  # rising
+
+
+def _ctrnn_with(W, n_in=3):
+    """A tanh CTRNN whose recurrent matrix is `W` (the Jacobian at an equilibrium near 0 is
+    about `-I + W`)."""
+    W = jnp.asarray(W, jnp.float64)
+    net = nd.networks.CTRNN(W.shape[0], n_in, 2, key=jr.PRNGKey(0))
+    net = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, net)
+    return eqx.tree_at(lambda m: m.W, net, W)
+
+
+def test_the_dt0_probe_tells_an_overshooting_step_from_lost_equilibria():
+    X = 0.1 * jr.normal(jr.PRNGKey(1), (16, 3), jnp.float64)
+    # -I - 2I: a stable equilibrium (eigenvalues near -3) that Euler at dt0 = 1 overshoots
+    # (|1 - 3| = 2 > 1): it oscillates about it; at dt0 = 0.5 the step contracts (|1 - 1.5|).
+    stiff = _ctrnn_with(-2.0 * jnp.eye(6))
+    rates = nd.training.dt0_probe(stiff, X)
+    assert rates == {1.0: 0.0, 0.5: 1.0, 0.25: 1.0}
+    advice = nd.training.dt0_advice(rates)
+    assert "0% at dt0 = 1, 100% at dt0 = 0.5, 100% at dt0 = 0.25" in advice
+    assert "pass dt0=0.5" in advice
+    # The step is the user's: dt0 = 0.5 given, 0.25 is the advice when 0.5 overshoots too.
+    stiffer = _ctrnn_with(-4.0 * jnp.eye(6))  # eigenvalues near -5: needs dt0 < 0.4
+    rates = nd.training.dt0_probe(stiffer, X, dt0=0.5)
+    assert rates == {0.5: 0.0, 0.25: 1.0, 0.125: 1.0}
+    assert "pass dt0=0.25" in nd.training.dt0_advice(rates)
+    # No equilibrium to converge to (an unstable focus, eigenvalues 1 +- 5i, inside a limit
+    # cycle): no step helps, and the advice says so.
+    cycle = _ctrnn_with(jnp.kron(jnp.eye(3), jnp.array([[2.0, -5.0], [5.0, 2.0]])))
+    rates = nd.training.dt0_probe(cycle, X)
+    assert max(rates.values()) == 0.0
+    assert "a smaller step does not help; lower the learning rate" in nd.training.dt0_advice(rates)
+    # A tame network converges at its dt0: the failures were elsewhere.
+    tame = _ctrnn_with(0.3 * jnp.eye(6))
+    assert "converge at dt0 = 1" in nd.training.dt0_advice(nd.training.dt0_probe(tame, X))
+
+
+def test_a_falling_converged_rate_warns_with_the_diagnosis(capsys):
+    calls = []
+
+    def advance(state, i):
+        return state, dict(train_loss=1.0, converged_rate=(1.0, 0.5, 0.5)[i])
+
+    def diagnose(state):
+        calls.append(state)
+        return "the diagnosis"
+
+    nd.training.train_loop(advance, jnp.zeros(2), 3, diagnose=diagnose, tag="t")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and len(calls) == 2  # epochs 2 and 3, not epoch 1
+    assert all(
+        line.endswith("info['result'] says stagnated, max_steps or nonfinite); the diagnosis") for line in warnings
+    )
+
+
+def test_fit_probes_dt0_when_the_converged_rate_falls(monkeypatch, capsys):
+    # A network whose relaxations overshoot at dt0 = 1 from the start; the rule that the rate
+    # fell is forced, so the warning (and its probe) comes on the first epoch.
+    monkeypatch.setattr(nd.training, "_converged_rate_fell", lambda history: True)
+    X = 0.1 * jr.normal(jr.PRNGKey(1), (32, 3), jnp.float64)
+    y = (X[:, 0] > 0).astype(int)
+    nd.training.fit(
+        _ctrnn_with(-2.0 * jnp.eye(6)),
+        (X, y),
+        objective=OBJ,
+        estimator=nd.RBP(),
+        optimizer=optax.sgd(1e-3),
+        epochs=1,
+        batch_size=16,
+        key=jr.PRNGKey(0),
+    )
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert "only 0% of the examples' solves converged" in warning
+    assert warning.endswith(
+        "; a probe of 32 training examples: 0% at dt0 = 1, 100% at dt0 = 0.5, 100% at dt0 = 0.25: the Euler "
+        "step overshoots equilibria that training made stiffer (stable only for dt0 < 2/|lambda| of dF/dr): "
+        "pass dt0=0.5 (--dt0 0.5 on an experiment's command line)"
+    )
