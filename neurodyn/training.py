@@ -34,7 +34,9 @@ is marked finished and is not trained further when called again. Checkpoints car
 fingerprint of the settings (`fit_settings`): resuming with other settings raises
 `nd.runs.StaleRunError` instead of returning the old run's numbers. A non-finite loss,
 gradient or parameter raises `NonFiniteError` (or stops, `on_nonfinite="stop"`) and is
-never checkpointed.
+never checkpointed. When the fraction of converged solves falls, the epoch's warning ends
+with `dt0_probe`'s verdict: an Euler step that overshoots equilibria that training made
+stiffer (with the `dt0` that fixes it) or a failure no smaller step fixes.
 """
 
 import dataclasses
