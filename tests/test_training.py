@@ -340,6 +340,13 @@ def test_the_dt0_probe_tells_an_overshooting_step_from_lost_equilibria():
     rates = nd.training.dt0_probe(cycle, X)
     assert max(rates.values()) == 0.0
     assert "a smaller step does not help; lower the learning rate" in nd.training.dt0_advice(rates)
+    # Part of the probe overshoots, part has no equilibrium: both pieces of advice.
+    partial = nd.training.dt0_advice({1.0: 0.2, 0.5: 0.6, 0.25: 0.55})
+    assert partial.endswith(
+        "a smaller step helps only in part: pass dt0=0.5 and lower the learning rate "
+        "(the rest converge at no step tried)"
+    )
+    assert "does not help" in nd.training.dt0_advice({1.0: 0.2, 0.5: 0.25, 0.25: 0.29})
     # A tame network converges at its dt0: the failures were elsewhere.
     tame = _ctrnn_with(0.3 * jnp.eye(6))
     assert "converge at dt0 = 1" in nd.training.dt0_advice(nd.training.dt0_probe(tame, X))
