@@ -117,12 +117,6 @@ def accuracy(net, X, y, **options) -> float:
 _PROBE = 256
 
 
-@eqx.filter_jit
-def _converged_fraction(net, X, options):
-    _, info = jax.vmap(lambda x: relax(net, x, **options))(X)
-    return jnp.mean(info["converged"])
-
-
 def dt0_probe(net, X, *, factors=(1.0, 0.5, 0.25), **options) -> dict[float, float]:
     """The fraction of the relaxations of `X` (`nd.relax`, one per row) that converge with
     the step `dt0` of `options` (the library's default when not given) times each of
@@ -143,7 +137,7 @@ def dt0_probe(net, X, *, factors=(1.0, 0.5, 0.25), **options) -> dict[float, flo
     """
     dt0 = steady_state_options(tree_dtype(net), **options).dt0
     X = jnp.asarray(X)
-    return {f * dt0: float(_converged_fraction(net, X, dict(options, dt0=f * dt0))) for f in factors}
+    return {f * dt0: float(jnp.mean(_predict(net, X, dict(options, dt0=f * dt0))[1])) for f in factors}
 
 
 def dt0_advice(rates: dict[float, float]) -> str:
