@@ -97,6 +97,11 @@ class Config:
     train_subset: int = ndc.field(0, help="use only the first N training examples (0: all)", ge=0)
     dt0: float | None = ndc.field(None, help="the solver's step (default: the library's)", gt=0)
     max_steps: int | None = ndc.field(None, help="the solver's step budget (default: the library's)", ge=1)
+    adapt_dt0: bool = ndc.field(
+        False,
+        help="when the converged rate falls and a smaller step converges where dt0 overshoots (the dt0 probe), "
+        "continue training with that step (nd.training.fit's adapt_dt0)",
+    )
     tensorboard: bool = ndc.field(
         False, help='also write TensorBoard event files into each sub-run (pip install -e ".[tb]")'
     )
@@ -218,6 +223,7 @@ def main(argv=None):
                 run=sub,
                 log_extra=dict(estimator=name, seed=seed),
                 tensorboard=cfg.tensorboard,
+                adapt_dt0=cfg.adapt_dt0,
                 **options,
             )
             curves += [dict(row, part="training") for row in history]

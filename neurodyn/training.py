@@ -36,7 +36,8 @@ fingerprint of the settings (`fit_settings`): resuming with other settings raise
 gradient or parameter raises `NonFiniteError` (or stops, `on_nonfinite="stop"`) and is
 never checkpointed. When the fraction of converged solves falls, the epoch's warning ends
 with `dt0_probe`'s verdict: an Euler step that overshoots equilibria that training made
-stiffer (with the `dt0` that fixes it) or a failure no smaller step fixes.
+stiffer (with the `dt0` that fixes it) or a failure no smaller step fixes; with
+`fit(adapt_dt0=True)` training continues with that `dt0`.
 """
 
 import dataclasses
@@ -140,21 +141,34 @@ def dt0_probe(net, X, *, factors=(1.0, 0.5, 0.25), **options) -> dict[float, flo
     return {f * dt0: float(jnp.mean(_predict(net, X, dict(options, dt0=f * dt0))[1])) for f in factors}
 
 
-def dt0_advice(rates: dict[float, float]) -> str:
+def dt0_remedy(rates: dict[float, float]) -> float | None:
+    """The `dt0` a `dt0_probe` points to: the largest one tried, after the first, at which
+    nearly all (95%) of the probe converges, when the first `dt0` fails; else `None`."""
+    (_, first), *smaller = rates.items()
+    good = [step for step, rate in smaller if rate >= 0.95]
+    return good[0] if first < 0.95 and good else None
+
+
+def dt0_advice(rates: dict[float, float], *, adapted: bool = False) -> str:
     """One sentence from a `dt0_probe`: the largest `dt0` tried at which nearly all (95%)
-    of the probe converges, if a smaller `dt0` than the first gets there; the best one and
-    a lower learning rate if a smaller `dt0` gains at least 10 points; otherwise that a
-    smaller step does not help."""
+    of the probe converges, if a smaller `dt0` than the first gets there (`dt0_remedy`;
+    `adapted=True`: says that training continues with it, as `fit(adapt_dt0=True)` does);
+    the best one and a lower learning rate if a smaller `dt0` gains at least 10 points;
+    otherwise that a smaller step does not help."""
     (dt0, first), *smaller = rates.items()
     tried = ", ".join(f"{100 * rate:.0f}% at dt0 = {step:g}" for step, rate in rates.items())
     if first >= 0.95:
         return f"its relaxations converge at dt0 = {dt0:g} ({tried}): the failed solves are the estimator's own"
-    good = [step for step, rate in smaller if rate >= 0.95]
-    if good:
+    remedy = dt0_remedy(rates)
+    if remedy is not None:
+        then = (
+            f"training continues with dt0={remedy:g} from the next epoch (adapt_dt0)"
+            if adapted
+            else f"pass dt0={remedy:g} (--dt0 {remedy:g} on an experiment's command line)"
+        )
         return (
             f"{tried}: the Euler step overshoots equilibria that training made stiffer "
-            f"(stable only for dt0 < 2/|lambda| of dF/dr): pass dt0={good[0]:g} (--dt0 {good[0]:g} on an "
-            "experiment's command line)"
+            f"(stable only for dt0 < 2/|lambda| of dF/dr): {then}"
         )
     best_step, best = max(smaller, key=lambda item: item[1], default=(dt0, first))
     if best >= first + 0.1:
@@ -615,8 +629,10 @@ def train_loop(
     - `place(state) -> state`: applied to a restored state (e.g. to put it on devices).
     - `tensorboard`: also write the rows as TensorBoard scalars in the run directory
       (tensorboardX; the optional extra `tb`).
-    - `diagnose(state) -> str | None`: run when a unit's `converged_rate` falls (the
-      warning line); its sentence ends that warning (`fit`: a `dt0_probe`).
+    - `diagnose(state) -> str | None | (str, state)`: run when a unit's `converged_rate`
+      falls (the warning line); its sentence ends that warning (`fit`: a `dt0_probe`). A
+      returned state replaces the unit's before it is checkpointed (`fit(adapt_dt0=True)`
+      records a smaller `dt0` in it).
 
     **Returns:** `(state, history)`. A unit that stops training records the reason in its
     row's `stopped`: a `stopping` criterion, `"nonfinite"`, or `unit + "s"` (all done).
@@ -717,6 +733,10 @@ def train_loop(
             reason = end
         if reason is not None:
             row["stopped"] = reason
+        fell = "converged_rate" in row and _converged_rate_fell(history)
+        found = diagnose(state) if fell and diagnose is not None else None
+        if isinstance(found, tuple):  # the diagnosis changed the state (fit's adapt_dt0)
+            found, state = found
         if run is not None:
             # The checkpoint first: a kill before the log line loses nothing (resume rewrites
             # metrics.jsonl from the checkpoint's history).
@@ -731,8 +751,7 @@ def train_loop(
                 tag, row, units, n_steps, times, unit=unit, total=total, interval=interval, done=i + 1, trained=trained
             )
             _say(line)
-            if "converged_rate" in row and _converged_rate_fell(history):
-                found = diagnose(state) if diagnose is not None else None
+            if fell:
                 _say(
                     f"[{tag}] warning: only {100 * row['converged_rate']:.0f}% of the examples' solves converged "
                     f"this {unit} (best {100 * max(r['converged_rate'] for r in history):.0f}%): their gradients are "
@@ -768,6 +787,7 @@ def fit(
     on_nonfinite: str = "raise",
     devices=None,
     tensorboard: bool = False,
+    adapt_dt0: bool = False,
     **options,
 ):
     """Trains `net` on `train = (X, Y)` with mini-batch gradients from `estimator`.
@@ -806,7 +826,18 @@ def fit(
       as one device up to the order of the float sums. See "Data parallel" below.
     - `tensorboard`: also write every row as TensorBoard scalars into the run directory
       (needs `run` and tensorboardX: `pip install -e ".[tb]"`).
+    - `adapt_dt0`: when the converged rate falls and the `dt0` probe (below) finds that a
+      smaller step converges where `dt0` overshoots, training continues with that step
+      (`SteadyState` objectives only: the equilibria, hence the objective, do not depend on
+      the step; only the solves' cost does). Each row then records its `dt0`, and the step
+      is checkpointed with the parameters (a resumed run continues with it).
     - `**options`: integration options passed to every relaxation.
+
+    **When the converged rate falls** (below 95% and 2 points below its best epoch), `fit`
+    relaxes the first 256 training examples at `dt0`, `dt0/2` and `dt0/4` (`dt0_probe`) and
+    its warning says which case it is: a step that overshoots equilibria that training made
+    stiffer (a smaller `dt0` converges: pass it, or `adapt_dt0=True`), or relaxations that
+    converge at no step (lower the learning rate).
 
     Each mini-batch is one `TrainStep` (`make_train_step`), scanned over the epoch in one
     jitted call; the epochs run through `train_loop`, the loop every experiment shares.
@@ -852,7 +883,30 @@ def fit(
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples: lower batch_size.")
     n_batches = n // batch_size
-    step = make_train_step(objective, estimator, optimizer, l2=l2, **options)
+    # When the converged rate falls: the free relaxations of (at most) the first 256
+    # training examples at dt0, dt0/2 and dt0/4, which tells an overshooting step from
+    # lost equilibria (`dt0_probe`). Not on a global array that this process cannot read.
+    probe = X[:_PROBE] if isinstance(objective, SteadyState) and X.is_fully_addressable else None
+    if adapt_dt0 and probe is None:
+        raise ValueError(
+            "adapt_dt0=True needs a SteadyState objective (a Trajectory's dt0 is its discretisation, not a "
+            "solver setting) and training data this process can read; "
+            f"got {type(objective).__name__} objective" + ("" if X.is_fully_addressable else " and a global array")
+        )
+    # adapt_dt0: the step is options' dt0 / 2**halvings, `halvings` an int in the state.
+    base_dt0 = steady_state_options(tree_dtype(net), **options).dt0 if adapt_dt0 else None
+
+    def options_at(halvings: int) -> dict:
+        return options if halvings == 0 else dict(options, dt0=base_dt0 / 2**halvings)
+
+    steps_at: dict[int, TrainStep] = {}
+
+    def step_at(halvings: int) -> TrainStep:
+        if halvings not in steps_at:
+            steps_at[halvings] = make_train_step(objective, estimator, optimizer, l2=l2, **options_at(halvings))
+        return steps_at[halvings]
+
+    step = step_at(0)
     params, static = eqx.partition(net, eqx.is_inexact_array)
     opt_state = step.init(params)
     talk = progress and jax.process_index() == 0
@@ -874,6 +928,8 @@ def fit(
             test=test,
             **options,
         )
+        if adapt_dt0:
+            settings["adapt_dt0"] = True
 
     place: Callable | None = None
     if data_devices is not None:
@@ -887,8 +943,12 @@ def fit(
 
         place = place_replicated
 
+    def halvings_of(state) -> int:
+        return int(_local(state[2])) if adapt_dt0 else 0
+
     def advance(state, epoch):
-        params, opt_state = state
+        params, opt_state = state[:2]
+        step = step_at(halvings_of(state))
         if data_devices is None:
             params, opt_state, loss, gnorm, conv = _epoch(
                 params, opt_state, jr.fold_in(key, epoch), X, Y, static, step, n_batches, batch_size
@@ -900,34 +960,41 @@ def fit(
             params, opt_state, loss, gnorm, conv = _epoch_sharded(
                 params, opt_state, _global(perm, replicated), X, Y, static, step, batch_sharding
             )
-        return (params, opt_state), dict(train_loss=float(loss), grad_norm=float(gnorm), converged_rate=float(conv))
+        row = dict(train_loss=float(loss), grad_norm=float(gnorm), converged_rate=float(conv))
+        if adapt_dt0:
+            row["dt0"] = base_dt0 / 2 ** halvings_of(state)
+        return (params, opt_state, *state[2:]), row
 
     def evaluate(state):
         current = eqx.combine(state[0] if data_devices is None else _local(state[0]), static)
+        at = options_at(halvings_of(state))
         row = {}
         if valid is not None:
-            row["valid_accuracy"] = accuracy(current, *valid, **options)
+            row["valid_accuracy"] = accuracy(current, *valid, **at)
         if test is not None:
-            row["test_accuracy"] = accuracy(current, *test, **options)
+            row["test_accuracy"] = accuracy(current, *test, **at)
         return row
-
-    # When the converged rate falls: the free relaxations of (at most) the first 256
-    # training examples at dt0, dt0/2 and dt0/4, which tells an overshooting step from
-    # lost equilibria (`dt0_probe`). Not on a global array that this process cannot read.
-    probe = X[:_PROBE] if isinstance(objective, SteadyState) and X.is_fully_addressable else None
 
     def diagnose(state):
         assert probe is not None
         current = eqx.combine(state[0] if data_devices is None else _local(state[0]), static)
-        rates = dt0_probe(current, np.asarray(probe), **options)
-        return f"a probe of {probe.shape[0]} training examples: {dt0_advice(rates)}"
+        halvings = halvings_of(state)
+        rates = dt0_probe(current, np.asarray(probe), **options_at(halvings))
+        said = f"a probe of {probe.shape[0]} training examples: {dt0_advice(rates, adapted=adapt_dt0)}"
+        remedy = dt0_remedy(rates)
+        if not adapt_dt0 or remedy is None:
+            return said
+        # The probe's steps are dt0 / 2**k: the remedy is the current step halved k times.
+        halvings += round(math.log2(next(iter(rates)) / remedy))
+        new = (*state[:2], jnp.asarray(halvings, jnp.int32))
+        return said, new if place is None else place(new)
 
-    state = (params, opt_state)
+    state = (params, opt_state) + ((jnp.asarray(0, jnp.int32),) if adapt_dt0 else ())
     if place is not None:
         state = place(state)
         if talk and data_devices is not None:
             _say(f"[{tag}] data parallel over {len(data_devices)} devices ({jax.process_count()} process(es))")
-    (params, opt_state), history = train_loop(
+    state, history = train_loop(
         advance,
         state,
         epochs,
@@ -942,8 +1009,10 @@ def fit(
         steps=n_batches,
         place=place,
         tensorboard=tensorboard,
-        diagnose=None if probe is None else diagnose,
+        # The probe costs a compilation: only when its sentence is shown or acted on.
+        diagnose=diagnose if probe is not None and (talk or adapt_dt0) else None,
     )
+    params = state[0]
     if data_devices is not None:
         params = _local(params)
     return eqx.combine(params, static), history

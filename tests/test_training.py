@@ -393,3 +393,55 @@ def test_fit_probes_dt0_when_the_converged_rate_falls(monkeypatch, capsys):
         "step overshoots equilibria that training made stiffer (stable only for dt0 < 2/|lambda| of dF/dr): "
         "pass dt0=0.5 (--dt0 0.5 on an experiment's command line)"
     )
+
+
+def test_fit_adapt_dt0_continues_with_the_step_the_probe_finds(monkeypatch, capsys, tmp_path):
+    # The overshooting CTRNN of the probe's test (converges at dt0 0.5, not at 1), the
+    # falling-rate rule forced: epoch 1 fails at dt0 = 1, the probe finds 0.5, epochs 2 and 3
+    # train at 0.5 (the probe at 0.5 then finds nothing to change). A run killed after epoch
+    # 2 resumes at 0.5 and ends where the uninterrupted run ends.
+    monkeypatch.setattr(nd.training, "_converged_rate_fell", lambda history: True)
+    X = 0.1 * jr.normal(jr.PRNGKey(1), (32, 3), jnp.float64)
+    y = (X[:, 0] > 0).astype(int)
+
+    def run(epochs, run=None, **kwargs):
+        return nd.training.fit(
+            _ctrnn_with(-2.0 * jnp.eye(6)),
+            (X, y),
+            objective=OBJ,
+            estimator=nd.RBP(),
+            optimizer=optax.sgd(1e-3),
+            epochs=epochs,
+            batch_size=16,
+            key=jr.PRNGKey(0),
+            run=run,
+            **kwargs,
+        )
+
+    net, history = run(3, adapt_dt0=True)
+    assert [r["dt0"] for r in history] == [1.0, 0.5, 0.5]
+    assert [r["converged_rate"] for r in history] == [0.0, 1.0, 1.0]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings[0].endswith("training continues with dt0=0.5 from the next epoch (adapt_dt0)")
+    assert "converge at dt0 = 0.5" in warnings[1]
+    # Resume: the step is in the checkpoint.
+    run(2, nd.runs.RunDir(tmp_path), adapt_dt0=True)
+    resumed, again = run(3, nd.runs.RunDir(tmp_path), adapt_dt0=True)
+    assert [r["dt0"] for r in again] == [1.0, 0.5, 0.5]
+    assert bool(eqx.tree_equal(resumed, net))
+    # A run made without adapting is another run's numbers.
+    with pytest.raises(nd.runs.StaleRunError):
+        run(3, nd.runs.RunDir(tmp_path))
+    # A Trajectory's dt0 is its discretisation: refused.
+    with pytest.raises(ValueError, match="adapt_dt0=True needs a SteadyState objective"):
+        nd.training.fit(
+            _ctrnn_with(-2.0 * jnp.eye(6)),
+            (X[:, None, :].repeat(2, 1), jnp.zeros((32, 2, 2))),
+            objective=nd.Trajectory(nd.losses.squared_error, ts=(1.0, 2.0)),
+            estimator=nd.BPTT(),
+            optimizer=optax.sgd(1e-3),
+            epochs=1,
+            batch_size=16,
+            key=jr.PRNGKey(0),
+            adapt_dt0=True,
+        )
