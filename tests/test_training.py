@@ -445,3 +445,25 @@ def test_fit_adapt_dt0_continues_with_the_step_the_probe_finds(monkeypatch, caps
             key=jr.PRNGKey(0),
             adapt_dt0=True,
         )
+
+
+def test_a_diagnosis_may_change_the_state_and_the_checkpoint_keeps_it(tmp_path):
+    # fit(adapt_dt0=True)'s mechanism: the diagnosis returns (sentence, state); the new state
+    # is what the next unit gets and what the checkpoint holds, also with progress off.
+    seen = []
+
+    def advance(state, i):
+        seen.append(float(state[1]))
+        return (state[0] + 1.0, state[1]), dict(train_loss=1.0, converged_rate=(1.0, 0.5, 1.0, 1.0)[i])
+
+    def diagnose(state):
+        return "halved", (state[0], state[1] / 2)
+
+    state = (jnp.zeros(()), jnp.ones(()))
+    nd.training.train_loop(advance, state, 2, run=nd.runs.RunDir(tmp_path), diagnose=diagnose, progress=False)
+    assert seen == [1.0, 1.0]
+    final, history = nd.training.train_loop(
+        advance, state, 4, run=nd.runs.RunDir(tmp_path), diagnose=diagnose, progress=False
+    )
+    assert seen == [1.0, 1.0, 0.5, 0.5]  # resumed from the checkpoint with the halved value
+    assert float(final[0]) == 4.0 and float(final[1]) == 0.5 and len(history) == 4
