@@ -158,13 +158,17 @@ def make_network(cfg: Config, n_in: int, n_out: int, key, X_train):
     """Any network class of the registry (`ndc.build_network`), then the `init` option."""
     net = ndc.build_network(cfg.network, n_in=n_in, n_out=n_out, key=key)
     if cfg.init == "transition":
-        net = nd.training.transition_init(net, X_train, scale=cfg.init_scale)
+        try:
+            net = nd.training.transition_init(net, X_train, scale=cfg.init_scale)
+        except ValueError as e:  # a network that does not say where its inputs enter: one line
+            raise ndc.ConfigError(f"'init: transition': {e}") from None
     return net
 
 
 def check(cfg: Config):
-    """Cross-field checks, before any work: the splits leave training data, and a batch fits
-    in the training set (of the first seed: the split sizes do not depend on the seed)."""
+    """Cross-field checks, before any work: the splits leave training data, a batch fits in
+    the training set (of the first seed: the split sizes do not depend on the seed), and
+    `init: transition` knows the network's input weights."""
     d = cfg.data
     if d.valid_fraction + d.test_fraction >= 1:
         raise ndc.ConfigError(
@@ -172,6 +176,8 @@ def check(cfg: Config):
             "training data: must be < 1"
         )
     train, _, _ = load_data(d, cfg.seeds[0])
+    if cfg.init == "transition":  # a network that cannot take it is refused before any run directory
+        make_network(cfg, train[0].shape[1], int(np.max(train[1])) + 1, jr.PRNGKey(0), train[0])
     n = len(train[0]) if not cfg.train_subset else min(len(train[0]), cfg.train_subset)
     if cfg.batch_size > n:
         raise ndc.ConfigError(

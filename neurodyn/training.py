@@ -1026,9 +1026,9 @@ def transition_init(net, X, *, scale: float = 1.0):
 
     - `Layered`: each layer in turn, on the activities of the (rescaled) layer below, so every
       layer's fields have standard deviation `scale` over the data.
-    - `CTRNN`, `Hopfield` (`U`) and `Elman` (`W_b`): the input weights, so the input drive has
-      standard deviation `scale`; the recurrent weights keep their `gain`, which sets the
-      dynamics' stability.
+    - `CTRNN`, `Hopfield` (`U`), `LayeredHopfield` (`W_1`) and `Elman` (`W_b`): the input
+      weights, so the input drive has standard deviation `scale`; the recurrent weights keep
+      their `gain`, which sets the dynamics' stability.
     - any network that declares `nd.networks.AbstractInputRescalable` (a user's network
       implements its `rescale_inputs(X, scale)`); others are refused with one line.
 

@@ -131,6 +131,12 @@ BAD_TRAIN = [
     ("not-a-mapping", "- a\n- b\n", [], "the top level must be a mapping"),
     ("yaml-syntax", "a: [1, 2\n", [], "not valid YAML"),
     ("yaml-alias", TRAIN + "x: &a 1\ny: *a\n", [], "uses YAML aliases (&anchor / *alias), which are not supported"),
+    (
+        "transition-init-unknown-inputs",
+        TRAIN.replace("{kind: layered, sizes: [4]}", "{kind: narx, n_hidden: 4, q: 2}") + "init: transition\n",
+        [],
+        "'init: transition': transition_init does not know the input weights of NARX",
+    ),
 ]
 
 

@@ -178,6 +178,12 @@ def test_transition_init_sets_the_std_of_induced_local_fields():
     assert float(jnp.std(X @ hop.U.T)) == pytest.approx(1.0, rel=1e-9)
     elman = nd.training.transition_init(nd.networks.Elman(5, 3, 2, key=jr.PRNGKey(8)), X, scale=0.5)
     assert float(jnp.std(X @ elman.W_b.T)) == pytest.approx(0.5, rel=1e-9)
+    # A layered Hopfield network: the input weights only; the couplings between layers
+    # (up and, transposed, down) keep their gain.
+    lh = nd.networks.LayeredHopfield((3, 6, 5, 2), key=jr.PRNGKey(10))
+    lh_scaled = nd.training.transition_init(lh, X, scale=0.8)
+    assert float(jnp.std(X @ lh_scaled.weights[0].T)) == pytest.approx(0.8, rel=1e-9)
+    assert all(jnp.array_equal(a, b) for a, b in zip(lh.weights[1:], lh_scaled.weights[1:]))
     with pytest.raises(ValueError, match="does not know the input weights"):
         nd.training.transition_init(object(), X)
     # A network that does not declare where its inputs enter is refused, naming the capability.

@@ -5,14 +5,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, Inexact, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Inexact, PRNGKeyArray
 
 from .. import activations as _act
 from .._custom_types import Input, Readout, Scalar, State, Time
-from ._base import AbstractEnergyNetwork, normal_init, warn_if_slope_jumps_off_zero
+from ._base import AbstractEnergyNetwork, AbstractInputRescalable, normal_init, scaled_to, warn_if_slope_jumps_off_zero
 
 
-class LayeredHopfield(AbstractEnergyNetwork):
+class LayeredHopfield(AbstractEnergyNetwork, AbstractInputRescalable):
     r"""The layered Hopfield network of equilibrium propagation (Scellier & Bengio 2017):
     input, hidden layers, output, with symmetric couplings between adjacent layers only.
 
@@ -113,6 +113,12 @@ class LayeredHopfield(AbstractEnergyNetwork):
 
     def init_state(self, x: Input) -> State:
         return jnp.zeros((self.n_state,), dtype=self.weights[0].dtype)
+
+    def rescale_inputs(self, X: Float[ArrayLike, "N n_in"], scale: float) -> "LayeredHopfield":
+        """The input weights `W_1` rescaled: the input drive `W_1 x` has standard deviation
+        `scale` over `X`. The couplings between the layers carry the signal both ways (the
+        same `W_l` up and, transposed, down) and keep their gain, which sets the stability."""
+        return eqx.tree_at(lambda m: m.weights[0], self, scaled_to(self.weights[0], X, scale))
 
     def readout(self, r: State) -> Readout:
         return r[self.n_state - self.n_out :]
