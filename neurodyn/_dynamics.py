@@ -6,6 +6,7 @@ than the vector field (measured 30-50x off the device on a GPU; see the README's
 is what BPTT and RTRL differentiate exactly.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -97,7 +98,35 @@ def relax_loop(
             "the steady state, with any relaxation."
         )
     sol = relaxation.relax(_TERM, (net, x), r0, opts, kind=kind, checkpoints=checkpoints)
-    return sol.value, relax_info(sol.value, sol.steps, sol.residual, opts, sol.result == RESULTS.stagnated)
+    info = relax_info(sol.value, sol.steps, sol.residual, opts, sol.result == RESULTS.stagnated)
+    if sol.dt is not None:
+        # A strategy that changes its step (`Backoff`): the step it ended with, which the
+        # adjoint dynamics and EP's nudged phases start from.
+        info["dt"] = sol.dt
+    return sol.value, info
+
+
+def continue_step(opts: IntegrationOptions, info: Info) -> IntegrationOptions:
+    """`opts` for a relaxation that goes on from one that reported the step it ended with
+    (`info["dt"]`, an `nd.relaxation.Backoff`): it starts at that step rather than
+    backing off from `dt0` again (EP's nudged phases, from the free equilibrium)."""
+    from .relaxation import Backoff
+
+    relaxation = opts.relaxation
+    if "dt" not in info or not isinstance(relaxation, Backoff):
+        return opts
+    return dataclasses.replace(opts, relaxation=dataclasses.replace(relaxation, initial=info["dt"]))
+
+
+def adjoint_for(adjoint: AbstractAdjointSolve, opts: IntegrationOptions) -> AbstractAdjointSolve:
+    """The adjoint solve after a relaxation with `opts`: `AdjointODE` follows a `Backoff`
+    relaxation's step control (from the forward's final step, `info["dt"]`), unless the user
+    gave it one of its own."""
+    from .relaxation import Backoff
+
+    if isinstance(opts.relaxation, Backoff) and isinstance(adjoint, AdjointODE) and adjoint.backoff is None:
+        return dataclasses.replace(adjoint, backoff=opts.relaxation)
+    return adjoint
 
 
 def relax_info(
@@ -364,12 +393,15 @@ def _implicit_relax(diff, static, r0, opts, adjoint):
 def _implicit_relax_fwd(perturbed, diff, static, r0, opts, adjoint):
     del perturbed
     out = _implicit_relax(diff, static, r0, opts, adjoint)
-    return out, out[0]
+    # The adjoint dynamics run with the step the relaxation ended with (`Backoff` shrinks
+    # it where `dt0` overshoots; the adjoint overshoots at the same eigenvalues).
+    return out, (out[0], out[1].get("dt", opts.dt0))
 
 
 @_implicit_relax.def_bwd
-def _implicit_relax_bwd(r, g_out, perturbed, diff, static, r0, opts, adjoint):
+def _implicit_relax_bwd(residuals, g_out, perturbed, diff, static, r0, opts, adjoint):
     del perturbed, r0
+    r, dt = residuals
     g_r = g_out[0]
     if g_r is None:
         return jtu.tree_map(jnp.zeros_like, diff)
@@ -381,13 +413,9 @@ def _implicit_relax_bwd(r, g_out, perturbed, diff, static, r0, opts, adjoint):
     _, vjp_r = jax.vjp(lambda r: F(diff, r), r)
     net = eqx.combine(diff, static)[0]
     # dr*/dw = -J^-1 dF/dw, so the cotangent of (w, x) is v dF/d(w, x) with v J = -g_r.
-    v = adjoint.solve(
-        lambda u: vjp_r(u)[0],
-        g_r,
-        lambda: jax.jacfwd(lambda r: F(diff, r))(r),
-        isinstance(net, AbstractEnergyNetwork),
-        opts.dt0,
-    ).value
+    symmetric = isinstance(net, AbstractEnergyNetwork)
+    solve = adjoint_for(adjoint, opts).solve
+    v = solve(lambda u: vjp_r(u)[0], g_r, lambda: jax.jacfwd(lambda r: F(diff, r))(r), symmetric, dt).value
     _, vjp_w = jax.vjp(lambda d: F(d, r), diff)
     return vjp_w(v)[0]
 
@@ -421,7 +449,8 @@ def relax(
     - `solver`, `dt0`, `rtol`, `atol`, `max_steps`: integration options. It stops when
       `rms(F(r)) < atol + rtol rms(r)`.
     - `relaxation`: how the solver's steps are combined, an `nd.relaxation` strategy
-      (`FixedStep(check_every=2)` by default, or `Anderson()`).
+      (`FixedStep(check_every=2)` by default, `Backoff()` where `dt0` may overshoot,
+      `Anderson()`, `NewtonKrylov()`).
     - `adjoint`: how `jax.grad` through `r_star` is computed: by the implicit function
       theorem, `dr*/dw = -J^-1 dF/dw`, with this `nd.adjoint` solve (default
       `nd.adjoint.AdjointODE()`, as `nd.RBP()`), never by differentiating the loop. The
@@ -431,7 +460,8 @@ def relax(
     **Returns:**
 
     `(r_star, info)` where `info` has `converged` (bool), `steps`, `residual` and `result`
-    (an `nd.RESULTS`). Non-convergence is reported there, not raised. `residual` is the
+    (an `nd.RESULTS`), and `dt`, the final step, for `Backoff`. Non-convergence is reported
+    there, not raised. `residual` is the
     quantity the tolerance judged, so `converged` is `residual <= atol + rtol rms(r*)`:
     `rms(F)` measured as the last step difference over `dt0` (with Euler, `rms(F)` one step
     before `r_star`, which a contracting iteration has since reduced), or `rms(F(r*))`

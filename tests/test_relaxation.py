@@ -21,6 +21,7 @@ STRATEGIES = [
     ("fixed-chunked", nd.relaxation.FixedStep(check_every=3)),
     ("anderson", nd.relaxation.Anderson()),
     ("newton-krylov", nd.relaxation.NewtonKrylov()),
+    ("backoff", nd.relaxation.Backoff()),
 ]
 
 

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 from .._custom_types import RealState
 from .._iterate import AbstractIterativeSolver, check_stopping_rules, iterate
 from .._misc import rms_norm
-from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec
+from ..relaxation._backoff import Backoff, backoff_steps, start_steps
+from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec, Step
 from ._common import adjoint_solution, default_rtol
 
 
@@ -36,7 +37,8 @@ class AdjointODE(AbstractAdjointSolve):
 
     - `solver`: a diffrax solver (Euler by default; with `dt0 = 1` it is the Neumann series
       with a convergence test).
-    - `dt0`: the fixed step; `None` (default) takes the forward relaxation's `dt0`, with
+    - `dt0`: the fixed step; `None` (default) takes the forward relaxation's step (`dt0`,
+      or the step an `nd.relaxation.Backoff` relaxation ended with, per example), with
       which the adjoint dynamics are as stable as the forward ones (same eigenvalues).
     - `rtol`, `atol`: tolerances (`None`: by dtype).
     - `max_steps`: iteration budget, in solver steps.
@@ -52,6 +54,11 @@ class AdjointODE(AbstractAdjointSolve):
       state that is not an equilibrium (its forward relaxation failed, so its `info`
       already says so) can diverge slowly and ran all `max_steps` before. `None` turns
       each off.
+    - `backoff`: an `nd.relaxation.Backoff` whose step control the adjoint dynamics follow
+      (the step shrinks, per example, where the residual stops falling), from the step
+      they start at. `nd.RBP()` sets it to the forward relaxation's own when that is a
+      `Backoff`: a forward relaxation that starts at its equilibrium (a zero input at a
+      zero state) converges without testing its step, which the adjoint then tests.
     """
 
     solver: diffrax.AbstractSolver = diffrax.Euler()
@@ -62,13 +69,14 @@ class AdjointODE(AbstractAdjointSolve):
     check_every: int = eqx.field(static=True, default=2)
     patience: int | None = eqx.field(static=True, default=100)
     budget_margin: float | None = eqx.field(static=True, default=2.0)
+    backoff: Backoff | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.check_every < 1:
             raise ValueError(f"AdjointODE needs check_every >= 1, got {self.check_every}.")
         check_stopping_rules("AdjointODE", self.patience, self.budget_margin)
 
-    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
+    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: Step) -> AdjointSolution:
         del jacobian, symmetric
         rtol = default_rtol(g.dtype) if self.rtol is None else self.rtol
         atol = 0.0 if self.atol is None else self.atol
@@ -77,7 +85,12 @@ class AdjointODE(AbstractAdjointSolve):
         # From v = 0 the first Euler step lands on dt g without needing its VJP (J^T 0 = 0):
         # start there, one step already taken (the same iterates, one VJP fewer).
         first = 1 if isinstance(self.solver, diffrax.Euler) and self.max_steps > 1 else 0
-        it = _AdjointIteration(self.solver, dt, k, self.max_steps, rtol, atol, rms_norm(g), first)
+        if self.backoff is None:
+            it = _AdjointIteration(self.solver, dt, k, self.max_steps, rtol, atol, rms_norm(g), first)
+        else:
+            dt = jnp.asarray(dt, g.dtype)
+            rule = (self.backoff.window, self.backoff.factor, self.backoff.max_halvings)
+            it = _AdjointBackoffIteration(self.solver, dt, k, self.max_steps, rtol, atol, rms_norm(g), first, rule)
         v0 = dt * g if first else jnp.zeros_like(g)
         sol = iterate(
             it,
@@ -99,7 +112,7 @@ class _AdjointIteration(AbstractIterativeSolver):
     # `k` solver steps per convergence test (the last chunk stops at `max_steps`); the state
     # carries the solver's state and the steps taken.
     solver: diffrax.AbstractSolver
-    dt: float = eqx.field(static=True)
+    dt: Any  # a float, or a traced step per example (the forward's final `Backoff` step)
     k: int = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     rtol: Any
@@ -134,3 +147,16 @@ class _AdjointIteration(AbstractIterativeSolver):
         # weights) sits above rtol |g| and would run the loop to max_steps. (`<=` in the
         # loop: with g = 0 exactly, a saturated loss, v stays 0 and res = tol = 0.)
         return self.rtol * (self.scale + rms_norm(v)) + self.atol
+
+
+class _AdjointBackoffIteration(_AdjointIteration):
+    # As `_AdjointIteration`, with a step that shrinks under `Backoff`'s rule `(window,
+    # factor, max_halvings)`.
+    rule: tuple[int, float, int] = eqx.field(static=True)
+
+    def init(self, v0, args):
+        return start_steps(self.solver, _TERM, self.first * self.dt, v0, args, self.dt, self.first)
+
+    def step(self, v, state, args, iteration):
+        del iteration
+        return backoff_steps(self.solver, _TERM, self.k, self.max_steps, v, args, state, self.rule)

@@ -11,6 +11,9 @@ from .._custom_types import RealState
 MatVec = Callable[[RealState], RealState]
 # Builds the dense Jacobian `J` on demand.
 Jacobian = Callable[[], Float[Array, "n n"]]
+# The forward relaxation's step: `dt0`, or a traced scalar per example where the relaxation
+# changed it (`nd.relaxation.Backoff`).
+Step = float | Float[Array, ""]
 
 
 class AdjointSolution(eqx.Module):
@@ -49,9 +52,10 @@ class AbstractAdjointSolve(eqx.Module):
         g: RealState,
         jacobian: Jacobian,
         symmetric: bool,
-        dt: float,
+        dt: Step,
     ) -> AdjointSolution:
         """Returns an `AdjointSolution` with `J^T v ~= -g`. `jacobian()` builds the dense J
         on demand; `symmetric` says the network declares `J = J^T` (energy networks); `dt` is
-        the forward relaxation's step, a step the adjoint dynamics are stable with too (J^T
-        has the eigenvalues of J)."""
+        the forward relaxation's step (the one it ended with, a traced scalar, for
+        `nd.relaxation.Backoff`), a step the adjoint dynamics are stable with too (J^T has
+        the eigenvalues of J)."""

@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 
 from .._custom_types import RealState
-from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec
+from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec, Step
 from ._common import adjoint_solution, relative_residual
 
 
@@ -16,7 +16,7 @@ class DenseLU(AbstractAdjointSolve):
         factorisation dominates everything else. Use `Linear`, `JaxBiCGStab` or `AdjointODE` for anything but tiny networks.
     """
 
-    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
+    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: Step) -> AdjointSolution:
         del dt, symmetric
         J = jacobian()
         v = jnp.linalg.solve(J.T, -g)

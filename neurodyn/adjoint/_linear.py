@@ -7,7 +7,7 @@ import lineax as lx
 from jaxtyping import Array
 
 from .._custom_types import RealState
-from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec
+from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec, Step
 from ._common import adjoint_solution, default_rtol, relative_residual
 
 
@@ -53,7 +53,7 @@ class Linear(AbstractAdjointSolve):
                     f"lineax.GMRES(rtol=1e-5, atol=1e-6), got {solver!r}."
                 )
 
-    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
+    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: Step) -> AdjointSolution:
         del dt, jacobian
         rtol = default_rtol(g.dtype)
         solver = self.linear_solver
@@ -126,7 +126,7 @@ class JaxGMRES(AbstractJaxKrylov):
     max_steps: int = eqx.field(static=True, default=500)
     restart: int = eqx.field(static=True, default=40)
 
-    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
+    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: Step) -> AdjointSolution:
         del jacobian, symmetric, dt
         rtol, atol, tol = self._tolerances(g)
         v = _jax_gmres(matvec, g, rtol, atol, self.restart, self.max_steps)
@@ -152,7 +152,7 @@ class JaxBiCGStab(AbstractJaxKrylov):
     max_steps: int = eqx.field(static=True, default=500)
     restart: int = eqx.field(static=True, default=40)
 
-    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
+    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: Step) -> AdjointSolution:
         import jax.scipy.sparse.linalg as jsla
 
         del jacobian, symmetric, dt
@@ -181,7 +181,7 @@ class JaxCG(AbstractJaxKrylov):
     atol: float | None = None
     max_steps: int = eqx.field(static=True, default=500)
 
-    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
+    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: Step) -> AdjointSolution:
         import jax.scipy.sparse.linalg as jsla
 
         del jacobian, dt

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import RealState
-from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec
+from ._base import AbstractAdjointSolve, AdjointSolution, Jacobian, MatVec, Step
 from ._common import adjoint_solution, default_rtol, relative_residual
 
 
@@ -29,7 +29,7 @@ class Neumann(AbstractAdjointSolve):
         if self.K < 1:
             raise ValueError(f"Neumann needs K >= 1 terms, got K={self.K}.")
 
-    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: float) -> AdjointSolution:
+    def solve(self, matvec: MatVec, g: RealState, jacobian: Jacobian, symmetric: bool, dt: Step) -> AdjointSolution:
         del dt, jacobian, symmetric
 
         def body(v, _):

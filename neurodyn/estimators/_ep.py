@@ -10,7 +10,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .. import activations as _act
 from .._custom_types import Info, Scalar
-from .._dynamics import relax_loop
+from .._dynamics import continue_step, relax_loop
 from .._objectives import AbstractObjective, SteadyState
 from .._options import IntegrationOptions
 from .._outcome import flag_failure, RESULTS
@@ -215,6 +215,8 @@ class EP(AbstractSurrogateEstimator):
             _check_holomorphic(net)
         r_free, info = relax_loop(net, x, net.init_state(x), options)
         beta = self.beta.astype(r_free.dtype)
+        # The nudged phases start from r* at the step the free phase ended with.
+        options = continue_step(options, info)
 
         def dl_dr(r):
             return jax.grad(lambda r: objective.value(net, r, y))(r)

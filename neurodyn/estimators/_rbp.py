@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from .._custom_types import Info, Scalar
-from .._dynamics import relax_loop
+from .._dynamics import adjoint_for, relax_loop
 from .._objectives import AbstractObjective, SteadyState
 from .._options import IntegrationOptions
 from .._outcome import RESULTS
@@ -98,7 +98,10 @@ class RBP(AbstractSurrogateEstimator):
             return jax.jacfwd(F_r)(r)
 
         symmetric = isinstance(net, AbstractEnergyNetwork)
-        adjoint = self.adjoint.solve(matvec, g_r, jacobian, symmetric, options.dt0)
+        # The forward's final step (`nd.relaxation.Backoff` shrinks it where `dt0` overshoots;
+        # the adjoint dynamics overshoot at the same eigenvalues).
+        adjoint = adjoint_for(self.adjoint, options)
+        adjoint = adjoint.solve(matvec, g_r, jacobian, symmetric, info.get("dt", options.dt0))
         v, ainfo = adjoint.value, adjoint.info()
 
         # An adjoint that blows up, or makes no progress at all, signals an unstable equilibrium.

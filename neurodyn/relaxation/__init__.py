@@ -1,6 +1,7 @@
 """Forward relaxation strategies (pass one as the `relaxation=` integration option)."""
 
 from ._anderson import Anderson as Anderson
+from ._backoff import Backoff as Backoff
 from ._base import (
     AbstractRelaxation as AbstractRelaxation,
     AbstractSteppingRelaxation as AbstractSteppingRelaxation,

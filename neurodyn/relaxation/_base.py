@@ -24,12 +24,15 @@ class RelaxationSolution(eqx.Module):
     - `steps`: evaluations of the solver's step map (Newton steps for `NewtonKrylov`).
     - `residual`: the stopping quantity, `~ rms(F(r))` (the last step difference over `dt0`).
     - `result`: an `nd.RESULTS`; the caller re-checks convergence against the tolerance.
+    - `dt`: the step the relaxation ended with, for a strategy that changes it
+      (`Backoff`); `None` for one that keeps `dt0`. Reported as `info["dt"]`.
     """
 
     value: Float[Array, " n"]
     steps: Int[Array, ""]
     residual: Float[Array, ""]
     result: RESULTS
+    dt: Float[Array, ""] | None = None
 
     @classmethod
     def from_iterate(cls, solution: Solution, steps: Int[Array, ""] | None = None) -> "RelaxationSolution":
