@@ -97,6 +97,12 @@ class Config:
     train_subset: int = ndc.field(0, help="use only the first N training examples (0: all)", ge=0)
     dt0: float | None = ndc.field(None, help="the solver's step (default: the library's)", gt=0)
     max_steps: int | None = ndc.field(None, help="the solver's step budget (default: the library's)", ge=1)
+    relaxation: dict[str, Any] | None = ndc.field(
+        None,
+        help="{kind: relaxation strategy, **arguments} for the steady states (default: the library's fixed step); "
+        "Backoff shrinks the step per example where dt0 overshoots",
+        spec="relaxations",
+    )
     adapt_dt0: bool = ndc.field(
         False,
         help="when the converged rate falls and a smaller step converges where dt0 overshoots (the dt0 probe), "
@@ -185,6 +191,20 @@ def check(cfg: Config):
         )
 
 
+def check_relaxation(relaxation, estimators):
+    """BPTT differentiates the fixed-step loop and RTRL reproduces it: a strategy that
+    combines steps otherwise (`Anderson`, `NewtonKrylov`, `Backoff`) is refused for them in
+    one line, before the run directory exists."""
+    if isinstance(relaxation, nd.relaxation.AbstractSteppingRelaxation):
+        return
+    for name, est in estimators.items():
+        if isinstance(est, nd.RTRL) or (isinstance(est, nd.BPTT) and est.truncation is None):
+            raise ndc.ConfigError(
+                f"'relaxation' = {type(relaxation).__name__} cannot serve 'estimators.{name}' ({type(est).__name__} "
+                "follows the fixed-step loop itself): drop 'relaxation' or that estimator, or use RBP / EP"
+            )
+
+
 def make_optimizer(o: Optimizer):
     return ndc.optimizer(o.name, o.learning_rate, momentum=o.momentum)
 
@@ -198,9 +218,12 @@ def main(argv=None):
         name: ndc.build_object(spec, f"estimators.{name}.", family="estimators")
         for name, spec in cfg.estimators.items()
     }
+    options: dict[str, Any] = {k: v for k, v in dict(dt0=cfg.dt0, max_steps=cfg.max_steps).items() if v is not None}
+    if cfg.relaxation is not None:
+        options["relaxation"] = relaxation = ndc.build_object(cfg.relaxation, "relaxation.", family="relaxations")
+        check_relaxation(relaxation, estimators)
     top = RunDir(args.out, cfg)
     loss = ndc.loss(cfg.loss)
-    options = {k: v for k, v in dict(dt0=cfg.dt0, max_steps=cfg.max_steps).items() if v is not None}
     optimizer = make_optimizer(cfg.optimizer)  # one object: fits of equal shapes share a compilation
     rows, curves = [], []
     for seed in cfg.seeds:

@@ -137,6 +137,13 @@ BAD_TRAIN = [
         [],
         "'init: transition': transition_init does not know the input weights of NARX",
     ),
+    (
+        "relaxation-for-bptt",
+        TRAIN + "relaxation: {kind: Backoff}\n",  # the default estimator is BPTT
+        [],
+        "'relaxation' = Backoff cannot serve 'estimators.bptt' (BPTT follows the fixed-step loop itself)",
+    ),
+    ("relaxation-bad-argument", TRAIN + "relaxation: {kind: Backoff, window: 0}\n", [], "Backoff needs window >= 1"),
 ]
 
 
