@@ -234,6 +234,7 @@ def _relaxations(n, B, dtype, repeats, quick=False, gain=0.5):
         ("FixedStep(check_every=2)", nd.relaxation.FixedStep(check_every=2)),
         ("Anderson(m=3)", nd.relaxation.Anderson(m=3)),
         ("Anderson(m=5)", nd.relaxation.Anderson(m=5)),
+        ("Backoff()", nd.relaxation.Backoff()),
     ]
     settings = [(label, rel, dt0) for dt0 in (1.0, 0.5) for label, rel in candidates]
     # Newton ignores dt0: one row.

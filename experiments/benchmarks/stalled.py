@@ -18,6 +18,10 @@ side by side. RBP's adjoint solve at an example whose relaxation failed (a state
 an equilibrium) can diverge slowly: it ran all 10 000 steps before, and every batch had such
 an example. The rules may only stop what would not have converged: the same examples must
 converge on both sides (checked before timing).
+
+Then the same passes relaxed with `nd.relaxation.Backoff()` (the step halved per example
+where `dt0 = 1` overshoots), against the defaults: how many more examples converge, and at
+what cost.
 """
 
 import sys
@@ -105,6 +109,13 @@ def run(quick: bool = False, large: bool = False):
         ("EP centered beta 0.1", gradient_pass(estimator, free), gradient_pass(estimator, free_off)),
         ("RBP (AdjointODE)", gradient_pass(nd.RBP(), free), gradient_pass(rbp_off, free_off)),
     ]
+
+    def problem(label):
+        return (
+            f"LayeredHopfield (40, {hidden}, 10) after {epochs} epochs of EP (centered, beta 0.1) with Adam "
+            f"1e-2 (dt0 1, batches of {batch}) on MNIST-1D: {label} batch gradients over {n_train} examples"
+        )
+
     rows = []
     for label, with_rules, without in cases:
         conv_with, s_with = summary(with_rules(net))
@@ -115,15 +126,11 @@ def run(quick: bool = False, large: bool = False):
                 f"them, {s_without['converged']} without"
             )
         t_with, t_without = time_side_by_side([(with_rules, net), (without, net)], repeats=repeats, min_time=0.0)
-        problem = (
-            f"LayeredHopfield (40, {hidden}, 10) after {epochs} epochs of EP (centered, beta 0.1) with Adam "
-            f"1e-2 (dt0 1, batches of {batch}) on MNIST-1D: {label} batch gradients over {n_train} examples"
-        )
         extra = {f"with_{k}": v for k, v in s_with.items()} | {f"without_{k}": v for k, v in s_without.items()}
         rows.append(
             row(
                 "stalled",
-                problem,
+                problem(label),
                 "defaults (slow-progress test, budget_margin 2; AdjointODE's stopping rules)",
                 "budget_margin=None (and AdjointODE(patience=None, budget_margin=None))",
                 t_with,
@@ -131,6 +138,29 @@ def run(quick: bool = False, large: bool = False):
                 f"below 1; converged {s_with['converged']}/{n_train} on both sides, stagnated "
                 f"{s_with['stagnated']}; slowest loop per batch (median) {s_with['batch_max_steps_median']:.0f} "
                 f"against {s_without['batch_max_steps_median']:.0f} steps",
+                **extra,
+            )
+        )
+    # The same passes relaxed with `nd.relaxation.Backoff()`, which halves the step per example
+    # where dt0 = 1 overshoots (RBP's adjoint following it), against the default fixed step.
+    backoff = nd.relaxation.Backoff()
+    for label, est in [("EP centered beta 0.1", estimator), ("RBP (AdjointODE)", nd.RBP())]:
+        adaptive, fixed = gradient_pass(est, backoff), gradient_pass(est, free)
+        _, s_adaptive = summary(adaptive(net))
+        _, s_fixed = summary(fixed(net))
+        t_adaptive, t_fixed = time_side_by_side([(adaptive, net), (fixed, net)], repeats=repeats, min_time=0.0)
+        extra = {f"backoff_{k}": v for k, v in s_adaptive.items()} | {f"fixed_{k}": v for k, v in s_fixed.items()}
+        rows.append(
+            row(
+                "stalled",
+                problem(label),
+                "relaxation=Backoff() (dt0 1, halved per example where it overshoots)",
+                "the default FixedStep(check_every=2) at dt0 1",
+                t_adaptive,
+                t_fixed,
+                f"context: converged {s_adaptive['converged']}/{n_train} against {s_fixed['converged']}; slowest "
+                f"loop per batch (median) {s_adaptive['batch_max_steps_median']:.0f} against "
+                f"{s_fixed['batch_max_steps_median']:.0f} steps",
                 **extra,
             )
         )
