@@ -271,6 +271,8 @@ def main(argv=None):
                     test_accuracy=best.get("test_accuracy"),
                     last_test_accuracy=last.get("test_accuracy"),
                     converged_rate=last["converged_rate"],
+                    # A Backoff relaxation's mean final step in the last epoch (below dt0: it backed off).
+                    **({"mean_dt": last["mean_dt"]} if "mean_dt" in last else {}),
                 )
             )
             print(

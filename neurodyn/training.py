@@ -198,8 +198,9 @@ class TrainStep(eqx.Module):
     with `params, static = eqx.partition(net, eqx.is_inexact_array)`, `weights` optional
     per-example weights `(B,)`, or `(B, T)` per example and time for a `Trajectory` (as for
     `nd.batch_value_and_grad`), `loss` the batch's mean
-    loss before the update and `info` two scalars: `grad_norm` (of the gradient the optimiser
-    got, l2 included) and `converged_rate` (the fraction of the batch's solves that converged).
+    loss before the update and `info` scalars: `grad_norm` (of the gradient the optimiser
+    got, l2 included), `converged_rate` (the fraction of the batch's solves that converged)
+    and, after an `nd.relaxation.Backoff` relaxation, `mean_dt` (see `grad_and_stats`).
 
     A module (equal settings hash equal, so jitted functions taking it share one
     compilation); its fields may hold traced values (a swept learning rate inside the
@@ -218,6 +219,15 @@ class TrainStep(eqx.Module):
 
     def grad(self, params, static, xb, yb, weights=None):
         """`(loss, grads, converged_rate)` of the batch: the gradient the optimiser gets."""
+        loss, grads, stats = self.grad_and_stats(params, static, xb, yb, weights)
+        return loss, grads, stats["converged_rate"]
+
+    def grad_and_stats(self, params, static, xb, yb, weights=None):
+        """`(loss, grads, stats)` of the batch: `grad`'s loss and gradient, and the batch's
+        solver statistics as scalars: `converged_rate` (the fraction of its examples whose
+        solves converged) and, after a relaxation that changes its step
+        (`nd.relaxation.Backoff`), `mean_dt` (the mean step its relaxations ended with:
+        below `dt0` when they had to back off)."""
         loss, grads, info = batch_value_and_grad(
             eqx.combine(params, static),
             xb,
@@ -229,7 +239,10 @@ class TrainStep(eqx.Module):
         )
         if not _is_zero(self.l2):
             grads = jtu.tree_map(lambda g, p: g + self.l2 * p, grads, params)
-        return loss, grads, jnp.mean(info["converged"].astype(loss.dtype))
+        stats = dict(converged_rate=jnp.mean(info["converged"].astype(loss.dtype)))
+        if "dt" in info:
+            stats["mean_dt"] = jnp.mean(info["dt"].astype(loss.dtype))
+        return loss, grads, stats
 
     def apply(self, params, opt_state, grads):
         """`(params, opt_state)` after one optimiser update with `grads`."""
@@ -238,9 +251,9 @@ class TrainStep(eqx.Module):
         return optax.apply_updates(params, updates), opt_state
 
     def __call__(self, params, opt_state, static, xb, yb, weights=None):
-        loss, grads, converged = self.grad(params, static, xb, yb, weights)
+        loss, grads, stats = self.grad_and_stats(params, static, xb, yb, weights)
         params, opt_state = self.apply(params, opt_state, grads)
-        return params, opt_state, loss, dict(grad_norm=_tree_norm(grads), converged_rate=converged)
+        return params, opt_state, loss, dict(grad_norm=_tree_norm(grads), **stats)
 
 
 def make_train_step(objective, estimator, optimizer: optax.GradientTransformation, *, l2=0.0, **options) -> TrainStep:
@@ -260,7 +273,7 @@ def make_train_step(objective, estimator, optimizer: optax.GradientTransformatio
 
 def _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding):
     def batch_grad(params, xb, yb):
-        return step.grad(params, static, xb, yb)
+        return step.grad_and_stats(params, static, xb, yb)
 
     if batch_sharding is not None:
         # Data parallel: each device runs batch_value_and_grad on its slice of the batch (its
@@ -269,7 +282,7 @@ def _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding):
         # mini-batch. Equal slices, so the mean of the means is the batch mean.
         def local(params, xb, yb):
             # One flat vector, so the step costs one all-reduce, not one per parameter array.
-            flat, unflatten = jax.flatten_util.ravel_pytree(step.grad(params, static, xb, yb))
+            flat, unflatten = jax.flatten_util.ravel_pytree(step.grad_and_stats(params, static, xb, yb))
             return unflatten(jax.lax.pmean(flat, "data"))
 
         data = PartitionSpec("data")
@@ -287,12 +300,13 @@ def _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding):
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
             yb = jax.lax.with_sharding_constraint(yb, batch_sharding)
-        loss, grads, conv = batch_grad(params, xb, yb)
+        loss, grads, stats = batch_grad(params, xb, yb)
         params, opt_state = step.apply(params, opt_state, grads)
-        return (params, opt_state), (loss, _tree_norm(grads), conv)
+        return (params, opt_state), (loss, _tree_norm(grads), stats)
 
-    (params, opt_state), (loss, gnorm, conv) = jax.lax.scan(one, (params, opt_state), perm)
-    return params, opt_state, jnp.mean(loss), jnp.mean(gnorm), jnp.mean(conv)
+    # `stats`: the batches' solver statistics (`TrainStep.grad_and_stats`), averaged.
+    (params, opt_state), (loss, gnorm, stats) = jax.lax.scan(one, (params, opt_state), perm)
+    return params, opt_state, jnp.mean(loss), jnp.mean(gnorm), jtu.tree_map(jnp.mean, stats)
 
 
 # Module level, with everything as arguments: fits with equal settings share one compilation
@@ -546,6 +560,8 @@ def _progress_line(
             parts.append(f"{name} {row[key]:.4f}")
     if row.get("converged_rate") is not None:
         parts.append(f"converged {100 * row['converged_rate']:.0f}%")
+    if row.get("mean_dt") is not None:
+        parts.append(f"dt {row['mean_dt']:.3g}")
     parts.append(f"{steps / (trained or times[-1]):.3g} steps/s ({times[-1]:.3g} s/{interval or unit})")
     if row.get("stopped"):
         parts.append(f"stopped: {row['stopped']}")
@@ -844,8 +860,10 @@ def fit(
 
     **Returns:** `(net, history)`; `history` is a list of per-epoch rows: `epoch`,
     `train_loss`, `grad_norm`, `converged_rate` (the fraction of examples whose forward and
-    estimator solves converged), `valid_accuracy`, `test_accuracy`, `seconds`, and
-    `stopped` (the criterion that stopped training, on the last row).
+    estimator solves converged), `mean_dt` (after an `nd.relaxation.Backoff` relaxation: the
+    mean step the relaxations ended with, below `dt0` where they backed off), `valid_accuracy`,
+    `test_accuracy`, `seconds`, and `stopped` (the criterion that stopped training, on the
+    last row).
 
     **Resume.** With a `RunDir`, after every epoch the parameters, the optimiser state, the
     history and `fit_settings(...)` (a fingerprint of everything but `epochs`, `stopping` and
@@ -950,17 +968,17 @@ def fit(
         params, opt_state = state[:2]
         step = step_at(halvings_of(state))
         if data_devices is None:
-            params, opt_state, loss, gnorm, conv = _epoch(
+            params, opt_state, loss, gnorm, stats = _epoch(
                 params, opt_state, jr.fold_in(key, epoch), X, Y, static, step, n_batches, batch_size
             )
         else:
             # The permutation `_epoch` draws, drawn on this process's device (the same bits on
             # every process) and replicated.
             perm = jr.permutation(jr.fold_in(key, epoch), n)[: n_batches * batch_size].reshape(n_batches, batch_size)
-            params, opt_state, loss, gnorm, conv = _epoch_sharded(
+            params, opt_state, loss, gnorm, stats = _epoch_sharded(
                 params, opt_state, _global(perm, replicated), X, Y, static, step, batch_sharding
             )
-        row = dict(train_loss=float(loss), grad_norm=float(gnorm), converged_rate=float(conv))
+        row = dict(train_loss=float(loss), grad_norm=float(gnorm), **{k: float(v) for k, v in stats.items()})
         if adapt_dt0:
             row["dt0"] = base_dt0 / 2 ** halvings_of(state)
         return (params, opt_state, *state[2:]), row

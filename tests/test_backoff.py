@@ -134,3 +134,38 @@ def test_backoff_errors_name_the_argument_and_the_fix():
             nd.value_and_grad(
                 STIFF, x, y, objective=nd.SteadyState(), estimator=estimator, relaxation=nd.relaxation.Backoff()
             )
+
+
+def test_fit_reports_the_step_backoff_ended_with(capsys):
+    """`fit`'s rows carry `mean_dt`, the mean over the epoch's examples of the step their
+    relaxations ended with, and the progress line prints it: one full batch, so the row is
+    the initial network's relaxations (the first example backs off to 0.25, the others keep
+    dt0 = 1), and `TrainStep`'s info carries the same statistic."""
+    import optax
+
+    Y = jnp.zeros((3, 2))
+    kw = dict(objective=nd.SteadyState(), estimator=nd.RBP(), relaxation=nd.relaxation.Backoff())
+    _, _, info = nd.batch_value_and_grad(STIFF, X, Y, **kw)
+    np.testing.assert_array_equal(info["dt"], [0.25, 1.0, 1.0])
+    _, history = nd.training.fit(
+        STIFF, (X, Y), optimizer=optax.sgd(0.0), epochs=1, batch_size=3, key=jr.PRNGKey(0), **kw
+    )
+    assert history[0]["mean_dt"] == pytest.approx(0.75, rel=1e-12) and history[0]["converged_rate"] == 1.0
+    assert "dt 0.75" in capsys.readouterr().err
+    step = nd.training.make_train_step(kw["objective"], kw["estimator"], optax.sgd(0.0), relaxation=kw["relaxation"])
+    params, static = eqx.partition(STIFF, eqx.is_inexact_array)
+    *_, step_info = step(params, step.init(params), static, X, Y)
+    assert float(step_info["mean_dt"]) == pytest.approx(0.75, rel=1e-12)
+    # FixedStep keeps dt0: no column.
+    _, fixed = nd.training.fit(
+        STIFF,
+        (X[1:], Y[1:]),
+        objective=kw["objective"],
+        estimator=kw["estimator"],
+        optimizer=optax.sgd(0.0),
+        epochs=1,
+        batch_size=2,
+        key=jr.PRNGKey(0),
+        progress=False,
+    )
+    assert "mean_dt" not in fixed[0]
