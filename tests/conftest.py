@@ -8,16 +8,19 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
-_counter = [0]
-
-
 @pytest.fixture
-def getkey():
-    """A fresh PRNG key at each call, deterministic across runs."""
+def getkey(request):
+    """A fresh PRNG key at each call. The keys of a test depend on its node id alone, not on
+    which tests ran before it in the process, so they are the same in the default suite, the
+    slow step, a single test run on its own, and any worker of a parallel run (`-n 2`)."""
+    import zlib
+
+    seed = zlib.crc32(request.node.nodeid.encode())
+    counter = [0]
 
     def _getkey():
-        _counter[0] += 1
-        return jr.PRNGKey(_counter[0])
+        counter[0] += 1
+        return jr.fold_in(jr.PRNGKey(seed), counter[0])
 
     return _getkey
 
