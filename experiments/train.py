@@ -108,6 +108,11 @@ class Config:
         help="when the converged rate falls and a smaller step converges where dt0 overshoots (the dt0 probe), "
         "continue training with that step (nd.training.fit's adapt_dt0)",
     )
+    warm_backoff: bool = ndc.field(
+        True,
+        help="with a Backoff relaxation, start each mini-batch's relaxations at the step most of the previous "
+        "batch's ended with, each epoch's first at dt0 (nd.training.fit's warm_backoff)",
+    )
     tensorboard: bool = ndc.field(
         False, help='also write TensorBoard event files into each sub-run (pip install -e ".[tb]")'
     )
@@ -253,6 +258,7 @@ def main(argv=None):
                 log_extra=dict(estimator=name, seed=seed),
                 tensorboard=cfg.tensorboard,
                 adapt_dt0=cfg.adapt_dt0,
+                warm_backoff=cfg.warm_backoff,
                 **options,
             )
             curves += [dict(row, part="training") for row in history]

@@ -125,7 +125,10 @@ def adjoint_for(adjoint: AbstractAdjointSolve, opts: IntegrationOptions) -> Abst
     from .relaxation import Backoff
 
     if isinstance(opts.relaxation, Backoff) and isinstance(adjoint, AdjointODE) and adjoint.backoff is None:
-        return dataclasses.replace(adjoint, backoff=opts.relaxation)
+        # Its rule only (a static field): the adjoint starts at the forward's final step,
+        # whatever step the forward started at (`initial` may be traced, as in `fit`'s
+        # warm start).
+        return dataclasses.replace(adjoint, backoff=dataclasses.replace(opts.relaxation, initial=None))
     return adjoint
 
 

@@ -271,59 +271,100 @@ def make_train_step(objective, estimator, optimizer: optax.GradientTransformatio
     return TrainStep(objective, estimator, optimizer, l2, dict(options))
 
 
-def _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding):
-    def batch_grad(params, xb, yb):
-        return step.grad_and_stats(params, static, xb, yb)
+def _warm_backoff(step) -> Any:
+    """The `nd.relaxation.Backoff` an epoch of `step` warm-starts (`fit(warm_backoff=True)`),
+    or `None`: one that sets no `initial` step of its own."""
+    from .relaxation import Backoff
+
+    relaxation = step.options.get("relaxation")
+    return relaxation if isinstance(relaxation, Backoff) and relaxation.initial is None else None
+
+
+def _next_level(level, start, mean_dt, relaxation):
+    """The level (`dt0 * factor**level`) the next batch's relaxations start at: that of the
+    mean step this batch's ended with, rounded in log scale (so it moves when most of the
+    batch backed off: more than about 59% of it for `factor = 1/2`), never above `start`
+    and at most `max_halvings` below `dt0`."""
+    shrinks = jnp.round(jnp.log(mean_dt / start) / math.log(relaxation.factor))
+    shrinks = jnp.where(jnp.isfinite(shrinks), shrinks, 0.0).astype(level.dtype)
+    return jnp.clip(level + shrinks, level, relaxation.max_halvings)
+
+
+def _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding, warm=False):
+    # With `warm` (`fit(warm_backoff=True)`), each batch's `Backoff` relaxations start at the
+    # level the previous batch's typically ended at; the epoch's first batch at dt0.
+    relaxation = _warm_backoff(step) if warm else None
+    if relaxation is not None:
+        dtype = tree_dtype(params)
+        dt0 = jnp.asarray(steady_state_options(dtype, **step.options).dt0, dtype)
+        factor = jnp.asarray(relaxation.factor, dtype)
+
+    def start_of(level):
+        return dt0 * factor ** level.astype(dtype)
+
+    def stepping(level):
+        if level is None:
+            return step
+        assert relaxation is not None
+        started = dataclasses.replace(relaxation, initial=start_of(level))
+        return dataclasses.replace(step, options=dict(step.options, relaxation=started))
+
+    def batch_grad(params, xb, yb, level):
+        return stepping(level).grad_and_stats(params, static, xb, yb)
 
     if batch_sharding is not None:
         # Data parallel: each device runs batch_value_and_grad on its slice of the batch (its
         # own relaxations, whose loops stop when its own examples have converged), and the
         # slices' mean loss and gradient are averaged across devices: one all-reduce per
         # mini-batch. Equal slices, so the mean of the means is the batch mean.
-        def local(params, xb, yb):
+        def local(params, xb, yb, level):
             # One flat vector, so the step costs one all-reduce, not one per parameter array.
-            flat, unflatten = jax.flatten_util.ravel_pytree(step.grad_and_stats(params, static, xb, yb))
+            flat, unflatten = jax.flatten_util.ravel_pytree(stepping(level).grad_and_stats(params, static, xb, yb))
             return unflatten(jax.lax.pmean(flat, "data"))
 
         data = PartitionSpec("data")
         batch_grad = jax.shard_map(
             local,
             mesh=batch_sharding.mesh,
-            in_specs=(PartitionSpec(), data, data),
+            in_specs=(PartitionSpec(), data, data, PartitionSpec()),
             out_specs=PartitionSpec(),
             check_vma=False,
         )
 
     def one(carry, idx):
-        params, opt_state = carry
+        params, opt_state, level = carry
         xb, yb = X[idx], Y[idx]
         if batch_sharding is not None:
             xb = jax.lax.with_sharding_constraint(xb, batch_sharding)
             yb = jax.lax.with_sharding_constraint(yb, batch_sharding)
-        loss, grads, stats = batch_grad(params, xb, yb)
+        loss, grads, stats = batch_grad(params, xb, yb, level)
         params, opt_state = step.apply(params, opt_state, grads)
-        return (params, opt_state), (loss, _tree_norm(grads), stats)
+        if level is not None:
+            stats = dict(stats, start_dt=start_of(level))
+            level = _next_level(level, start_of(level), stats["mean_dt"], relaxation)
+        return (params, opt_state, level), (loss, _tree_norm(grads), stats)
 
     # `stats`: the batches' solver statistics (`TrainStep.grad_and_stats`), averaged.
-    (params, opt_state), (loss, gnorm, stats) = jax.lax.scan(one, (params, opt_state), perm)
+    level = None if relaxation is None else jnp.asarray(0, jnp.int32)
+    (params, opt_state, _), (loss, gnorm, stats) = jax.lax.scan(one, (params, opt_state, level), perm)
     return params, opt_state, jnp.mean(loss), jnp.mean(gnorm), jtu.tree_map(jnp.mean, stats)
 
 
 # Module level, with everything as arguments: fits with equal settings share one compilation
 # (equinox hashes the non-array arguments: the step's optimiser, objective, options).
 @eqx.filter_jit
-def _epoch(params, opt_state, key, X, Y, static, step, n_batches, batch_size):
+def _epoch(params, opt_state, key, X, Y, static, step, n_batches, batch_size, warm=False):
     perm = jr.permutation(key, X.shape[0])[: n_batches * batch_size].reshape(n_batches, batch_size)
-    return _scan_batches(params, opt_state, perm, X, Y, static, step, None)
+    return _scan_batches(params, opt_state, perm, X, Y, static, step, None, warm)
 
 
 @eqx.filter_jit
-def _epoch_sharded(params, opt_state, perm, X, Y, static, step, batch_sharding):
+def _epoch_sharded(params, opt_state, perm, X, Y, static, step, batch_sharding, warm=False):
     # The data-parallel epoch: `perm` (the same as `_epoch` draws) comes in replicated, each
     # mini-batch is sharded over the mesh's "data" axis, parameters and optimiser state stay
     # replicated (the outputs are constrained to it, so every process holds the same copy).
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
-    out = _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding)
+    out = _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding, warm)
     return jax.lax.with_sharding_constraint(out, replicated)
 
 
@@ -804,6 +845,7 @@ def fit(
     devices=None,
     tensorboard: bool = False,
     adapt_dt0: bool = False,
+    warm_backoff: bool = True,
     **options,
 ):
     """Trains `net` on `train = (X, Y)` with mini-batch gradients from `estimator`.
@@ -847,6 +889,15 @@ def fit(
       (`SteadyState` objectives only: the equilibria, hence the objective, do not depend on
       the step; only the solves' cost does). Each row then records its `dt0`, and the step
       is checkpointed with the parameters (a resumed run continues with it).
+    - `warm_backoff`: with an `nd.relaxation.Backoff` relaxation (and no `initial` step of
+      its own), each mini-batch's relaxations start at the step most of the previous
+      batch's ended with (`dt0 * factor**k`, `k` from the rounded log of their mean step:
+      it moves when more than about 59% of the batch backed off, for `factor = 1/2`)
+      instead of finding it again from `dt0`; each epoch's first batch starts at `dt0`, so
+      the step can grow back once training makes the flow less stiff. The equilibria, hence
+      the gradients, do not depend on the step; each relaxation saves the `window` tests it
+      spends at every step that overshoots. Rows then carry `start_dt`, the epoch's mean
+      starting step. `False`: every relaxation starts at `dt0`.
     - `**options`: integration options passed to every relaxation.
 
     **When the converged rate falls** (below 95% and 2 points below its best epoch), `fit`
@@ -861,7 +912,8 @@ def fit(
     **Returns:** `(net, history)`; `history` is a list of per-epoch rows: `epoch`,
     `train_loss`, `grad_norm`, `converged_rate` (the fraction of examples whose forward and
     estimator solves converged), `mean_dt` (after an `nd.relaxation.Backoff` relaxation: the
-    mean step the relaxations ended with, below `dt0` where they backed off), `valid_accuracy`,
+    mean step the relaxations ended with, below `dt0` where they backed off; with
+    `warm_backoff`, also `start_dt`, the mean step they started at), `valid_accuracy`,
     `test_accuracy`, `seconds`, and `stopped` (the criterion that stopped training, on the
     last row).
 
@@ -948,6 +1000,8 @@ def fit(
         )
         if adapt_dt0:
             settings["adapt_dt0"] = True
+        if warm_backoff and _warm_backoff(step) is not None:
+            settings["warm_backoff"] = True
 
     place: Callable | None = None
     if data_devices is not None:
@@ -969,14 +1023,14 @@ def fit(
         step = step_at(halvings_of(state))
         if data_devices is None:
             params, opt_state, loss, gnorm, stats = _epoch(
-                params, opt_state, jr.fold_in(key, epoch), X, Y, static, step, n_batches, batch_size
+                params, opt_state, jr.fold_in(key, epoch), X, Y, static, step, n_batches, batch_size, warm_backoff
             )
         else:
             # The permutation `_epoch` draws, drawn on this process's device (the same bits on
             # every process) and replicated.
             perm = jr.permutation(jr.fold_in(key, epoch), n)[: n_batches * batch_size].reshape(n_batches, batch_size)
             params, opt_state, loss, gnorm, stats = _epoch_sharded(
-                params, opt_state, _global(perm, replicated), X, Y, static, step, batch_sharding
+                params, opt_state, _global(perm, replicated), X, Y, static, step, batch_sharding, warm_backoff
             )
         row = dict(train_loss=float(loss), grad_norm=float(gnorm), **{k: float(v) for k, v in stats.items()})
         if adapt_dt0:

@@ -169,3 +169,57 @@ def test_fit_reports_the_step_backoff_ended_with(capsys):
         progress=False,
     )
     assert "mean_dt" not in fixed[0]
+
+
+def test_fit_warm_starts_each_batch_at_the_step_most_of_the_last_one_ended_with(tmp_path):
+    """`fit(warm_backoff=True)` (the default): the epoch's first batch relaxes from dt0, each
+    later one from the step most of the previous batch's relaxations ended with. Small drives
+    all back off to 0.25 on the stiff network: from the second batch on they start there (the
+    row's `start_dt` is the mean of 1, 0.25, 0.25), take fewer steps, end at the same step
+    and give the same loss. The level moves when most of a batch backed off: a mean step of
+    0.75 (one example in three at 0.25) keeps dt0."""
+    import optax
+
+    small = 0.1 * jr.normal(jr.PRNGKey(5), (9, 3), jnp.float64)
+    kw = dict(
+        objective=nd.SteadyState(),
+        estimator=nd.RBP(),
+        relaxation=nd.relaxation.Backoff(),
+        optimizer=optax.sgd(0.0),  # the same network for every batch
+        epochs=1,
+        batch_size=3,
+        key=jr.PRNGKey(0),
+        progress=False,
+    )
+    Y = jnp.zeros((9, 2))
+    _, _, info = nd.batch_value_and_grad(
+        STIFF, small, Y, **{k: kw[k] for k in ("objective", "estimator", "relaxation")}
+    )
+    np.testing.assert_array_equal(info["dt"], 0.25)
+    _, warm = nd.training.fit(STIFF, (small, Y), **kw)
+    _, cold = nd.training.fit(STIFF, (small, Y), warm_backoff=False, **kw)
+    assert warm[0]["start_dt"] == pytest.approx(0.5, rel=1e-12) and "start_dt" not in cold[0]
+    assert warm[0]["mean_dt"] == cold[0]["mean_dt"] == 0.25
+    assert warm[0]["train_loss"] == pytest.approx(cold[0]["train_loss"], rel=1e-6)
+    # Why: started at 0.25, a relaxation skips the tests it spent at 1 and 0.5.
+    steps = [
+        int(nd.relax(STIFF, small[0], relaxation=nd.relaxation.Backoff(initial=s))[1]["steps"]) for s in (None, 0.25)
+    ]
+    assert steps[1] < steps[0], steps
+
+    # The rule: the rounded log of the batch's mean step over the start, never up, at most
+    # max_halvings below dt0; a non-finite mean keeps the level.
+    from neurodyn.training import _next_level
+
+    rule = nd.relaxation.Backoff(max_halvings=3)
+    level = jnp.asarray(0, jnp.int32)
+    for start, mean_dt, want in [(1.0, 0.75, 0), (1.0, 0.70, 1), (1.0, 0.25, 2), (1.0, 1e-9, 3), (1.0, jnp.nan, 0)]:
+        assert int(_next_level(level, start, jnp.float64(mean_dt), rule)) == want, (start, mean_dt)
+    assert int(_next_level(level + 1, 0.5, jnp.float64(0.5), rule)) == 1
+    assert int(_next_level(level + 1, 0.5, jnp.float64(0.3), rule)) == 2
+
+    # The setting is part of the run's fingerprint: a run resumed without it is refused.
+    run = nd.runs.RunDir(tmp_path / "run")
+    nd.training.fit(STIFF, (small, Y), run=run, **kw)
+    with pytest.raises(nd.runs.StaleRunError):
+        nd.training.fit(STIFF, (small, Y), run=nd.runs.RunDir(tmp_path / "run"), warm_backoff=False, **kw)

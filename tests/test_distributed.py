@@ -154,15 +154,19 @@ def test_four_device_fit_equals_one_device():
         X = (X - X.mean(0)) / X.std(0)
         Y = nd.training.one_hot_targets(y, 2)
         net = nd.networks.Layered((2, 8, 2), nd.activations.tanh, key=jr.PRNGKey(1))
-        for est in (nd.RBP(), nd.EP(0.05, variant="centered")):
+        # The third: Backoff's warm start, whose level follows the all-reduced mean step.
+        backoff = dict(relaxation=nd.relaxation.Backoff())
+        for est, extra in ((nd.RBP(), {}), (nd.EP(0.05, variant="centered"), {}), (nd.RBP(), backoff)):
             kw = dict(objective=nd.SteadyState(nd.losses.squared_error), estimator=est, epochs=2, batch_size=32,
                       optimizer=nd.config.optimizer("sgd", 0.05, momentum=0.9), key=jr.PRNGKey(2), valid=(X, y),
-                      progress=False)
+                      progress=False, **extra)
             many, hm = nd.training.fit(net, (X, Y), **kw)  # default: all 4 devices (32 divides over 4)
             one, h1 = nd.training.fit(net, (X, Y), devices=jax.devices()[:1], **kw)
             for a, b in zip(jax.tree.leaves(many), jax.tree.leaves(one)):
                 np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose([r["train_loss"] for r in hm], [r["train_loss"] for r in h1], rtol=1e-10)
+            if extra:
+                assert [r["start_dt"] for r in hm] == [r["start_dt"] for r in h1], (hm, h1)
             assert [r["valid_accuracy"] for r in hm] == [r["valid_accuracy"] for r in h1]
         # float32: the same up to the order of the float sums
         jax.config.update("jax_enable_x64", False)

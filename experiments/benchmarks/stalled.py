@@ -21,7 +21,8 @@ converge on both sides (checked before timing).
 
 Then the same passes relaxed with `nd.relaxation.Backoff()` (the step halved per example
 where `dt0 = 1` overshoots), against the defaults: how many more examples converge, and at
-what cost.
+what cost. Last, one epoch of `nd.training.fit` with `Backoff` at those parameters, with its
+warm start across mini-batches (`warm_backoff=True`) and without.
 """
 
 import sys
@@ -162,6 +163,47 @@ def run(quick: bool = False, large: bool = False):
                 f"loop per batch (median) {s_adaptive['batch_max_steps_median']:.0f} against "
                 f"{s_fixed['batch_max_steps_median']:.0f} steps",
                 **extra,
+            )
+        )
+    # One epoch of `fit` with a Backoff relaxation (SGD at rate 0: the parameters stay
+    # these): each batch's relaxations starting at the step most of the previous batch's
+    # ended with (`warm_backoff=True`, the default), against all from dt0.
+    still = optax.sgd(0.0)  # one optimiser: the fits share a compilation
+    for label, est in [("EP centered beta 0.1", estimator), ("RBP (AdjointODE)", nd.RBP())]:
+
+        def epoch(net, warm, est=est):
+            return nd.training.fit(
+                net,
+                (X, Y),
+                objective=objective,
+                estimator=est,
+                optimizer=still,
+                epochs=1,
+                batch_size=batch,
+                key=jr.PRNGKey(0),
+                progress=False,
+                relaxation=backoff,
+                warm_backoff=warm,
+            )[1][0]
+
+        warm_row, cold_row = epoch(net, True), epoch(net, False)
+        t_warm, t_cold = time_side_by_side([(epoch, net, True), (epoch, net, False)], repeats=repeats, min_time=0.0)
+        rows.append(
+            row(
+                "stalled",
+                problem(label).replace("batch gradients over", "one epoch of nd.training.fit over"),
+                "fit(relaxation=Backoff(), warm_backoff=True): each batch from the step most of the last ended with",
+                "warm_backoff=False: every relaxation from dt0 1",
+                t_warm,
+                t_cold,
+                f"below 1; mean final step {warm_row['mean_dt']:.3f} against {cold_row['mean_dt']:.3f}, mean "
+                f"starting step {warm_row['start_dt']:.3f}; converged {warm_row['converged_rate']:.3f} against "
+                f"{cold_row['converged_rate']:.3f}",
+                warm_mean_dt=warm_row["mean_dt"],
+                cold_mean_dt=cold_row["mean_dt"],
+                warm_start_dt=warm_row["start_dt"],
+                warm_loss=warm_row["train_loss"],
+                cold_loss=cold_row["train_loss"],
             )
         )
     return rows
