@@ -44,7 +44,9 @@ class Backoff(AbstractRelaxation):
     same eigenvalues) run with it. It complements `nd.training.fit(adapt_dt0=True)`, which
     lowers `dt0` for the whole run once the converged rate falls: `Backoff` needs no epoch
     to find the step, and pays, per relaxation that overshoots, `window` tests at each step
-    too large.
+    too large. `fit` pays that about once per epoch: it starts each mini-batch's relaxations
+    at the step most of the previous batch's ended with (`fit(warm_backoff=True)`, the
+    default, through `initial`).
 
     It does not step on a fixed grid, so BPTT (which differentiates the fixed-step loop)
     and RTRL (which reproduces it) refuse it; `nd.RBP()` and `nd.EP()` take it.
