@@ -340,8 +340,9 @@ def _scan_batches(params, opt_state, perm, X, Y, static, step, batch_sharding, w
         loss, grads, stats = batch_grad(params, xb, yb, level)
         params, opt_state = step.apply(params, opt_state, grads)
         if level is not None:
-            stats = dict(stats, start_dt=start_of(level))
-            level = _next_level(level, start_of(level), stats["mean_dt"], relaxation)
+            start = start_of(level)
+            stats = dict(stats, start_dt=start)
+            level = _next_level(level, start, stats["mean_dt"], relaxation)
         return (params, opt_state, level), (loss, _tree_norm(grads), stats)
 
     # `stats`: the batches' solver statistics (`TrainStep.grad_and_stats`), averaged.
