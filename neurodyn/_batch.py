@@ -98,7 +98,7 @@ def _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts):
 _CHECKED = BoundedCache(4096)
 
 
-def _check_batch(net, objective, xs, ys, weights):
+def check_batch(net, objective, xs, ys, weights):
     if not isinstance(xs, jax.Array):  # arrays and tracers as they are
         xs = jnp.asarray(xs)
     if not isinstance(ys, jax.Array):
@@ -211,6 +211,6 @@ def batch_value_and_grad(
     # Called through their classes: equinox wraps each method access on a Module in a new
     # `BoundMethod` Module, tens of microseconds per top-level call for nothing.
     type(estimator).check_objective(estimator, objective)
-    xs, ys, weights = _check_batch(net, objective, xs, ys, weights)
+    xs, ys, weights = check_batch(net, objective, xs, ys, weights)
     opts = type(objective).options(objective, tree_dtype(net), **options)
     return _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts)

@@ -60,12 +60,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._batch import batch_value_and_grad
+from ._batch import batch_value_and_grad, check_batch
 from ._dynamics import relax
 from ._misc import all_finite, tree_dtype
 from ._objectives import SteadyState
 from ._options import steady_state_options
 from .config import ConfigError
+from .losses import softmax_cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,8 +115,68 @@ def accuracy(net, X, y, **options) -> float:
     return float(jnp.mean(pred == jnp.asarray(y).astype(pred.dtype)))
 
 
+# How `fit` checks its valid and test sets: inputs and integer labels for `accuracy`, which
+# relaxes to the steady state whatever the training objective.
+_LABELS = SteadyState(loss=softmax_cross_entropy)
+
+
+def _check_labelled(net, X, y, what: str) -> None:
+    X, y = jnp.asarray(X), jnp.asarray(y)
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        if not bool(jnp.all(y == jnp.round(y))):
+            raise ValueError(
+                f"{what} labels must be class indices (integers in [0, {net.n_out})) for the accuracy; "
+                f"got {y.dtype} values that are not whole numbers. Pass the labels, not one-hot targets."
+            )
+        y = y.astype(jnp.int32)
+    check_data(net, _LABELS, X, y, what)
+
+
 # Examples `fit`'s dt0 probe relaxes when the converged rate falls.
 _PROBE = 256
+
+
+@jax.jit
+def _bad_rows(a):
+    bad = ~jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
+    return jnp.sum(bad), jnp.argmax(bad)
+
+
+def check_data(net, objective, X, Y, what: str = "train") -> None:
+    """Checks a data set `(X, Y)` before training on it or scoring with it; raises a
+    `ValueError` naming the problem and the fix.
+
+    - the shapes and dtypes `nd.batch_value_and_grad` takes (`Y` as the objective's loss
+      takes it: class indices in `[0, n_out)`, or float targets of the readout's shape);
+    - every input (and every float target) finite. A NaN or an infinity in the data would
+      otherwise surface epochs later as a non-finite loss, indistinguishable from training
+      that diverged, or as a silently wrong accuracy.
+
+    `fit` calls it on `train`, `valid` and `test` (those with integer labels and the
+    steady state's readout). One pass over the data; a global `jax.Array` is reduced where
+    it lives.
+    """
+    n = X.shape[0]
+    if Y.shape[:1] != (n,):
+        raise ValueError(f"{what}: X has {n} examples but Y has shape {Y.shape}; they must share the leading axis.")
+    if n == 0:
+        raise ValueError(f"{what}: the data set is empty.")
+    if X.is_fully_addressable and getattr(Y, "is_fully_addressable", True):  # a global array: its blocks live elsewhere
+        try:
+            check_batch(net, objective, X, Y, None)
+        except ValueError as e:
+            raise ValueError(str(e).replace("of the batch", f"of the {what} set")) from None
+    for name, a in (("X", X), ("Y", Y)):
+        if not jnp.issubdtype(a.dtype, jnp.inexact):
+            continue
+        count, first = (int(v) for v in _bad_rows(a))
+        if count:
+            raise ValueError(
+                f"{what} {name} has non-finite values (NaN or inf) in {count} of its {n} rows, the first "
+                f"row {first}; the relaxations would return NaN and training would stop as if it "
+                f"diverged. Drop or impute those rows before training, e.g. "
+                f"`keep = np.isfinite(X).all(axis=1)` and `X, Y = X[keep], Y[keep]`."
+            )
 
 
 def dt0_probe(net, X, *, factors=(1.0, 0.5, 0.25), **options) -> dict[float, float]:
@@ -862,6 +923,9 @@ def fit(
       (a remainder is dropped for that epoch).
     - `key`: the shuffling key.
     - `valid`, `test`: `(X, labels)` with integer labels, for accuracies after each epoch.
+      All three data sets are checked before training (`check_data`): a shape, a class
+      index outside the readout's classes or a NaN in the data raises a `ValueError` naming
+      the set and the row, instead of a non-finite loss epochs later.
     - `l2`: weight decay, adds `l2 * w` to the gradient (the gradient of `nd.losses.l2_penalty`).
     - `stopping`: a `Stopping`.
     - `run`: an `nd.runs.RunDir`: rows go to `metrics.jsonl`, checkpoints every epoch, resume.
@@ -950,6 +1014,10 @@ def fit(
     X, Y = train
     if not (isinstance(X, jax.Array) and not X.is_fully_addressable):  # a global array is kept as it is
         X, Y = jnp.asarray(X), jnp.asarray(Y)
+    check_data(net, objective, X, Y, "train")
+    for what, data in (("valid", valid), ("test", test)):
+        if data is not None:
+            _check_labelled(net, data[0], data[1], what)
     n = X.shape[0]
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} training examples: lower batch_size.")

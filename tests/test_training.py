@@ -259,7 +259,7 @@ def test_non_finite_loss_raises_one_line_and_is_never_checkpointed(tmp_path):
     with pytest.raises(
         nd.training.NonFiniteError, match=r"^epoch 1/3: .*non-finite.*lower the learning rate, or dt0"
     ) as e:
-        nd.training.fit(net, (X.at[3, 0].set(jnp.nan), y), optimizer=_SGD, run=RunDir(tmp_path / "a"), **kw)
+        nd.training.fit(net, (X, y), optimizer=optax.sgd(jnp.nan), run=RunDir(tmp_path / "a"), **kw)
     assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
     assert RunDir(tmp_path / "a").checkpoint(_params(net)) == (None, None) and RunDir(tmp_path / "a").rows() == []
     # Diverging in epoch 2 (4 steps per epoch): "stop" keeps epoch 1's parameters and says why.
@@ -279,6 +279,36 @@ def test_non_finite_loss_raises_one_line_and_is_never_checkpointed(tmp_path):
     assert (
         eqx.tree_equal(_params(again), _params(ref), rtol=0, atol=0) and len(history2) == 2
     )  # finished: not retrained
+
+
+def test_bad_data_is_named_before_training_not_reported_as_divergence():
+    X, y, net = _tiny()
+    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=_SGD, epochs=1, batch_size=8, key=jr.PRNGKey(1))
+    kw.update(progress=False)
+    # A NaN input would surface as a non-finite loss, read as training that diverged.
+    bad = X.at[5, 1].set(jnp.nan).at[9, 0].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"^train X has non-finite values .* in 2 of its 32 rows, the first row 5;"):
+        nd.training.fit(net, (bad, y), **kw)
+    with pytest.raises(ValueError, match=r"^test X has non-finite .* in 1 of its 32 rows, the first row 9;.*Drop"):
+        nd.training.fit(net, (X, y), test=(X.at[9, 0].set(jnp.nan), y), **kw)
+    # A class index past the readout's classes: a NaN loss inside the jitted epoch.
+    with pytest.raises(ValueError, match=r"^example 3 of the train set: y holds class index 2, outside \[0, 2\)"):
+        nd.training.fit(net, (X, y.at[3].set(2)), **kw)
+    with pytest.raises(ValueError, match=r"^example 0 of the valid set: y holds class index -1"):
+        nd.training.fit(net, (X, y), valid=(X, y.at[0].set(-1)), **kw)
+    with pytest.raises(ValueError, match=r"^valid labels must be class indices .*not whole numbers"):
+        nd.training.fit(net, (X, y), valid=(X, jax.nn.one_hot(y, 2)[:, 0] / 2), **kw)
+    with pytest.raises(ValueError, match=r"^train: X has 32 examples but Y has shape \(31,\)"):
+        nd.training.fit(net, (X, y[:31]), **kw)
+    with pytest.raises(ValueError, match=r"^example 0 of the train set: x has shape \(3,\)"):
+        nd.training.fit(net, (jnp.ones((32, 3)), y), **kw)
+    # Float one-hot targets: every value checked; whole-number float labels score as labels.
+    one_hot = jax.nn.one_hot(y, 2)
+    sq = dict(kw, objective=nd.SteadyState(nd.losses.squared_error))
+    with pytest.raises(ValueError, match=r"^train Y has non-finite values .* in 1 of its 32 rows, the first row 4;"):
+        nd.training.fit(net, (X, one_hot.at[4, 1].set(jnp.nan)), **sq)
+    _, history = nd.training.fit(net, (X, one_hot), valid=(X, y.astype(jnp.float32)), **sq)
+    assert 0 <= history[0]["valid_accuracy"] <= 1
 
 
 def test_progress_is_one_line_per_epoch_on_stderr(tmp_path, capsys):
