@@ -115,6 +115,12 @@ def accuracy(net, X, y, **options) -> float:
     return float(jnp.mean(pred == jnp.asarray(y).astype(pred.dtype)))
 
 
+class DataError(ConfigError):
+    """A data set `fit` cannot train on or score with (a shape, a class index outside the
+    readout's classes, a NaN or an infinity), raised before training by `check_data`. A
+    `ValueError` (and an `nd.config.ConfigError`: an experiment ends with its one line)."""
+
+
 # How `fit` checks its valid and test sets: inputs and integer labels for `accuracy`, which
 # relaxes to the steady state whatever the training objective.
 _LABELS = SteadyState(loss=softmax_cross_entropy)
@@ -124,7 +130,7 @@ def _check_labelled(net, X, y, what: str) -> None:
     X, y = jnp.asarray(X), jnp.asarray(y)
     if not jnp.issubdtype(y.dtype, jnp.integer):
         if not bool(jnp.all(y == jnp.round(y))):
-            raise ValueError(
+            raise DataError(
                 f"{what} labels must be class indices (integers in [0, {net.n_out})) for the accuracy; "
                 f"got {y.dtype} values that are not whole numbers. Pass the labels, not one-hot targets."
             )
@@ -144,7 +150,7 @@ def _bad_rows(a):
 
 def check_data(net, objective, X, Y, what: str = "train") -> None:
     """Checks a data set `(X, Y)` before training on it or scoring with it; raises a
-    `ValueError` naming the problem and the fix.
+    `DataError` (a `ValueError`) naming the problem and the fix.
 
     - the shapes and dtypes `nd.batch_value_and_grad` takes (`Y` as the objective's loss
       takes it: class indices in `[0, n_out)`, or float targets of the readout's shape);
@@ -152,26 +158,26 @@ def check_data(net, objective, X, Y, what: str = "train") -> None:
       otherwise surface epochs later as a non-finite loss, indistinguishable from training
       that diverged, or as a silently wrong accuracy.
 
-    `fit` calls it on `train`, `valid` and `test` (those with integer labels and the
-    steady state's readout). One pass over the data; a global `jax.Array` is reduced where
+    `fit` calls it on `train` with its objective, and on `valid` and `test` as the class
+    labels `accuracy` takes. One pass over the data; a global `jax.Array` is reduced where
     it lives.
     """
     n = X.shape[0]
     if Y.shape[:1] != (n,):
-        raise ValueError(f"{what}: X has {n} examples but Y has shape {Y.shape}; they must share the leading axis.")
+        raise DataError(f"{what}: X has {n} examples but Y has shape {Y.shape}; they must share the leading axis.")
     if n == 0:
-        raise ValueError(f"{what}: the data set is empty.")
+        raise DataError(f"{what}: the data set is empty.")
     if X.is_fully_addressable and getattr(Y, "is_fully_addressable", True):  # a global array: its blocks live elsewhere
         try:
             check_batch(net, objective, X, Y, None)
         except ValueError as e:
-            raise ValueError(str(e).replace("of the batch", f"of the {what} set")) from None
+            raise DataError(str(e).replace("of the batch", f"of the {what} set")) from None
     for name, a in (("X", X), ("Y", Y)):
         if not jnp.issubdtype(a.dtype, jnp.inexact):
             continue
         count, first = (int(v) for v in _bad_rows(a))
         if count:
-            raise ValueError(
+            raise DataError(
                 f"{what} {name} has non-finite values (NaN or inf) in {count} of its {n} rows, the first "
                 f"row {first}; the relaxations would return NaN and training would stop as if it "
                 f"diverged. Drop or impute those rows before training, e.g. "
@@ -924,7 +930,7 @@ def fit(
     - `key`: the shuffling key.
     - `valid`, `test`: `(X, labels)` with integer labels, for accuracies after each epoch.
       All three data sets are checked before training (`check_data`): a shape, a class
-      index outside the readout's classes or a NaN in the data raises a `ValueError` naming
+      index outside the readout's classes or a NaN in the data raises a `DataError` naming
       the set and the row, instead of a non-finite loss epochs later.
     - `l2`: weight decay, adds `l2 * w` to the gradient (the gradient of `nd.losses.l2_penalty`).
     - `stopping`: a `Stopping`.

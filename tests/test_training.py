@@ -287,8 +287,13 @@ def test_bad_data_is_named_before_training_not_reported_as_divergence():
     kw.update(progress=False)
     # A NaN input would surface as a non-finite loss, read as training that diverged.
     bad = X.at[5, 1].set(jnp.nan).at[9, 0].set(jnp.inf)
-    with pytest.raises(ValueError, match=r"^train X has non-finite values .* in 2 of its 32 rows, the first row 5;"):
+    with pytest.raises(
+        ValueError, match=r"^train X has non-finite values .* in 2 of its 32 rows, the first row 5;"
+    ) as e:
         nd.training.fit(net, (bad, y), **kw)
+    # One line from an experiment's entry point: a ConfigError, not a NonFiniteError.
+    assert isinstance(e.value, nd.training.DataError) and isinstance(e.value, nd.config.ConfigError)
+    assert not isinstance(e.value, nd.training.NonFiniteError) and "\n" not in str(e.value)
     with pytest.raises(ValueError, match=r"^test X has non-finite .* in 1 of its 32 rows, the first row 9;.*Drop"):
         nd.training.fit(net, (X, y), test=(X.at[9, 0].set(jnp.nan), y), **kw)
     # A class index past the readout's classes: a NaN loss inside the jitted epoch.
