@@ -118,9 +118,10 @@ def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=(), make_st
             params, opt_state, loss, _ = step(params, opt_state, static, Xtr[idx], ytr[idx])
             return (params, opt_state), loss
 
-        # Every step's mini-batch, drawn before the loop: jr.choice(k, n, (B,), replace=False)
-        # for each step's key, without its sort (a generic-comparator sort was half the time
-        # of a vmapped sweep on the CPU), as one vectorised draw rather than one per step.
+        # Every step's mini-batch, drawn before the loop: B of the n examples without
+        # replacement for each step's key (Floyd's algorithm: jr.choice sorts all n, and a
+        # generic-comparator sort was half the time of a vmapped sweep on the CPU), as one
+        # vectorised draw rather than one per step.
         keys = jr.split(jr.fold_in(key, 1), cfg.steps)
         batches = jax.vmap(lambda k: nd.sweeps.sample_without_replacement(k, Xtr.shape[0], cfg.batch_size))(keys)
         (params, _), losses = jax.lax.scan(one, (params, step.init(params)), batches)

@@ -1,51 +1,66 @@
-"""The sort-free mini-batch draw of a swept training run (`nd.sweeps.sample_without_replacement`)
-takes exactly `jax.random.choice(key, n, (k,), replace=False)`'s indices."""
+"""The mini-batch draw of a swept training run (`nd.sweeps.sample_without_replacement`,
+Floyd's algorithm): `k` distinct indices in `[0, n)`, every `k`-subset equally likely."""
+
+import itertools
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+import scipy.stats
 
 import neurodyn as nd
-from neurodyn.sweeps import _first_k_by_sort_key
 
 
-@pytest.mark.parametrize("n,k", [(204, 16), (10, 10), (7, 1), (1625, 64), (1626, 8), (100, 65), (5, 0)])
-def test_sample_without_replacement_is_jax_choice_bit_for_bit(n, k):
-    keys = jr.split(jr.PRNGKey(3), 40)
-    ours = jax.jit(jax.vmap(lambda key: nd.sweeps.sample_without_replacement(key, n, k)))(keys)
-    ref = jax.vmap(lambda key: jr.choice(key, n, (k,), replace=False))(keys)
-    assert ours.dtype == ref.dtype
-    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
-    one = nd.sweeps.sample_without_replacement(keys[0], n, k)  # unbatched, new-style keys too
-    np.testing.assert_array_equal(np.asarray(one), np.asarray(ref[0]))
-    typed = jr.key(5)
-    np.testing.assert_array_equal(
-        np.asarray(nd.sweeps.sample_without_replacement(typed, n, k)),
-        np.asarray(jr.choice(typed, n, (k,), replace=False)),
-    )
+@pytest.mark.parametrize("n,k", [(204, 16), (10, 10), (7, 1), (1625, 64), (100, 65), (5, 0)])
+def test_sample_without_replacement_draws_distinct_indices(n, k):
+    keys = jr.split(jr.PRNGKey(3), 200)
+    draws = np.asarray(jax.jit(jax.vmap(lambda key: nd.sweeps.sample_without_replacement(key, n, k)))(keys))
+    ref = jr.choice(keys[0], n, (k,), replace=False)
+    assert draws.shape == (200, k) and draws.dtype == ref.dtype
+    assert all(len(set(row)) == k for row in draws) and (draws.size == 0 or (draws.min() >= 0 and draws.max() < n))
+    one = nd.sweeps.sample_without_replacement(keys[0], n, k)  # unbatched: the same draw
+    np.testing.assert_array_equal(np.asarray(one), draws[0])
+    typed = nd.sweeps.sample_without_replacement(jr.key(5), n, k)  # new-style keys too
+    assert typed.shape == (k,) and len(set(np.asarray(typed).tolist())) == k
+    if k == n:  # all of them: a permutation
+        assert all(sorted(row) == list(range(n)) for row in draws)
 
 
-def test_first_k_by_sort_key_breaks_ties_like_a_stable_sort():
-    # Random 32-bit keys almost never tie; these do, at 0, in the middle and at the maximum.
-    top = np.iinfo(np.uint32).max
+def _p_uniform(counts):
+    counts = np.asarray(counts, np.float64)
+    return scipy.stats.chisquare(counts).pvalue
+
+
+def test_every_subset_is_equally_likely():
+    # 5 choose 2 = 10 subsets, 40 000 draws: a chi-square test of uniformity. A draw that
+    # kept `t` on a collision, or drew `t` in [0, j) instead of [0, j], fails it (p < 1e-30).
+    n, k, m = 5, 2, 40_000
+    keys = jr.split(jr.PRNGKey(11), m)
+    draws = np.asarray(jax.jit(jax.vmap(lambda key: nd.sweeps.sample_without_replacement(key, n, k)))(keys))
+    subsets = {s: i for i, s in enumerate(itertools.combinations(range(n), k))}
+    counts = np.bincount([subsets[tuple(sorted(row))] for row in draws], minlength=len(subsets))
+    assert _p_uniform(counts) > 1e-4, counts
+    # The sweep's size: each of the 204 indices in k/n of the batches.
+    n, k, m = 204, 16, 20_000
+    keys = jr.split(jr.PRNGKey(12), m)
+    draws = np.asarray(jax.jit(jax.vmap(lambda key: nd.sweeps.sample_without_replacement(key, n, k)))(keys))
+    assert _p_uniform(np.bincount(draws.ravel(), minlength=n)) > 1e-4
+
+
+def test_the_tests_see_a_biased_draw():
+    # The same statistic on a draw that is not uniform: the first index twice as likely.
     rng = np.random.default_rng(0)
-    cases = [
-        np.array([5, 3, 5, 3, top, 0, top, 5, 0, 3], np.uint32),
-        np.full(9, top, np.uint32),
-        rng.integers(0, 4, size=50).astype(np.uint32),
-        np.concatenate([rng.integers(top - 3, top, size=20, endpoint=True), [0, 0]]).astype(np.uint32),
-    ]
-    for bits in cases:
-        want = np.argsort(bits, kind="stable")
-        for k in (1, len(bits) // 2, len(bits)):
-            got = jax.jit(_first_k_by_sort_key, static_argnums=1)(jnp.asarray(bits), k)
-            np.testing.assert_array_equal(np.asarray(got), want[:k])
-            kv = jax.lax.sort_key_val(jnp.asarray(bits), jnp.arange(len(bits)))[1][:k]
-            np.testing.assert_array_equal(np.asarray(got), np.asarray(kv))
+    p = np.ones(5) / 6
+    p[0] = 2 / 6
+    draws = [tuple(sorted(rng.choice(5, 2, replace=False, p=p))) for _ in range(40_000)]
+    subsets = {s: i for i, s in enumerate(itertools.combinations(range(5), 2))}
+    counts = np.bincount([subsets[d] for d in draws], minlength=10)
+    assert _p_uniform(counts) < 1e-10
 
 
 def test_sample_without_replacement_rejects_too_many():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot take 5 of 4"):
         nd.sweeps.sample_without_replacement(jr.PRNGKey(0), 4, 5)
+    assert nd.sweeps.sample_without_replacement(jnp.asarray(jr.PRNGKey(0)), 4, 4).shape == (4,)
