@@ -63,7 +63,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ._batch import batch_value_and_grad, check_batch
 from ._dynamics import relax
 from ._misc import all_finite, tree_dtype
-from ._objectives import SteadyState
+from ._objectives import SteadyState, Trajectory
 from ._options import steady_state_options
 from .config import ConfigError
 from .losses import softmax_cross_entropy
@@ -162,6 +162,12 @@ def check_data(net, objective, X, Y, what: str = "train") -> None:
     labels `accuracy` takes. One pass over the data; a global `jax.Array` is reduced where
     it lives.
     """
+    rank = 2 if isinstance(objective, SteadyState) else 3 if isinstance(objective, Trajectory) else None
+    if rank is not None and X.ndim != rank:
+        want = "(N, n_in)" if rank == 2 else "(N, T, n_in)"
+        raise DataError(
+            f"{what} X has shape {X.shape}; a {type(objective).__name__} objective takes {want}, one example per row."
+        )
     n = X.shape[0]
     if Y.shape[:1] != (n,):
         raise DataError(f"{what}: X has {n} examples but Y has shape {Y.shape}; they must share the leading axis.")
@@ -182,6 +188,40 @@ def check_data(net, objective, X, Y, what: str = "train") -> None:
                 f"row {first}; the relaxations would return NaN and training would stop as if it "
                 f"diverged. Drop or impute those rows before training, e.g. "
                 f"`keep = np.isfinite(X).all(axis=1)` and `X, Y = X[keep], Y[keep]`."
+            )
+
+
+def _check_arguments(objective, estimator, optimizer, epochs, batch_size, key, on_nonfinite, train, valid, test):
+    """`fit`'s arguments other than the data's values, each with the fix in its message."""
+    from .estimators import AbstractEstimator
+
+    if not isinstance(estimator, AbstractEstimator):
+        raise ValueError(f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}.")
+    type(estimator).check_objective(estimator, objective)
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError(
+            f"optimizer must be an optax transformation, e.g. optax.adam(1e-3) or "
+            f"nd.config.optimizer('adam', 1e-3); got {optimizer!r}."
+        )
+    for name, value, least in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}.")
+    try:
+        jr.fold_in(key, 0)
+    except (TypeError, ValueError):
+        raise ValueError(f"key must be a JAX random key, e.g. jax.random.key(0); got {key!r}.") from None
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    for name, data, what in (
+        ("train", train, "(X, Y)"),
+        ("valid", valid, "(X, labels)"),
+        ("test", test, "(X, labels)"),
+    ):
+        if data is not None and not (isinstance(data, tuple | list) and len(data) == 2):
+            raise ValueError(
+                f"{name} must be a pair {what}, got {type(data).__name__}"
+                + (f" of {len(data)}" if isinstance(data, tuple | list) else "")
+                + "."
             )
 
 
@@ -1015,8 +1055,7 @@ def fit(
         epoch where the validation accuracy peaked) is read from `history`: checkpoint that
         epoch's parameters yourself if you need them.
     """
-    if on_nonfinite not in ("raise", "stop"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    _check_arguments(objective, estimator, optimizer, epochs, batch_size, key, on_nonfinite, train, valid, test)
     X, Y = train
     if not (isinstance(X, jax.Array) and not X.is_fully_addressable):  # a global array is kept as it is
         X, Y = jnp.asarray(X), jnp.asarray(Y)

@@ -316,6 +316,31 @@ def test_bad_data_is_named_before_training_not_reported_as_divergence():
     assert 0 <= history[0]["valid_accuracy"] <= 1
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(batch_size=0), r"^batch_size must be an integer >= 1, got 0\.$"),
+        (dict(batch_size=2.5), r"^batch_size must be an integer >= 1, got 2\.5\.$"),
+        (dict(epochs=-1), r"^epochs must be an integer >= 0, got -1\.$"),
+        (dict(optimizer="adam"), r"^optimizer must be an optax transformation, e\.g\. optax\.adam"),
+        (dict(estimator=nd.RBP), r"^estimator must be one of nd\.BPTT\(\)"),
+        (dict(objective=nd.losses.softmax_cross_entropy), r"^objective must be nd\.SteadyState\(\.\.\.\)"),
+        (dict(objective=nd.Trajectory(ts=(1.0,)), estimator=nd.RBP()), r"^RBP cannot serve a Trajectory objective"),
+        (dict(key=0), r"^key must be a JAX random key, e\.g\. jax\.random\.key\(0\); got 0\.$"),
+        (dict(valid=([0.0], [0], [1])), r"^valid must be a pair \(X, labels\), got tuple of 3\.$"),
+        (dict(train_x=np.zeros(32)), r"^train X has shape \(32,\); a SteadyState objective takes \(N, n_in\)"),
+    ],
+)
+def test_bad_arguments_are_named_with_their_fix(change, message):
+    X, y, net = _tiny()
+    kw = dict(objective=OBJ, estimator=nd.BPTT(), optimizer=_SGD, epochs=1, batch_size=8, key=jr.PRNGKey(1))
+    kw.update(progress=False)
+    kw.update(change)
+    X = kw.pop("train_x", X)
+    with pytest.raises(ValueError, match=message):
+        nd.training.fit(net, (X, y), **kw)
+
+
 def test_progress_is_one_line_per_epoch_on_stderr(tmp_path, capsys):
     X, y, net = _tiny()
     kw = dict(
