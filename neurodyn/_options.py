@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 import diffrax
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
+import numpy as np
 
 from ._misc import BoundedCache, cache_key, matmul_roundoff
 
@@ -137,3 +139,12 @@ def _validate(opts: IntegrationOptions) -> None:
         raise ValueError(f"`dt0` must be positive, got dt0={opts.dt0}.")
     if opts.max_steps < 1:
         raise ValueError(f"`max_steps` must be at least 1, got {opts.max_steps}.")
+    for name in ("rtol", "atol"):
+        value = getattr(opts, name)
+        if isinstance(value, jax.core.Tracer):  # a swept tolerance: traced, not checked
+            continue
+        if not (np.ndim(value) == 0 and np.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"`{name}` must be a finite number >= 0, got {name}={value!r}: the relaxation stops when "
+                "the residual's RMS norm is at most atol + rtol * RMS(r)."
+            )

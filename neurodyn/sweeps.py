@@ -62,6 +62,8 @@ def product(**axes) -> dict[str, np.ndarray]:
 
 def n_points(points) -> int:
     """The number of points of a sweep (all axes must have the same length)."""
+    if not points:
+        raise ValueError("a sweep needs at least one axis, e.g. nd.sweeps.product(seed=[0, 1, 2]); got no axes")
     sizes = {len(np.asarray(v)) for v in points.values()}
     if len(sizes) != 1:
         raise ValueError(f"sweep axes must all have the same length, got {sorted(sizes)}")

@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the problem and the fix."""
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -69,6 +70,13 @@ def test_bad_options(net):
         nd.relax(net, jnp.ones(3), dt0=0.0)
     with pytest.raises(ValueError, match="`solver` must be a diffrax solver"):
         nd.relax(net, jnp.ones(3), solver="euler")
+    for bad in (dict(rtol=-1e-3), dict(atol=float("nan")), dict(rtol=jnp.ones(3))):
+        ((name, value),) = bad.items()
+        with pytest.raises(ValueError, match=rf"^`{name}` must be a finite number >= 0, got {name}="):
+            nd.relax(net, jnp.ones(3), **bad)
+    # A swept tolerance is traced: not checked, and it works.
+    _, info = jax.jit(lambda t: nd.relax(net, jnp.ones(3), rtol=t, atol=0.0))(1e-4)
+    assert bool(info["converged"])
 
 
 def test_bad_estimator_arguments():

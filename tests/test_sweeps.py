@@ -45,6 +45,8 @@ def test_sixteen_seeds_compile_once():
 def test_mismatched_axes_raise():
     with pytest.raises(ValueError, match="same length"):
         nd.sweeps.n_points({"a": np.arange(3), "b": np.arange(4)})
+    with pytest.raises(ValueError, match=r"^a sweep needs at least one axis"):
+        nd.sweeps.run(lambda p: p, {})
 
 
 def test_four_device_sweep_equals_one_device(tmp_path):
