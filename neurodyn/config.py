@@ -72,10 +72,13 @@ or lie under, an existing file.
 import dataclasses
 import difflib
 import functools
+import hashlib
 import importlib
 import inspect
 import math
+import os
 import pathlib
+import platform
 import re
 import sys
 import types
@@ -735,7 +738,10 @@ def cli(
     them `jax.distributed.initialize` reads the cluster's environment (SLURM).
 
     On a bad config prints one line naming the problem (key and file) to stderr and exits
-    with code 2, without a traceback. `-h`/`--help` prints the help once and exits 0."""
+    with code 2, without a traceback. `-h`/`--help` prints the help once and exits 0.
+
+    A valid config turns on the persistent compilation cache (`enable_compilation_cache`):
+    a second run of an experiment skips most of its compilation."""
     if argv is None:
         argv = sys.argv[1:]
     if prog is None:
@@ -783,7 +789,80 @@ def cli(
             )
         except ConfigError as e:
             _fail(e)
+    enable_compilation_cache()  # after `initialize`, which must come before anything else
     return cfg, args
+
+
+# Off: NEURODYN_COMPILATION_CACHE set to one of these. Else a directory, or unset: the default.
+_CACHE_OFF = ("0", "off", "false", "no", "none")
+
+
+def _host_id() -> str:
+    """The machine's architecture and CPU features, with the JAX versions: XLA:CPU's cached
+    entries are native code for the CPU that compiled them, and a cluster's nodes may share
+    a home directory while their CPUs differ."""
+    import importlib.metadata
+
+    import jax
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu += "".join(line for line in f if line.startswith(("model name", "flags")))[:8192]
+    except OSError:
+        pass
+    key = "|".join((platform.machine(), cpu, jax.__version__, importlib.metadata.version("jaxlib")))
+    return f"{platform.machine()}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache for this process: a program compiled by
+    an earlier run (the same experiment, another seed, a resumed run) is read from disk
+    instead of compiled again. `nd.config.cli`, so every experiment, calls it before
+    anything compiles; call it first thing in a script of your own.
+
+    The cache lives in `directory` (default `$NEURODYN_COMPILATION_CACHE`, else
+    `$XDG_CACHE_HOME/neurodyn/xla` or `~/.cache/neurodyn/xla`), in a subdirectory per
+    machine type (architecture, CPU features and JAX versions: XLA:CPU's entries are native
+    code, and a cluster's nodes may share the home directory with different CPUs), created
+    private to the user (mode 0700): JAX treats cached programs as trusted code, so a
+    directory another user owns or can write to is not used. Programs that took 0.2 s or
+    more to compile are stored (tens to hundreds of kB each; JAX's size limit needs the
+    `filelock` package, not a dependency here); the directory can be deleted at any time.
+
+    Left off (returns `None`) with `NEURODYN_COMPILATION_CACHE=off` (or 0, false, no, none),
+    or where the directory cannot be created; left as it is where JAX's own cache is set
+    (`JAX_COMPILATION_CACHE_DIR`, `jax.config`), whose directory it returns.
+    """
+    import jax
+
+    setting = os.environ.get("NEURODYN_COMPILATION_CACHE", "")
+    if directory is None and setting.strip().lower() in _CACHE_OFF:
+        return None
+    own = jax.config.values.get("jax_compilation_cache_dir") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if own:
+        return str(own)
+    if directory is None:
+        directory = (
+            setting
+            or pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "neurodyn" / "xla"
+        )
+    path = pathlib.Path(directory).expanduser() / _host_id()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+    except OSError:
+        return None
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        return None  # another user's, or writable by others: not trusted
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    # JAX decides once, at its first compilation, whether a cache is in use: a program
+    # compiled before this call (an import's constant) would have decided "no" for good.
+    compilation_cache.reset_cache()
+    return str(path)
 
 
 def _fail(e: BaseException):

@@ -1,6 +1,13 @@
+import os
+
 import jax
 import jax.random as jr
 import pytest
+
+
+# Experiments called in-process (`main(argv)`) would turn on the persistent compilation
+# cache in the user's cache directory; the suite compiles as it always did.
+os.environ.setdefault("NEURODYN_COMPILATION_CACHE", "off")
 
 
 jax.config.update("jax_enable_x64", True)

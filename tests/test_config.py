@@ -305,3 +305,50 @@ def test_every_network_of_the_registry_builds_from_a_config():
         ndc.check_network(spec)
         net = ndc.build_network(spec, n_in=3, n_out=2, key=jr.PRNGKey(0))
         assert type(net).__name__ == kind and (net.n_in, net.n_out) == (3, 2)
+
+
+_CACHE_PROBE = """
+import json, os, sys
+import jax, jax.monitoring
+import neurodyn.config as ndc
+hits = []
+jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name))
+path = ndc.enable_compilation_cache()
+if path is not None and sys.argv[1] == "compile":
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # store even this one
+    jax.jit(lambda x: jax.numpy.sin(x) * 3 + 1)(jax.numpy.arange(5.0)).block_until_ready()
+print(json.dumps(dict(path=path, dir=jax.config.values.get("jax_compilation_cache_dir"),
+                      hits=hits.count("/jax/compilation_cache/cache_hits"))))
+"""
+
+
+def _run_probe(tmp_path, what="compile", **extra):
+    import json
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NEURODYN_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), **extra)
+    out = subprocess.run(
+        [sys.executable, "-c", _CACHE_PROBE, what], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_experiments_reuse_compiled_programs_across_processes(tmp_path):
+    import os
+    import stat
+
+    first = _run_probe(tmp_path)
+    root = tmp_path / "xdg" / "neurodyn" / "xla"
+    assert first["path"] == first["dir"] and pathlib.Path(first["path"]).parent == root
+    assert stat.S_IMODE(os.stat(first["path"]).st_mode) == 0o700 and first["hits"] == 0
+    assert any(pathlib.Path(first["path"]).iterdir())  # the program was stored
+    second = _run_probe(tmp_path)  # another process: read, not compiled
+    assert second["path"] == first["path"] and second["hits"] >= 1
+    # Off, or JAX's own cache set: ours is not used.
+    assert _run_probe(tmp_path, NEURODYN_COMPILATION_CACHE="off")["dir"] is None
+    own = _run_probe(tmp_path, "none", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "own"))
+    assert own["path"] == own["dir"] == str(tmp_path / "own")
+    # A directory others can write to could hold someone else's code: not used.
+    os.chmod(first["path"], 0o777)
+    assert _run_probe(tmp_path, "none")["dir"] is None
