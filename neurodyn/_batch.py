@@ -16,7 +16,7 @@ from ._misc import all_finite, BoundedCache, cache_key, entry_jit, tree_dtype
 from ._objectives import AbstractObjective, StepWeightedTargets, Trajectory
 from ._options import check_option_names
 from ._outcome import flag_failure, flag_nonfinite, RESULTS
-from .estimators import AbstractEstimator, BPTT
+from .estimators import AbstractEstimator, BPTT, check_estimator
 from .networks import AbstractNetwork
 
 
@@ -206,11 +206,9 @@ def batch_value_and_grad(
     batch equals this `grads`.
     """
     check_option_names(options)
-    if not isinstance(estimator, AbstractEstimator):
-        raise ValueError(f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}.")
+    check_estimator(estimator, objective)
     # Called through their classes: equinox wraps each method access on a Module in a new
     # `BoundMethod` Module, tens of microseconds per top-level call for nothing.
-    type(estimator).check_objective(estimator, objective)
     xs, ys, weights = check_batch(net, objective, xs, ys, weights)
     opts = type(objective).options(objective, tree_dtype(net), **options)
     return _batch_value_and_grad(net, xs, ys, weights, objective, estimator, opts)

@@ -10,7 +10,7 @@ from ._misc import entry_jit, tree_dtype
 from ._objectives import AbstractObjective
 from ._options import check_option_names
 from ._outcome import flag_nonfinite
-from .estimators import AbstractEstimator, BPTT
+from .estimators import AbstractEstimator, BPTT, check_estimator
 from .networks import AbstractNetwork
 
 
@@ -87,11 +87,9 @@ def value_and_grad(
     Non-convergence shows in `info["converged"]`; it is never raised inside vmap.
     """
     check_option_names(options)
-    if not isinstance(estimator, AbstractEstimator):
-        raise ValueError(f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}.")
+    check_estimator(estimator, objective)
     # Called through their classes: equinox wraps each method access on a Module in a new
     # `BoundMethod` Module, tens of microseconds per top-level call for nothing.
-    type(estimator).check_objective(estimator, objective)
     x, y = type(objective).check_data(objective, net, x, y)
     opts = type(objective).options(objective, tree_dtype(net), **options)
     return _value_and_grad(net, x, y, objective, estimator, opts)

@@ -112,9 +112,10 @@ def sample_without_replacement(key, n: int, k: int):
 
     Floyd's algorithm (Bentley & Floyd, 1987): for `j = n - k, ..., n - 1` draw `t` uniform
     in `[0, j]` and take `t`, or `j` when `t` was taken already. `k` integers from one
-    `jax.random.randint` call, then `k` rounds that compare with the `k` slots. The set is uniform; its order is not (a later index is likelier to be a
-    replacing `j`): a batch used as a set, as a mean gradient uses it, does not care. Shuffle
-    it (`jax.random.permutation`) where the order matters.
+    `jax.random.randint` call, then `k` rounds that compare with the `k` slots. The set is
+    uniform; its order is not (a later index is likelier to be a replacing `j`): a batch
+    used as a set, as a mean gradient uses it, does not care. Shuffle it
+    (`jax.random.permutation`) where the order matters.
 
     Why not `jax.random.choice(key, n, (k,), replace=False)`: it draws one 32-bit key per
     element and sorts the `n` indices by them. Vmapped over a sweep's points, XLA's CPU

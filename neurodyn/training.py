@@ -193,11 +193,9 @@ def check_data(net, objective, X, Y, what: str = "train") -> None:
 
 def _check_arguments(objective, estimator, optimizer, epochs, batch_size, key, on_nonfinite, train, valid, test):
     """`fit`'s arguments other than the data's values, each with the fix in its message."""
-    from .estimators import AbstractEstimator
+    from .estimators import check_estimator
 
-    if not isinstance(estimator, AbstractEstimator):
-        raise ValueError(f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}.")
-    type(estimator).check_objective(estimator, objective)
+    check_estimator(estimator, objective)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(
             f"optimizer must be an optax transformation, e.g. optax.adam(1e-3) or "

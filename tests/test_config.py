@@ -1,5 +1,8 @@
 import dataclasses
+import json
+import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -323,9 +326,6 @@ print(json.dumps(dict(path=path, dir=jax.config.values.get("jax_compilation_cach
 
 
 def _run_probe(tmp_path, what="compile", **extra):
-    import json
-    import os
-
     env = {k: v for k, v in os.environ.items() if k not in ("NEURODYN_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR")}
     env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), **extra)
     out = subprocess.run(
@@ -335,9 +335,6 @@ def _run_probe(tmp_path, what="compile", **extra):
 
 
 def test_experiments_reuse_compiled_programs_across_processes(tmp_path):
-    import os
-    import stat
-
     first = _run_probe(tmp_path)
     root = tmp_path / "xdg" / "neurodyn" / "xla"
     assert first["path"] == first["dir"] and pathlib.Path(first["path"]).parent == root

@@ -71,7 +71,7 @@ def test_bad_options(net):
     with pytest.raises(ValueError, match="`solver` must be a diffrax solver"):
         nd.relax(net, jnp.ones(3), solver="euler")
     for bad in (dict(rtol=-1e-3), dict(atol=float("nan")), dict(rtol=jnp.ones(3))):
-        ((name, value),) = bad.items()
+        (name,) = bad
         with pytest.raises(ValueError, match=rf"^`{name}` must be a finite number >= 0, got {name}="):
             nd.relax(net, jnp.ones(3), **bad)
     # A swept tolerance is traced: not checked, and it works.

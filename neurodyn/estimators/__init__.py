@@ -4,6 +4,7 @@ from ._base import (
     AbstractEstimator as AbstractEstimator,
     AbstractGradientResidualEstimator as AbstractGradientResidualEstimator,
     AbstractSurrogateEstimator as AbstractSurrogateEstimator,
+    check_estimator as check_estimator,
 )
 from ._bptt import BPTT as BPTT
 from ._ep import EP as EP

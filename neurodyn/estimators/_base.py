@@ -115,6 +115,16 @@ class AbstractEstimator(eqx.Module):
             )
 
 
+def check_estimator(estimator: Any, objective: Any) -> None:
+    """Raises a ValueError unless `estimator` is an estimator (an instance, not its class)
+    that can serve `objective`: the check every entry point runs before tracing."""
+    if not isinstance(estimator, AbstractEstimator):
+        raise ValueError(f"estimator must be one of nd.BPTT(), nd.RBP(), nd.EP(), nd.RTRL(), got {estimator!r}.")
+    # Called through the class: equinox wraps each method access on a Module in a new
+    # `BoundMethod` Module, tens of microseconds per top-level call for nothing.
+    type(estimator).check_objective(estimator, objective)
+
+
 def weighted_sum(weights: Float[Array, " B"], values: Float[Array, " B"]) -> Float[Array, ""]:
     """`sum_b weights_b values_b`, with examples of weight zero contributing exactly zero
     (a padded example's NaN loss does not leak into the batch's)."""
