@@ -302,16 +302,24 @@ class RunDir:
 
         - no `config.yaml`: written, unless the directory already holds results (whose
           config is then unknown: `StaleRunError`);
-        - the same config: resume (the file, with the first start's provenance, is kept);
+        - the same config: resume (the file, with the first start's provenance, is kept). A
+          field that a later version of the config's dataclass added counts as the same
+          when the old file lacks it and the new config holds that field's default: a run
+          made before an option existed resumes with the option off;
         - a different config (or a damaged file): `StaleRunError` naming the keys that differ,
           unless the directory holds no results yet and another process (or this one, since
           closed) wrote it: a start that failed before doing any work. Then it is replaced,
           with a note on stderr.
         """
+        defaults = None
         if isinstance(config, Mapping):
             cfg = _plain(dict(config))
         elif dataclasses.is_dataclass(config) and not isinstance(config, type):
             cfg = _plain(dataclasses.asdict(config))
+            try:  # the fields' defaults, for a field added since the run began
+                defaults = _plain(dataclasses.asdict(type(config)()))
+            except TypeError:  # a field without a default
+                defaults = None
         else:
             raise TypeError(f"config must be a dataclass instance or a mapping, got {type(config).__name__}")
         digest = _json_digest(cfg)
@@ -329,7 +337,7 @@ class RunDir:
                     damaged = "its checksum does not match"
             except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
                 damaged = f"unreadable: {type(e).__name__}"
-            if damaged is None and old == cfg:
+            if damaged is None and (old == cfg or _same_but_added_defaults(old, cfg, defaults)):
                 _CONFIGS_WRITTEN.add(key)
                 return
             if key in _CONFIGS_WRITTEN or self.has_results():
@@ -338,7 +346,7 @@ class RunDir:
                         f"{file} is damaged ({damaged}), so which config produced the results in {self.path} is unknown: "
                         "choose another --out (or delete the directory) to start a new run"
                     )
-                keys = _differing_keys(old, cfg)
+                keys = _differing_keys(old, cfg, defaults=defaults)
                 raise StaleRunError(
                     f"{self.path} holds a run of a different config (differs in {', '.join(keys)}): {fix}"
                 )
@@ -590,11 +598,33 @@ def _glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def _differing_keys(a, b, where=""):
+def _same_but_added_defaults(old, new, defaults) -> bool:
+    """Whether `new` is `old` plus keys at their `defaults` (fields added to the config's
+    dataclass since `old` was written)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        if not set(old) <= set(new):
+            return False
+        defaults = defaults if isinstance(defaults, Mapping) else {}
+        for k, v in new.items():
+            if k in old:
+                if not _same_but_added_defaults(old[k], v, defaults.get(k)):
+                    return False
+            elif k not in defaults or v != defaults[k]:
+                return False
+        return True
+    return old == new
+
+
+def _differing_keys(a, b, where="", defaults=None):
+    """The keys whose values differ between `a` (old) and `b` (new); a key only `b` holds,
+    at its `defaults` value, does not (see `_same_but_added_defaults`)."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
+        defaults = defaults if isinstance(defaults, Mapping) else {}
         out = []
         for k in sorted(set(a) | set(b), key=str):
-            out += _differing_keys(a.get(k), b.get(k), f"{where}{k}.")
+            if k not in a and k in defaults and b[k] == defaults[k]:
+                continue
+            out += _differing_keys(a.get(k), b.get(k), f"{where}{k}.", defaults.get(k))
         return out
     return [] if a == b else [where.rstrip(".") or "value"]
 

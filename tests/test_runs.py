@@ -101,6 +101,43 @@ def test_a_different_config_is_refused_once_the_run_has_results(tmp_path):
         pass
 
 
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    a: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Old:
+    lr: float = 0.1
+    inner: Inner = Inner()
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerLater:  # a later version of Inner: one more field
+    a: int = 1
+    clip: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Later:  # a later version of Old: two more fields, one nested
+    lr: float = 0.1
+    inner: InnerLater = InnerLater()
+    schedule: str = "constant"
+
+
+def test_a_run_made_before_an_option_existed_resumes_with_it_off(tmp_path):
+    with RunDir(tmp_path, Old()) as run:
+        run.log(dict(epoch=1))
+    with RunDir(tmp_path, Later()):  # the added fields at their defaults: the same run
+        pass
+    with pytest.raises(StaleRunError, match=r"differs in inner\.clip\)"):  # only the field that is set
+        RunDir(tmp_path, Later(inner=InnerLater(clip=1.0)))
+    with pytest.raises(StaleRunError, match=r"differs in schedule\)"):
+        RunDir(tmp_path, Later(schedule="cosine"))
+    with pytest.raises(StaleRunError, match=r"differs in lr\)"):  # an old field still counts
+        RunDir(tmp_path, Later(lr=0.2))
+
+
 def test_a_start_that_never_ran_does_not_block_the_corrected_rerun(tmp_path, capsys):
     with RunDir(tmp_path, Cfg(name="typo")):
         pass  # failed before any work: no checkpoints, no metrics
