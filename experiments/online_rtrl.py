@@ -18,7 +18,6 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 
 import neurodyn as nd
 import neurodyn.plotting as ndp
@@ -35,6 +34,9 @@ class Config:
     teacher_gain: float = ndc.field(0.9, help="the teacher's recurrent gain", gt=0)
     stream_length: int = ndc.field(3000, help="steps of the stream", ge=2)
     learning_rate: float = ndc.field(3e-3, help="Adam's learning rate", gt=0)
+    clip_norm: float | None = ndc.field(
+        None, help="rescale a gradient whose global norm exceeds this to this norm (none: no clipping)", gt=0
+    )
     update_every: int = ndc.field(1, help="update the weights every this many steps", ge=1)
     sensitivities: tuple[str, ...] = ndc.field(
         ("Exact", "SnAp1", "Diagonal"),
@@ -70,7 +72,7 @@ def main(argv=None):
         for sens in cfg.sensitivities:
             student = nd.networks.CTRNN(cfg.n_student, cfg.n_in, 1, gain=0.5, key=jr.PRNGKey(seed))
             kw = dict(
-                optimizer=optax.adam(cfg.learning_rate),
+                optimizer=ndc.optimizer("adam", cfg.learning_rate, clip_norm=cfg.clip_norm),
                 update_every=cfg.update_every,
                 sensitivity=ndc.build_object({"kind": sens}, "sensitivities.", family="sensitivities"),
             )

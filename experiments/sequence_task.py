@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 
 import neurodyn as nd
 import neurodyn.plotting as ndp
@@ -64,6 +63,11 @@ class Config:
         nonempty=True,
     )
     learning_rate: float = ndc.field(3e-3, help="Adam's learning rate", gt=0)
+    clip_norm: float | None = ndc.field(
+        None, help="rescale a gradient whose global norm exceeds this to this norm (none: no clipping)", gt=0
+    )
+    schedule: str = ndc.field("constant", help="the learning rate over the steps", choices=lambda: ndc.SCHEDULES)
+    warmup_steps: int = ndc.field(0, help="steps rising linearly from 0 to the learning rate", ge=0)
     steps: int = ndc.field(2000, help="training steps", ge=1)
     batch_size: int = ndc.field(32, help="sequences per step", ge=1)
     log_every: int = ndc.field(50, help="evaluate, log and checkpoint every this many steps", ge=1)
@@ -118,6 +122,21 @@ def step_memory(compiled) -> int | None:
     return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
 
 
+def make_optimizer(cfg: Config):
+    """Adam at the config's learning rate, its schedule over `steps`, clipped if asked."""
+    try:
+        return ndc.optimizer(
+            "adam",
+            cfg.learning_rate,
+            clip_norm=cfg.clip_norm,
+            schedule=cfg.schedule,
+            total_steps=cfg.steps,
+            warmup_steps=cfg.warmup_steps,
+        )
+    except ValueError as e:
+        raise ndc.ConfigError(str(e)) from None
+
+
 @ndc.entrypoint
 def main(argv=None):
     cfg, args = ndc.cli(Config, argv, description=__doc__)
@@ -125,6 +144,7 @@ def main(argv=None):
         name: ndc.build_object(spec, f"estimators.{name}.", family="estimators")
         for name, spec in cfg.estimators.items()
     }
+    opt = make_optimizer(cfg)  # before the run directory: a schedule that cannot run leaves nothing
     run = RunDir(args.out, cfg)
     train, test = mnist1d_sequences() if cfg.task.name == "mnist1d" else (None, None)
     sample = sampler(cfg.task, train)
@@ -134,7 +154,6 @@ def main(argv=None):
     metric_name = "test_accuracy" if classify else "test_mse"
     loss = nd.losses.softmax_cross_entropy if classify else nd.losses.squared_error
     opts = dict(solver=diffrax.Euler(), dt0=1.0)
-    opt = optax.adam(cfg.learning_rate)
     rows, curves = [], []
     for seed in cfg.seeds:
         for name, est in estimators.items():

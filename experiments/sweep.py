@@ -59,6 +59,13 @@ class Grid:
 class Optimizer:
     name: str = ndc.field("sgd", help="the optimiser", choices=lambda: ndc.names("optimizers"))
     momentum: float = ndc.field(0.9, help="sgd: heavy-ball momentum (0: plain SGD)", ge=0, lt=1)
+    clip_norm: float | None = ndc.field(
+        None, help="rescale a gradient whose global norm exceeds this to this norm (none: no clipping)", gt=0
+    )
+    schedule: str = ndc.field(
+        "constant", help="each point's learning rate over its steps", choices=lambda: ndc.SCHEDULES
+    )
+    warmup_steps: int = ndc.field(0, help="steps rising linearly from 0 to the point's learning rate", ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +98,23 @@ def n_train(cfg: Config) -> int:
     return len(tr[0])
 
 
+def make_optimizer(cfg: Config, learning_rate):
+    """The config's optimiser at a (traced) point's learning rate, its schedule over `steps`."""
+    o = cfg.optimizer
+    try:
+        return ndc.optimizer(
+            o.name,
+            learning_rate,
+            momentum=o.momentum,
+            clip_norm=o.clip_norm,
+            schedule=o.schedule,
+            total_steps=cfg.steps,
+            warmup_steps=o.warmup_steps,
+        )
+    except ValueError as e:
+        raise ndc.ConfigError(f"optimizer: {e}") from None
+
+
 def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=(), make_step=None):
     """`train_point(point) -> {final_loss, test_accuracy}`: one training run as a pure
     function of the swept numbers, ready for `nd.sweeps.run`. Each mini-batch is one step of
@@ -110,7 +134,7 @@ def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=(), make_st
         est = nd.sweeps.with_values(estimator, {name: point[f"estimator.{name}"] for name in estimator_axes})
         net = nd.networks.Layered((2, hidden, 2), nd.activations.relu, key=key)
         params, static = eqx.partition(net, eqx.is_inexact_array)
-        opt = ndc.optimizer(cfg.optimizer.name, point["learning_rate"], momentum=cfg.optimizer.momentum)
+        opt = make_optimizer(cfg, point["learning_rate"])
         step = make_step(obj, est, opt)  # the swept learning rate and estimator fields are traced in it
 
         def one(carry, idx):
@@ -159,6 +183,7 @@ def main(argv=None):
             nd.sweeps.with_values(est, {k: 0.0 for k in estimator_axes})
         except ValueError as e:
             raise ndc.ConfigError(f"sweep.estimator with estimators.{name}: {e}") from None
+    make_optimizer(cfg, 1.0)  # a schedule that cannot run is refused before the run directory
     run = RunDir(args.out, cfg)
     points = sweep_points(cfg)
     P = nd.sweeps.n_points(points)

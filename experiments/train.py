@@ -51,6 +51,14 @@ class Optimizer:
     name: str = ndc.field("adam", help="the optimiser", choices=lambda: ndc.names("optimizers"))
     learning_rate: float = ndc.field(3e-3, help="the learning rate", gt=0)
     momentum: float = ndc.field(0.9, help="sgd: heavy-ball momentum (0: plain SGD)", ge=0, lt=1)
+    clip_norm: float | None = ndc.field(
+        None, help="rescale a gradient whose global norm exceeds this to this norm (none: no clipping)", gt=0
+    )
+    schedule: str = ndc.field("constant", help="the learning rate over the run's epochs", choices=lambda: ndc.SCHEDULES)
+    warmup_steps: int = ndc.field(0, help="optimiser steps rising linearly from 0 to the learning rate", ge=0)
+    final_fraction: float = ndc.field(
+        0.0, help="cosine/linear: the last step's learning rate over the peak's", ge=0, le=1
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +186,9 @@ def make_network(cfg: Config, n_in: int, n_out: int, key, X_train):
 
 def check(cfg: Config):
     """Cross-field checks, before any work: the splits leave training data, a batch fits in
-    the training set (of the first seed: the split sizes do not depend on the seed), and
-    `init: transition` knows the network's input weights."""
+    the training set (of the first seed: the split sizes do not depend on the seed), the
+    optimiser's schedule fits in the run's steps, and `init: transition` knows the network's
+    input weights."""
     d = cfg.data
     if d.valid_fraction + d.test_fraction >= 1:
         raise ndc.ConfigError(
@@ -194,6 +203,7 @@ def check(cfg: Config):
         raise ndc.ConfigError(
             f"'batch_size' = {cfg.batch_size} is larger than the training set ({n} examples): must be <= {n}"
         )
+    make_optimizer(cfg.optimizer, total_steps=cfg.epochs * (n // cfg.batch_size))  # a schedule that cannot run
 
 
 def check_relaxation(relaxation, estimators):
@@ -210,8 +220,22 @@ def check_relaxation(relaxation, estimators):
             )
 
 
-def make_optimizer(o: Optimizer):
-    return ndc.optimizer(o.name, o.learning_rate, momentum=o.momentum)
+def make_optimizer(o: Optimizer, total_steps: int | None = None):
+    """The config's optimiser; `total_steps` (the run's optimiser steps: epochs x batches per
+    epoch) ends a decaying schedule."""
+    try:
+        return ndc.optimizer(
+            o.name,
+            o.learning_rate,
+            momentum=o.momentum,
+            clip_norm=o.clip_norm,
+            schedule=o.schedule,
+            total_steps=total_steps,
+            warmup_steps=o.warmup_steps,
+            final_fraction=o.final_fraction,
+        )
+    except ValueError as e:
+        raise ndc.ConfigError(f"optimizer: {e}") from None
 
 
 @ndc.entrypoint
@@ -229,13 +253,19 @@ def main(argv=None):
         check_relaxation(relaxation, estimators)
     top = RunDir(args.out, cfg)
     loss = ndc.loss(cfg.loss)
-    optimizer = make_optimizer(cfg.optimizer)  # one object: fits of equal shapes share a compilation
+    # One optimiser per training-set size (the seeds' splits are the same size): fits of equal
+    # shapes share a compilation. A decaying schedule ends at the run's last step.
+    optimizers: dict[int, Any] = {}
     rows, curves = [], []
     for seed in cfg.seeds:
         train, valid, test = load_data(cfg.data, seed)
         if cfg.train_subset:
             train = (train[0][: cfg.train_subset], train[1][: cfg.train_subset])
         k = int(np.max(train[1])) + 1
+        n_batches = len(train[0]) // cfg.batch_size
+        if n_batches not in optimizers:
+            optimizers[n_batches] = make_optimizer(cfg.optimizer, total_steps=cfg.epochs * n_batches)
+        optimizer = optimizers[n_batches]
         targets = nd.training.one_hot_targets(train[1], k) if cfg.loss == "squared_error" else jnp.asarray(train[1])
         for name, est in estimators.items():
             net = make_network(cfg, train[0].shape[1], k, jr.PRNGKey(seed), train[0])

@@ -1267,12 +1267,100 @@ def loss(name: str):
 
 
 OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "linear")
 
 
-def optimizer(name: str, learning_rate, *, momentum: float = 0.9, nesterov: bool = False):
+def learning_rate_schedule(
+    learning_rate,
+    schedule: str = "constant",
+    *,
+    total_steps: int | None = None,
+    warmup_steps: int = 0,
+    final_fraction: float = 0.0,
+):
+    """The learning rate of optimiser step `k`, as optax takes it: `learning_rate` itself for
+    a constant rate without warm-up (the optimiser then carries no step count), a schedule
+    (a function of the step count) otherwise.
+
+    - `schedule`: `constant`; `cosine`, from `learning_rate` to `final_fraction *
+      learning_rate` along half a cosine (Loshchilov & Hutter, 2017, without restarts); or
+      `linear`, the same ends joined by a straight line. Both decays end at `total_steps`
+      (the run's optimiser steps, warm-up included) and stay at their end value after it.
+    - `warmup_steps`: the first steps rise linearly from 0 to `learning_rate` (Goyal et al.,
+      2017), then the schedule runs.
+
+    `learning_rate` may be traced (a sweep axis); the step counts are Python integers."""
+    if schedule not in SCHEDULES:
+        close = _closest(str(schedule), list(SCHEDULES), cutoff=0.6)
+        hint = f"; did you mean '{close}'?" if close else ""
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}{hint} (known: {', '.join(SCHEDULES)})")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+    if schedule == "constant":
+        if warmup_steps == 0:
+            return learning_rate
+        return _rate_schedule(learning_rate, schedule, 0, warmup_steps, 1.0)
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(
+            f"the {schedule!r} schedule decays over the run's optimiser steps: pass total_steps, an integer >= 1 "
+            f"(epochs x batches per epoch), got {total_steps!r}"
+        )
+    if warmup_steps >= total_steps:
+        raise ValueError(
+            f"warmup_steps ({warmup_steps}) must be smaller than the run's {total_steps} optimiser steps "
+            "(total_steps), or nothing is left to decay: lower warmup_steps or use the constant schedule"
+        )
+    if not 0.0 <= float(final_fraction) <= 1.0:
+        raise ValueError(f"final_fraction must lie in [0, 1] (the end rate over the peak), got {final_fraction!r}")
+    return _rate_schedule(learning_rate, schedule, total_steps, warmup_steps, float(final_fraction))
+
+
+def _rate_schedule(learning_rate, schedule: str, total: int, warmup: int, final: float):
+    """`learning_rate_schedule`'s function of the step count, computed in the learning
+    rate's own float type. (optax's schedules mix the count's type with theirs, which
+    `jax_numpy_dtype_promotion="strict"` under 64-bit mode refuses; optax casts the value to
+    each update's type, so ours carries no type of its own into the update.)"""
+    import jax.numpy as jnp
+
+    def rate(count):
+        lr = jnp.asarray(learning_rate)
+        dtype = lr.dtype if jnp.issubdtype(lr.dtype, jnp.floating) else jnp.result_type(float)
+        k = jnp.asarray(count).astype(dtype)
+        rise = jnp.minimum(k / warmup, 1.0) if warmup else 1.0
+        if schedule == "constant":
+            return lr * rise
+        frac = jnp.clip((k - warmup) / (total - warmup), 0.0, 1.0)
+        if schedule == "cosine":
+            shape = final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        else:
+            shape = 1.0 + (final - 1.0) * frac
+        return lr * rise * shape
+
+    return rate
+
+
+def optimizer(
+    name: str,
+    learning_rate,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    clip_norm: float | None = None,
+    schedule: str = "constant",
+    total_steps: int | None = None,
+    warmup_steps: int = 0,
+    final_fraction: float = 0.0,
+):
     """An optax optimiser by name: `sgd` (with heavy-ball `momentum`, Haykin's (2009)
     `dw(n) = alpha dw(n-1) - eta g(n)`; `momentum: 0` is plain SGD) or `adam`; a registered
-    one is called as `make(learning_rate)`.
+    one is called as `make(learning_rate)`, where `learning_rate` is a number or an optax
+    schedule.
+
+    - `clip_norm`: rescale each gradient whose global norm (over every parameter) exceeds
+      it to that norm, before the optimiser sees it (Pascanu et al., 2013): the usual guard
+      of BPTT through long sequences against exploding gradients.
+    - `schedule`, `total_steps`, `warmup_steps`, `final_fraction`: the learning rate over
+      the run (`learning_rate_schedule`); the default is the constant `learning_rate`.
 
     `learning_rate` may be a traced array (a sweep axis): build the optimiser inside the
     vmapped function. Weight decay is not an optimiser option: `nd.training.fit(l2=...)`
@@ -1280,11 +1368,20 @@ def optimizer(name: str, learning_rate, *, momentum: float = 0.9, nesterov: bool
     import optax
 
     entry = _lookup("optimizers", name, "optimizer")
+    rate = learning_rate_schedule(
+        learning_rate, schedule, total_steps=total_steps, warmup_steps=warmup_steps, final_fraction=final_fraction
+    )
     if entry == "sgd":
-        return optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
-    if entry == "adam":
-        return optax.adam(learning_rate)
-    return entry(learning_rate)
+        opt = optax.sgd(rate, momentum=momentum or None, nesterov=nesterov)
+    elif entry == "adam":
+        opt = optax.adam(rate)
+    else:
+        opt = entry(rate)
+    if clip_norm is None:
+        return opt
+    if isinstance(clip_norm, bool) or not float(clip_norm) > 0:
+        raise ValueError(f"clip_norm must be a number > 0 (the largest gradient norm let through), got {clip_norm!r}")
+    return optax.chain(optax.clip_by_global_norm(clip_norm), opt)
 
 
 def dataset(name: str):

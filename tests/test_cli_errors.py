@@ -144,6 +144,14 @@ BAD_TRAIN = [
         "'relaxation' = Backoff cannot serve 'estimators.bptt' (BPTT follows the fixed-step loop itself)",
     ),
     ("relaxation-bad-argument", TRAIN + "relaxation: {kind: Backoff, window: 0}\n", [], "Backoff needs window >= 1"),
+    ("schedule-misspelt", TRAIN, ["--optimizer.schedule", "cosin"], "did you mean 'cosine'"),
+    ("clip-norm-zero", TRAIN, ["--optimizer.clip_norm", "0"], "'optimizer.clip_norm' = 0 is out of range"),
+    (
+        "warmup-past-the-run",
+        TRAIN,
+        ["--optimizer.schedule", "cosine", "--optimizer.warmup_steps", "100000"],
+        "optimizer: warmup_steps (100000) must be smaller than the run's",
+    ),
 ]
 
 
@@ -192,6 +200,19 @@ OTHER = [
         "'network.n' = 0 is out of range",
     ),
     (sequence_task.main, "experiment: sequence_task\nsteps: 0\n", [], "'steps' = 0 is out of range"),
+    (
+        sequence_task.main,
+        "experiment: sequence_task\nsteps: 10\nschedule: linear\nwarmup_steps: 10\n",
+        [],
+        "warmup_steps (10) must be smaller than the run's 10 optimiser steps",
+    ),
+    (
+        sweep.main,
+        "experiment: sweep\nsteps: 5\noptimizer: {schedule: cosine, warmup_steps: 5}\n",
+        [],
+        "warmup_steps (5) must be smaller than the run's 5 optimiser steps",
+    ),
+    (online_rtrl.main, "experiment: online_rtrl\nclip_norm: -1\n", [], "'clip_norm' = -1 is out of range"),
     (online_rtrl.main, "experiment: online_rtrl\nsensitivities: ['../x']\n", [], "cannot be a folder name"),
     (online_rtrl.main, "experiment: online_rtrl\nsensitivities: [Bogus]\n", [], "unknown kind 'Bogus'"),
     (online_rtrl.main, "experiment: online_rtrl\nseeds: []\n", [], "'seeds' is empty"),
