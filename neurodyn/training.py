@@ -962,7 +962,8 @@ def fit(
     - `train`: `(X, Y)`, `X` `(N, n_in)`, `Y` the targets the objective's loss takes
       (one-hot floats for `squared_error`, integer labels for `softmax_cross_entropy`).
     - `objective`, `estimator`: as for `nd.value_and_grad`.
-    - `optimizer`: an optax transformation (`nd.config.optimizer("sgd", lr, momentum=0.9)`).
+    - `optimizer`: an optax transformation (`nd.config.optimizer("sgd", lr, momentum=0.9)`;
+      `clip_norm=` and `schedule=` there clip each batch gradient and set the rate per step).
     - `epochs`, `batch_size`: `N // batch_size` mini-batches per epoch, reshuffled each epoch
       (a remainder is dropped for that epoch).
     - `key`: the shuffling key.
