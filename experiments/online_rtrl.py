@@ -34,9 +34,10 @@ class Config:
     teacher_gain: float = ndc.field(0.9, help="the teacher's recurrent gain", gt=0)
     stream_length: int = ndc.field(3000, help="steps of the stream", ge=2)
     learning_rate: float = ndc.field(3e-3, help="Adam's learning rate", gt=0)
-    clip_norm: float | None = ndc.field(
-        None, help="rescale a gradient whose global norm exceeds this to this norm (none: no clipping)", gt=0
-    )
+    clip_norm: float | None = ndc.clip_norm_field()
+    schedule: str = ndc.schedule_field()
+    warmup_steps: int = ndc.warmup_steps_field()
+    final_fraction: float = ndc.final_fraction_field()
     update_every: int = ndc.field(1, help="update the weights every this many steps", ge=1)
     sensitivities: tuple[str, ...] = ndc.field(
         ("Exact", "SnAp1", "Diagonal"),
@@ -58,11 +59,20 @@ class Config:
 steps = eqx.filter_jit(nd.online.online_steps)
 
 
+def make_optimizer(cfg: Config):
+    """Adam at the config's learning rate, clipped if asked, its schedule over the stream's
+    updates (one every `update_every` inputs)."""
+    return ndc.optimizer_from(cfg, "adam", cfg.learning_rate, total_steps=cfg.stream_length // cfg.update_every)
+
+
 @ndc.entrypoint
 def main(argv=None):
     cfg, args = ndc.cli(Config, argv, description=__doc__)
     for i, sens in enumerate(cfg.sensitivities):  # every kind checked before the run starts
         ndc.resolve(sens, "sensitivities", f"sensitivities[{i}]")
+    # Before the run directory (a schedule that cannot run leaves nothing), and one for every
+    # stream: a fresh optax optimiser is a new static argument, which would compile again.
+    optimizer = make_optimizer(cfg)
     run = RunDir(args.out, cfg)
     rows, curves = [], []
     for seed in cfg.seeds:
@@ -72,7 +82,7 @@ def main(argv=None):
         for sens in cfg.sensitivities:
             student = nd.networks.CTRNN(cfg.n_student, cfg.n_in, 1, gain=0.5, key=jr.PRNGKey(seed))
             kw = dict(
-                optimizer=ndc.optimizer("adam", cfg.learning_rate, clip_norm=cfg.clip_norm),
+                optimizer=optimizer,
                 update_every=cfg.update_every,
                 sensitivity=ndc.build_object({"kind": sens}, "sensitivities.", family="sensitivities"),
             )

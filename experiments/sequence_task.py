@@ -63,11 +63,10 @@ class Config:
         nonempty=True,
     )
     learning_rate: float = ndc.field(3e-3, help="Adam's learning rate", gt=0)
-    clip_norm: float | None = ndc.field(
-        None, help="rescale a gradient whose global norm exceeds this to this norm (none: no clipping)", gt=0
-    )
-    schedule: str = ndc.field("constant", help="the learning rate over the steps", choices=lambda: ndc.SCHEDULES)
-    warmup_steps: int = ndc.field(0, help="steps rising linearly from 0 to the learning rate", ge=0)
+    clip_norm: float | None = ndc.clip_norm_field()
+    schedule: str = ndc.schedule_field()
+    warmup_steps: int = ndc.warmup_steps_field()
+    final_fraction: float = ndc.final_fraction_field()
     steps: int = ndc.field(2000, help="training steps", ge=1)
     batch_size: int = ndc.field(32, help="sequences per step", ge=1)
     log_every: int = ndc.field(50, help="evaluate, log and checkpoint every this many steps", ge=1)
@@ -124,17 +123,7 @@ def step_memory(compiled) -> int | None:
 
 def make_optimizer(cfg: Config):
     """Adam at the config's learning rate, its schedule over `steps`, clipped if asked."""
-    try:
-        return ndc.optimizer(
-            "adam",
-            cfg.learning_rate,
-            clip_norm=cfg.clip_norm,
-            schedule=cfg.schedule,
-            total_steps=cfg.steps,
-            warmup_steps=cfg.warmup_steps,
-        )
-    except ValueError as e:
-        raise ndc.ConfigError(str(e)) from None
+    return ndc.optimizer_from(cfg, "adam", cfg.learning_rate, total_steps=cfg.steps)
 
 
 @ndc.entrypoint

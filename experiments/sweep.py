@@ -59,13 +59,10 @@ class Grid:
 class Optimizer:
     name: str = ndc.field("sgd", help="the optimiser", choices=lambda: ndc.names("optimizers"))
     momentum: float = ndc.field(0.9, help="sgd: heavy-ball momentum (0: plain SGD)", ge=0, lt=1)
-    clip_norm: float | None = ndc.field(
-        None, help="rescale a gradient whose global norm exceeds this to this norm (none: no clipping)", gt=0
-    )
-    schedule: str = ndc.field(
-        "constant", help="each point's learning rate over its steps", choices=lambda: ndc.SCHEDULES
-    )
-    warmup_steps: int = ndc.field(0, help="steps rising linearly from 0 to the point's learning rate", ge=0)
+    clip_norm: float | None = ndc.clip_norm_field()
+    schedule: str = ndc.schedule_field()
+    warmup_steps: int = ndc.warmup_steps_field()
+    final_fraction: float = ndc.final_fraction_field()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,18 +98,7 @@ def n_train(cfg: Config) -> int:
 def make_optimizer(cfg: Config, learning_rate):
     """The config's optimiser at a (traced) point's learning rate, its schedule over `steps`."""
     o = cfg.optimizer
-    try:
-        return ndc.optimizer(
-            o.name,
-            learning_rate,
-            momentum=o.momentum,
-            clip_norm=o.clip_norm,
-            schedule=o.schedule,
-            total_steps=cfg.steps,
-            warmup_steps=o.warmup_steps,
-        )
-    except ValueError as e:
-        raise ndc.ConfigError(f"optimizer: {e}") from None
+    return ndc.optimizer_from(o, o.name, learning_rate, total_steps=cfg.steps, momentum=o.momentum, where="optimizer")
 
 
 def make_problem(cfg: Config, hidden: int, estimator, estimator_axes=(), make_step=None):

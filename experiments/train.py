@@ -51,14 +51,10 @@ class Optimizer:
     name: str = ndc.field("adam", help="the optimiser", choices=lambda: ndc.names("optimizers"))
     learning_rate: float = ndc.field(3e-3, help="the learning rate", gt=0)
     momentum: float = ndc.field(0.9, help="sgd: heavy-ball momentum (0: plain SGD)", ge=0, lt=1)
-    clip_norm: float | None = ndc.field(
-        None, help="rescale a gradient whose global norm exceeds this to this norm (none: no clipping)", gt=0
-    )
-    schedule: str = ndc.field("constant", help="the learning rate over the run's epochs", choices=lambda: ndc.SCHEDULES)
-    warmup_steps: int = ndc.field(0, help="optimiser steps rising linearly from 0 to the learning rate", ge=0)
-    final_fraction: float = ndc.field(
-        0.0, help="cosine/linear: the last step's learning rate over the peak's", ge=0, le=1
-    )
+    clip_norm: float | None = ndc.clip_norm_field()
+    schedule: str = ndc.schedule_field()
+    warmup_steps: int = ndc.warmup_steps_field()
+    final_fraction: float = ndc.final_fraction_field()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,19 +219,9 @@ def check_relaxation(relaxation, estimators):
 def make_optimizer(o: Optimizer, total_steps: int | None = None):
     """The config's optimiser; `total_steps` (the run's optimiser steps: epochs x batches per
     epoch) ends a decaying schedule."""
-    try:
-        return ndc.optimizer(
-            o.name,
-            o.learning_rate,
-            momentum=o.momentum,
-            clip_norm=o.clip_norm,
-            schedule=o.schedule,
-            total_steps=total_steps,
-            warmup_steps=o.warmup_steps,
-            final_fraction=o.final_fraction,
-        )
-    except ValueError as e:
-        raise ndc.ConfigError(f"optimizer: {e}") from None
+    return ndc.optimizer_from(
+        o, o.name, o.learning_rate, total_steps=total_steps, momentum=o.momentum, where="optimizer"
+    )
 
 
 @ndc.entrypoint

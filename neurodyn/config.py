@@ -1289,29 +1289,30 @@ def learning_rate_schedule(
     - `warmup_steps`: the first steps rise linearly from 0 to `learning_rate` (Goyal et al.,
       2017), then the schedule runs.
 
-    `learning_rate` may be traced (a sweep axis); the step counts are Python integers."""
+    `learning_rate` may be traced (a sweep axis); the step counts are Python integers. A
+    bad argument is a `ConfigError` (a `ValueError`) naming it and the fix."""
     if schedule not in SCHEDULES:
         close = _closest(str(schedule), list(SCHEDULES), cutoff=0.6)
         hint = f"; did you mean '{close}'?" if close else ""
-        raise ValueError(f"unknown learning-rate schedule {schedule!r}{hint} (known: {', '.join(SCHEDULES)})")
+        raise ConfigError(f"unknown learning-rate schedule {schedule!r}{hint} (known: {', '.join(SCHEDULES)})")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        raise ConfigError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
     if schedule == "constant":
         if warmup_steps == 0:
             return learning_rate
         return _rate_schedule(learning_rate, schedule, 0, warmup_steps, 1.0)
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(
+        raise ConfigError(
             f"the {schedule!r} schedule decays over the run's optimiser steps: pass total_steps, an integer >= 1 "
             f"(epochs x batches per epoch), got {total_steps!r}"
         )
     if warmup_steps >= total_steps:
-        raise ValueError(
+        raise ConfigError(
             f"warmup_steps ({warmup_steps}) must be smaller than the run's {total_steps} optimiser steps "
             "(total_steps), or nothing is left to decay: lower warmup_steps or use the constant schedule"
         )
     if not 0.0 <= float(final_fraction) <= 1.0:
-        raise ValueError(f"final_fraction must lie in [0, 1] (the end rate over the peak), got {final_fraction!r}")
+        raise ConfigError(f"final_fraction must lie in [0, 1] (the end rate over the peak), got {final_fraction!r}")
     return _rate_schedule(learning_rate, schedule, total_steps, warmup_steps, float(final_fraction))
 
 
@@ -1364,7 +1365,8 @@ def optimizer(
 
     `learning_rate` may be a traced array (a sweep axis): build the optimiser inside the
     vmapped function. Weight decay is not an optimiser option: `nd.training.fit(l2=...)`
-    adds it to the gradient, so it acts the same with every optimiser."""
+    adds it to the gradient, so it acts the same with every optimiser. A bad argument is a
+    `ConfigError` (a `ValueError`); `optimizer_from` reads these options from a config."""
     import optax
 
     entry = _lookup("optimizers", name, "optimizer")
@@ -1380,8 +1382,78 @@ def optimizer(
     if clip_norm is None:
         return opt
     if isinstance(clip_norm, bool) or not float(clip_norm) > 0:
-        raise ValueError(f"clip_norm must be a number > 0 (the largest gradient norm let through), got {clip_norm!r}")
+        raise ConfigError(f"clip_norm must be a number > 0 (the largest gradient norm let through), got {clip_norm!r}")
     return optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+
+
+# The fields an experiment's config declares for `optimizer`'s clipping and schedule, one
+# definition each, so that every experiment names, bounds and documents them alike; an
+# experiment builds its optimiser from them with `optimizer_from`.
+
+
+def clip_norm_field():
+    """The config field `clip_norm` (`optimizer`'s gradient clipping; none by default)."""
+    return field(None, help="rescale a gradient whose global norm exceeds this to this norm (none: no clipping)", gt=0)
+
+
+def schedule_field():
+    """The config field `schedule` (`learning_rate_schedule`; constant by default)."""
+    return field("constant", help="the learning rate over the run's optimiser steps", choices=lambda: SCHEDULES)
+
+
+def warmup_steps_field():
+    """The config field `warmup_steps` (`learning_rate_schedule`'s linear warm-up; 0 by default)."""
+    return field(0, help="optimiser steps rising linearly from 0 to the learning rate", ge=0)
+
+
+def final_fraction_field():
+    """The config field `final_fraction` (the decaying schedules' end over their peak; 0 by default)."""
+    return field(0.0, help="cosine/linear: the last step's learning rate over the peak's", ge=0, le=1)
+
+
+class OptimizerOptions(typing.Protocol):
+    """A config (or a section of one) that declares the four fields above."""
+
+    @property
+    def clip_norm(self) -> float | None: ...
+    @property
+    def schedule(self) -> str: ...
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def final_fraction(self) -> float: ...
+
+
+def optimizer_from(
+    options: OptimizerOptions,
+    name: str,
+    learning_rate,
+    *,
+    total_steps: int | None = None,
+    momentum: float = 0.9,
+    where: str = "",
+):
+    """`optimizer(name, learning_rate, ...)` with the clipping and schedule of a config's
+    fields (declared with `clip_norm_field`, `schedule_field`, `warmup_steps_field` and
+    `final_fraction_field`). `total_steps` is the run's optimiser steps, where a decaying
+    schedule ends. A schedule that cannot run (a warm-up as long as the run) is a
+    `ConfigError`, prefixed `where: ` when given (the config section holding the fields);
+    call it before the run directory is made, so that a bad config leaves nothing."""
+    try:
+        return optimizer(
+            name,
+            learning_rate,
+            momentum=momentum,
+            clip_norm=options.clip_norm,
+            schedule=options.schedule,
+            total_steps=total_steps,
+            warmup_steps=options.warmup_steps,
+            final_fraction=options.final_fraction,
+        )
+    except ConfigError as e:
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def dataset(name: str):

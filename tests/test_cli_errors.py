@@ -213,6 +213,12 @@ OTHER = [
         "warmup_steps (5) must be smaller than the run's 5 optimiser steps",
     ),
     (online_rtrl.main, "experiment: online_rtrl\nclip_norm: -1\n", [], "'clip_norm' = -1 is out of range"),
+    (
+        online_rtrl.main,
+        "experiment: online_rtrl\nstream_length: 100\nupdate_every: 10\nschedule: cosine\nwarmup_steps: 10\n",
+        [],
+        "warmup_steps (10) must be smaller than the run's 10 optimiser steps",
+    ),
     (online_rtrl.main, "experiment: online_rtrl\nsensitivities: ['../x']\n", [], "cannot be a folder name"),
     (online_rtrl.main, "experiment: online_rtrl\nsensitivities: [Bogus]\n", [], "unknown kind 'Bogus'"),
     (online_rtrl.main, "experiment: online_rtrl\nseeds: []\n", [], "'seeds' is empty"),

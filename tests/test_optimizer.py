@@ -1,6 +1,7 @@
 """`nd.config.optimizer`'s gradient clipping and learning-rate schedules, against their
 formulas written out here (not optax's), and the errors that name a schedule that cannot run."""
 
+import dataclasses
 import math
 
 import jax
@@ -93,8 +94,51 @@ def test_a_swept_learning_rate_runs_its_schedule_under_vmap():
     ],
 )
 def test_a_schedule_or_clip_that_cannot_run_is_named(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    # A ConfigError, so that an experiment's CLI prints it as one line; a ValueError for Python callers.
+    with pytest.raises(nd.config.ConfigError, match=message):
         nd.config.optimizer("adam", 1e-3, **kwargs)
+    assert issubclass(nd.config.ConfigError, ValueError)
+
+
+def test_optimizer_from_reads_a_configs_fields_and_names_its_section():
+    @dataclasses.dataclass(frozen=True)
+    class Section:
+        clip_norm: float | None = nd.config.clip_norm_field()
+        schedule: str = nd.config.schedule_field()
+        warmup_steps: int = nd.config.warmup_steps_field()
+        final_fraction: float = nd.config.final_fraction_field()
+
+    o = Section(clip_norm=1.0, schedule="linear", warmup_steps=2, final_fraction=0.5)
+    ours = nd.config.optimizer_from(o, "sgd", 0.1, total_steps=6, momentum=0.0)
+    direct = nd.config.optimizer(
+        "sgd", 0.1, momentum=0.0, clip_norm=1.0, schedule="linear", total_steps=6, warmup_steps=2, final_fraction=0.5
+    )
+    g = {"w": jnp.array([3.0, 4.0])}  # norm 5: clipped to 1
+    params = {"w": jnp.zeros(2)}
+    s1, s2 = ours.init(params), direct.init(params)
+    for _ in range(5):
+        u1, s1 = ours.update(g, s1, params)
+        u2, s2 = direct.update(g, s2, params)
+        np.testing.assert_allclose(u1["w"], u2["w"], rtol=0, atol=0)
+    # step 4 of 6 (after a 2-step warm-up, halfway down to half the peak): 0.1 * 0.75 * the unit gradient
+    np.testing.assert_allclose(u1["w"], -0.1 * 0.75 * np.array([0.6, 0.8]), rtol=1e-6)
+    with pytest.raises(nd.config.ConfigError, match=r"^optimizer: warmup_steps \(2\) must be smaller"):
+        nd.config.optimizer_from(o, "sgd", 0.1, total_steps=2, where="optimizer")
+
+
+def test_every_experiment_declares_the_optimiser_options_alike():
+    from experiments import online_rtrl, sequence_task, sweep, train
+
+    sections = [train.Optimizer, sweep.Optimizer, sequence_task.Config, online_rtrl.Config]
+    names = ("clip_norm", "schedule", "warmup_steps", "final_fraction")
+
+    def spec(f):  # the default, help and bounds; a `choices` callable by the values it gives
+        return (f.default, sorted((k, repr(v() if callable(v) else v)) for k, v in f.metadata.items()))
+
+    for name in names:
+        declared = [spec({f.name: f for f in dataclasses.fields(c)}[name]) for c in sections]
+        assert all(d == declared[0] for d in declared), (name, declared)
+        assert declared[0][1], name  # the metadata is there to compare
 
 
 def test_the_training_step_clips_the_batch_gradient():
