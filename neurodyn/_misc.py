@@ -90,7 +90,10 @@ def all_finite(tree: PyTree) -> Bool[Array, ""]:
     if not leaves:
         return jnp.asarray(True)
     peaks = [jnp.max(jnp.abs(leaf)) for leaf in leaves]
-    return jnp.isfinite(functools.reduce(jnp.maximum, peaks))
+    # Leaves of several float types (a training state's parameters and a float32 counter):
+    # compared in the widest, which holds every narrower value exactly.
+    wide = max((p.dtype for p in peaks), key=lambda d: d.itemsize)
+    return jnp.isfinite(functools.reduce(jnp.maximum, [p.astype(wide) for p in peaks]))
 
 
 # The unit roundoff of a float32 matrix product under each `jax.default_matmul_precision`,

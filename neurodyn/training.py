@@ -779,7 +779,9 @@ def train_loop(
       that differ from the checkpoint's raise `nd.runs.StaleRunError`), the row is appended
       to `metrics.jsonl`; a finished run is returned as it is, and a run that ended for
       lack of units continues when given more.
-    - `evaluate(state) -> dict`: columns added after each finite unit (`valid_accuracy`, ...).
+    - `evaluate(state) -> dict | (dict, state)`: columns added after each finite unit
+      (`valid_accuracy`, ...); a returned state replaces the unit's before it is
+      checkpointed (`fit(restore_best=True)` keeps the best parameters in it).
     - `stopping`: a `Stopping` (its rules read the history only).
     - `on_nonfinite`: `"raise"` (`NonFiniteError`) or `"stop"` when the loss, the gradient
       norm or the state's floats stop being finite; the non-finite state is never
@@ -887,7 +889,10 @@ def train_loop(
             break
         state = new_state
         if evaluate is not None:
-            row.update(evaluate(state))
+            found = evaluate(state)
+            if isinstance(found, tuple):  # the evaluation changed the state (fit's restore_best)
+                found, state = found
+            row.update(found)
         row["seconds"] = time.perf_counter() - t0
         row.update(extra)
         history.append(row)
@@ -952,6 +957,7 @@ def fit(
     tensorboard: bool = False,
     adapt_dt0: bool = False,
     warm_backoff: bool = True,
+    restore_best: bool = False,
     **options,
 ):
     """Trains `net` on `train = (X, Y)` with mini-batch gradients from `estimator`.
@@ -1008,6 +1014,11 @@ def fit(
       the gradients, do not depend on the step; each relaxation saves the `window` tests it
       spends at every step that overshoots. Rows then carry `start_dt`, the epoch's mean
       starting step. `False`: every relaxation starts at `dt0`.
+    - `restore_best`: return the parameters of the epoch with the highest validation
+      accuracy (the first epoch of the peak, the epoch `Stopping(patience=...)` counts
+      from) instead of the last epoch's: early stopping's model selection (Prechelt, 1998).
+      Needs `valid`. The best parameters are part of the checkpointed state, so a resumed
+      run returns the same network as an uninterrupted one.
     - `**options`: integration options passed to every relaxation.
 
     **When the converged rate falls** (below 95% and 2 points below its best epoch), `fit`
@@ -1048,16 +1059,20 @@ def fit(
     `fit` with the same arguments (run directories are written by process 0 only and read by
     all, so a killed job rerun with the same command resumes everywhere from one epoch).
 
-    !!! warning
+    !!! note
 
-        The returned network is the last epoch's. Early stopping's model selection (the
-        epoch where the validation accuracy peaked) is read from `history`: checkpoint that
-        epoch's parameters yourself if you need them.
+        The returned network is the last epoch's unless `restore_best=True`; `history`
+        names the epoch where the validation accuracy peaked either way.
     """
     _check_arguments(objective, estimator, optimizer, epochs, batch_size, key, on_nonfinite, train, valid, test)
     X, Y = train
     if not (isinstance(X, jax.Array) and not X.is_fully_addressable):  # a global array is kept as it is
         X, Y = jnp.asarray(X), jnp.asarray(Y)
+    if restore_best and valid is None:
+        raise ValueError(
+            "restore_best=True returns the parameters of the best validation epoch: pass valid=(X, labels), "
+            "or drop restore_best"
+        )
     check_data(net, objective, X, Y, "train")
     for what, data in (("valid", valid), ("test", test)):
         if data is not None:
@@ -1115,6 +1130,8 @@ def fit(
             settings["adapt_dt0"] = True
         if warm_backoff and _warm_backoff(step) is not None:
             settings["warm_backoff"] = True
+        if restore_best:
+            settings["restore_best"] = True
 
     place: Callable | None = None
     if data_devices is not None:
@@ -1158,6 +1175,11 @@ def fit(
             row["valid_accuracy"] = accuracy(current, *valid, **at)
         if test is not None:
             row["test_accuracy"] = accuracy(current, *test, **at)
+        if restore_best and row["valid_accuracy"] > float(_local(state[-1][1])):
+            # A new peak (strictly higher: the first epoch of a plateau stays): keep its
+            # parameters (arrays are immutable, so this holds them, it copies nothing).
+            peak = jnp.asarray(row["valid_accuracy"], jnp.float32)
+            return row, (*state[:-1], (state[0], peak if place is None else place(peak)))
         return row
 
     def diagnose(state):
@@ -1171,10 +1193,15 @@ def fit(
             return said
         # The probe's steps are dt0 / 2**k: the remedy is the current step halved k times.
         halvings += round(math.log2(next(iter(rates)) / remedy))
-        new = (*state[:2], jnp.asarray(halvings, jnp.int32))
+        new = (*state[:2], jnp.asarray(halvings, jnp.int32), *state[3:])
         return said, new if place is None else place(new)
 
+    # The state: the parameters, the optimiser state, then (adapt_dt0) the step's halvings
+    # and (restore_best) the best validation epoch's parameters and accuracy (-1: none yet;
+    # finite, since the state's floats are checked for divergence).
     state = (params, opt_state) + ((jnp.asarray(0, jnp.int32),) if adapt_dt0 else ())
+    if restore_best:
+        state = (*state, (params, jnp.asarray(-1.0, jnp.float32)))
     if place is not None:
         state = place(state)
         if talk and data_devices is not None:
@@ -1197,7 +1224,7 @@ def fit(
         # The probe costs a compilation: only when its sentence is shown or acted on.
         diagnose=diagnose if probe is not None and (talk or adapt_dt0) else None,
     )
-    params = state[0]
+    params = state[-1][0] if restore_best else state[0]
     if data_devices is not None:
         params = _local(params)
     return eqx.combine(params, static), history

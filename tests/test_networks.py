@@ -338,6 +338,9 @@ def test_all_finite_finds_one_bad_entry_anywhere(bad, where):
     good = {"w": jnp.ones((300,)), "c": jnp.array([1 + 2j, 3j]), "i": jnp.arange(3), "e": jnp.zeros((0,))}
     assert bool(all_finite(good)) and bool(jax.jit(all_finite)(good))
     assert bool(all_finite({})) and bool(all_finite({"huge": jnp.array([3e38, -3e38], jnp.float32)}))
+    # Leaves of several float types: a float64 value past float32's range is still finite.
+    mixed = {"a": jnp.array([1e300]), "b": jnp.ones(2, jnp.float32), "h": jnp.ones(2, jnp.bfloat16)}
+    assert bool(all_finite(mixed)) and not bool(all_finite(dict(mixed, b=mixed["b"].at[1].set(bad))))
     broken = dict(good, w=good["w"].at[where].set(bad))
     assert not bool(all_finite(broken)) and not bool(jax.jit(all_finite)(broken))
     assert not bool(all_finite(dict(good, c=good["c"].at[1].set(bad))))

@@ -316,6 +316,38 @@ def test_bad_data_is_named_before_training_not_reported_as_divergence():
     assert 0 <= history[0]["valid_accuracy"] <= 1
 
 
+def test_restore_best_returns_the_first_epoch_of_the_validation_peak_and_resumes_to_it(tmp_path):
+    X, y = _moons(64)
+    train, valid = (X[:32], y[:32]), (X[32:], y[32:])
+    kw = dict(
+        objective=OBJ,
+        estimator=nd.BPTT(),
+        optimizer=optax.sgd(0.01, momentum=0.9),
+        batch_size=8,
+        key=jr.PRNGKey(0),
+        valid=valid,
+        progress=False,
+    )
+    last, history = nd.training.fit(_net(), train, epochs=8, **kw)
+    accs = [r["valid_accuracy"] for r in history]
+    peak = int(np.argmax(accs)) + 1  # the first epoch of the peak
+    # The setting must exercise the rule: a peak after a rise, then a plateau at it.
+    assert 1 < peak < 8 and accs[-1] == accs[peak - 1] and accs[0] < accs[peak - 1], accs
+    at_peak, _ = nd.training.fit(_net(), train, epochs=peak, **kw)
+    best, best_history = nd.training.fit(_net(), train, epochs=8, restore_best=True, **kw)
+    assert [r["train_loss"] for r in best_history] == [r["train_loss"] for r in history]  # training is unchanged
+    assert eqx.tree_equal(_params(best), _params(at_peak), rtol=0, atol=0)
+    assert not eqx.tree_equal(_params(best), _params(last), rtol=0, atol=0)
+    # Killed after epoch 5 (past the peak) and resumed: the best epoch's network, from the checkpoint.
+    with pytest.raises(_Killed):
+        nd.training.fit(_net(), train, epochs=8, restore_best=True, run=_DyingRun(tmp_path, after=5), **kw)
+    resumed, _ = nd.training.fit(_net(), train, epochs=8, restore_best=True, run=RunDir(tmp_path), **kw)
+    assert eqx.tree_equal(_params(resumed), _params(at_peak), rtol=0, atol=0)
+    # restore_best is part of the run's settings: the same run without it is another run.
+    with pytest.raises(nd.runs.StaleRunError):
+        nd.training.fit(_net(), train, epochs=8, run=RunDir(tmp_path), **kw)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -329,6 +361,10 @@ def test_bad_data_is_named_before_training_not_reported_as_divergence():
         (dict(key=0), r"^key must be a JAX random key, e\.g\. jax\.random\.key\(0\); got 0\.$"),
         (dict(valid=([0.0], [0], [1])), r"^valid must be a pair \(X, labels\), got tuple of 3\.$"),
         (dict(train_x=np.zeros(32)), r"^train X has shape \(32,\); a SteadyState objective takes \(N, n_in\)"),
+        (
+            dict(restore_best=True),
+            r"^restore_best=True returns the parameters of the best validation epoch: pass valid=",
+        ),
     ],
 )
 def test_bad_arguments_are_named_with_their_fix(change, message):
