@@ -6,14 +6,20 @@ Every (estimator, seed) trains in its own resumable sub-run (`<out>/<estimator>-
 through `nd.training.fit` (the training engine): kill the command and run it again to
 continue from the last epoch. `tensorboard: true` also writes TensorBoard event files there. The run writes
 `summary.csv` (final test accuracy per estimator and seed), `metrics.jsonl` (per epoch) and
-`figures/training.png` (loss and accuracy per estimator, band over seeds).
+`figures/training.png` (loss and accuracy per estimator, band over seeds). Each sub-run keeps
+its trained network (the best validation epoch's with `restore_best: true`):
+`experiments.train.load_network("<out>/<estimator>-seed<k>")` returns it with the data splits
+it was trained on.
 """
 
 import dataclasses
 import functools
+import io
+import pathlib
 import sys
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -117,6 +123,11 @@ class Config:
         help="with a Backoff relaxation, start each mini-batch's relaxations at the step most of the previous "
         "batch's ended with, each epoch's first at dt0 (nd.training.fit's warm_backoff)",
     )
+    restore_best: bool = ndc.field(
+        False,
+        help="each sub-run keeps the network of its best validation epoch, not its last (early stopping's "
+        "model selection; nd.training.fit's restore_best); load it with experiments.train.load_network",
+    )
     tensorboard: bool = ndc.field(
         False, help='also write TensorBoard event files into each sub-run (pip install -e ".[tb]")'
     )
@@ -191,6 +202,11 @@ def check(cfg: Config):
             f"'data.valid_fraction' + 'data.test_fraction' = {d.valid_fraction + d.test_fraction:g} leaves no "
             "training data: must be < 1"
         )
+    if cfg.restore_best and d.valid_fraction == 0:
+        raise ndc.ConfigError(
+            "'restore_best' keeps the best validation epoch's network, but 'data.valid_fraction' = 0 holds no "
+            "validation set: set data.valid_fraction > 0, or restore_best: false"
+        )
     train, _, _ = load_data(d, cfg.seeds[0])
     if cfg.init == "transition":  # a network that cannot take it is refused before any run directory
         make_network(cfg, train[0].shape[1], int(np.max(train[1])) + 1, jr.PRNGKey(0), train[0])
@@ -222,6 +238,51 @@ def make_optimizer(o: Optimizer, total_steps: int | None = None):
     return ndc.optimizer_from(
         o, o.name, o.learning_rate, total_steps=total_steps, momentum=o.momentum, where="optimizer"
     )
+
+
+def save_network(run: RunDir, net, *, seed: int, n_out: int, history, best: bool):
+    """Writes the trained network into its sub-run (`results/network.result`, its arrays
+    serialised by equinox and checksummed) with what `load_network` needs to rebuild it."""
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, net)
+    run.save_result("network", buf.getvalue())
+    epoch = history[-1]["epoch"]
+    if best:
+        epoch = max(history, key=lambda r: (r.get("valid_accuracy") or 0.0, -r["epoch"]))["epoch"]
+    run.save_result("network_info", dict(seed=seed, n_out=n_out, epoch=epoch, restore_best=best))
+
+
+def load_network(path):
+    """The network an `experiments.train` sub-run trained, with the data it was trained on.
+
+    `path`: a sub-run, `<out>/<estimator>-seed<k>/` (finished, or interrupted after its
+    first epoch). **Returns** `(net, (train, valid, test), info)`: the network (the last
+    epoch's, or with `restore_best: true` the best validation epoch's), the run's splits
+    as `(X, labels)` pairs, preprocessed as in training (the same seed, the same split, the
+    statistics of the training split), and `info` (`seed`, `epoch`: the epoch whose
+    parameters these are). For example `nd.training.accuracy(net, *test)` is the run's test
+    accuracy at that epoch. Nothing in the directory is written."""
+    path = pathlib.Path(path)
+    if not (path / "config.yaml").is_file():
+        raise ndc.ConfigError(
+            f"{path} is not a run directory of experiments.train (no config.yaml): pass a sub-run, "
+            "<out>/<estimator>-seed<k>"
+        )
+    run = RunDir(path, lock=False)
+    cfg = run.read_config(Config)
+    info, blob = run.load_result("network_info", on_damaged="raise"), run.load_result("network", on_damaged="raise")
+    if info is None or blob is None:
+        raise ndc.ConfigError(
+            f"{path} holds no trained network: pass a sub-run "
+            "(<out>/<estimator>-seed<k>, not <out>) of a run that finished an epoch since it saved networks; "
+            "rerun its command to resume it"
+        )
+    train, valid, test = load_data(cfg.data, info["seed"])
+    if cfg.train_subset:
+        train = (train[0][: cfg.train_subset], train[1][: cfg.train_subset])
+    like = make_network(cfg, train[0].shape[1], info["n_out"], jr.PRNGKey(info["seed"]), train[0])
+    net = eqx.tree_deserialise_leaves(io.BytesIO(blob), like)
+    return net, (train, valid, test), dict(seed=info["seed"], epoch=info["epoch"])
 
 
 @ndc.entrypoint
@@ -275,8 +336,10 @@ def main(argv=None):
                 tensorboard=cfg.tensorboard,
                 adapt_dt0=cfg.adapt_dt0,
                 warm_backoff=cfg.warm_backoff,
+                restore_best=cfg.restore_best,
                 **options,
             )
+            save_network(sub, net, seed=seed, n_out=k, history=history, best=cfg.restore_best)
             curves += [dict(row, part="training") for row in history]
             last = history[-1]
             # Early stopping's model selection: the epoch where validation accuracy peaked.

@@ -330,6 +330,13 @@ def _build(schema, data: Mapping, where: str):
         raise ConfigError(f"'{where.rstrip('.') or 'config'}': {e}") from None
 
 
+def build(schema, data: Mapping):
+    """`data` (plain values, as YAML gives them) built into `schema`, a frozen config
+    dataclass, with every check `load` makes: an unknown key, a wrong type or a value out
+    of range is a `ConfigError` naming the field. A field `data` lacks takes its default."""
+    return _build(schema, data, "")
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 

@@ -365,6 +365,30 @@ class RunDir:
             atomic_write(file, yaml.safe_dump(doc, sort_keys=False))
         _CONFIGS_WRITTEN.add(key)
 
+    def read_config(self, schema=None):
+        """The config this run was started with, read back from `config.yaml`: a plain
+        mapping, or with `schema` (the experiment's config dataclass) built into it with
+        `nd.config.build`'s checks (a field added to `schema` since the run began takes its
+        default). A missing or damaged file is a `RunDirError` naming it."""
+        file = self.path / "config.yaml"
+        try:
+            doc = yaml.safe_load(file.read_text())
+        except FileNotFoundError:
+            raise RunDirError(f"{self.path} is not a run directory: it has no config.yaml") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise RunDirError(f"{file} cannot be read ({type(e).__name__})") from None
+        cfg = doc.get("config") if isinstance(doc, dict) else None
+        if not isinstance(cfg, dict) or doc.get("config_sha256") not in (None, _json_digest(cfg)):
+            raise RunDirError(f"{file} is damaged (no config in it, or its checksum does not match)")
+        if schema is None:
+            return cfg
+        from .config import build
+
+        try:
+            return build(schema, cfg)
+        except ConfigError as e:
+            raise RunDirError(f"{file}: {e}") from None
+
     # -- rows and tables -----------------------------------------------------------------
 
     def log(self, row: Mapping) -> None:

@@ -152,6 +152,12 @@ BAD_TRAIN = [
         ["--optimizer.schedule", "cosine", "--optimizer.warmup_steps", "100000"],
         "optimizer: warmup_steps (100000) must be smaller than the run's",
     ),
+    (
+        "restore-best-without-validation",
+        TRAIN + "data: {name: double_moon, n: 60, valid_fraction: 0}\nrestore_best: true\n",
+        [],
+        "'data.valid_fraction' = 0 holds no validation set",
+    ),
 ]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from neurodyn.config import ConfigError
-from neurodyn.runs import atomic_write, DamagedFileError, RunDir, RunLockedError, StaleRunError
+from neurodyn.runs import atomic_write, DamagedFileError, RunDir, RunDirError, RunLockedError, StaleRunError
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -136,6 +136,23 @@ def test_a_run_made_before_an_option_existed_resumes_with_it_off(tmp_path):
         RunDir(tmp_path, Later(schedule="cosine"))
     with pytest.raises(StaleRunError, match=r"differs in lr\)"):  # an old field still counts
         RunDir(tmp_path, Later(lr=0.2))
+
+
+def test_read_config_gives_the_runs_config_back(tmp_path):
+    with RunDir(tmp_path, Old(lr=0.3)) as run:
+        run.log(dict(epoch=1))
+    run = RunDir(tmp_path, lock=False)
+    assert run.read_config() == {"lr": 0.3, "inner": {"a": 1}}
+    # Built into a later version of the schema: the fields it lacks take their defaults.
+    assert run.read_config(Later) == Later(lr=0.3)
+    with pytest.raises(RunDirError, match=r"config.yaml: unknown key 'inner'"):
+        run.read_config(Cfg)  # another experiment's schema: named, not half-built
+    text = (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(text.replace("lr: 0.3", "lr: 0.9"))  # edited by hand
+    with pytest.raises(RunDirError, match="config.yaml is damaged"):
+        run.read_config()
+    with pytest.raises(RunDirError, match="is not a run directory: it has no config.yaml"):
+        RunDir(tmp_path / "empty", lock=False).read_config()
 
 
 def test_a_start_that_never_ran_does_not_block_the_corrected_rerun(tmp_path, capsys):
