@@ -566,6 +566,12 @@ def _global_tree(tree, sharding):
     return jtu.tree_map(put, tree)
 
 
+def _widest_float():
+    """float64 under 64-bit mode, else float32: a stored accuracy that holds the Python float
+    it came from exactly, so an equal accuracy later compares equal (not as a new peak)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def _local(tree):
     """Each array leaf as this process's first device's copy (replicated arrays only)."""
     return jtu.tree_map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, tree)
@@ -1178,7 +1184,7 @@ def fit(
         if restore_best and row["valid_accuracy"] > float(_local(state[-1][1])):
             # A new peak (strictly higher: the first epoch of a plateau stays): keep its
             # parameters (arrays are immutable, so this holds them, it copies nothing).
-            peak = jnp.asarray(row["valid_accuracy"], jnp.float32)
+            peak = jnp.asarray(row["valid_accuracy"], _widest_float())
             return row, (*state[:-1], (state[0], peak if place is None else place(peak)))
         return row
 
@@ -1201,7 +1207,7 @@ def fit(
     # finite, since the state's floats are checked for divergence).
     state = (params, opt_state) + ((jnp.asarray(0, jnp.int32),) if adapt_dt0 else ())
     if restore_best:
-        state = (*state, (params, jnp.asarray(-1.0, jnp.float32)))
+        state = (*state, (params, jnp.asarray(-1.0, _widest_float())))
     if place is not None:
         state = place(state)
         if talk and data_devices is not None:
