@@ -240,23 +240,21 @@ def make_optimizer(o: Optimizer, total_steps: int | None = None):
     )
 
 
-def save_network(run: RunDir, net, *, seed: int, n_out: int, history, best: bool):
-    """Writes the trained network into its sub-run (`results/network.result`, its arrays
-    serialised by equinox and checksummed) with what `load_network` needs to rebuild it."""
+def save_network(run: RunDir, net, *, seed: int, n_out: int, epoch: int):
+    """Writes the trained network (the parameters of `epoch`) into its sub-run
+    (`results/network.result`, its arrays serialised by equinox and checksummed) with what
+    `load_network` needs to rebuild it."""
     buf = io.BytesIO()
     eqx.tree_serialise_leaves(buf, net)
     run.save_result("network", buf.getvalue())
-    epoch = history[-1]["epoch"]
-    if best:
-        epoch = max(history, key=lambda r: (r.get("valid_accuracy") or 0.0, -r["epoch"]))["epoch"]
-    run.save_result("network_info", dict(seed=seed, n_out=n_out, epoch=epoch, restore_best=best))
+    run.save_result("network_info", dict(seed=seed, n_out=n_out, epoch=epoch))
 
 
 def load_network(path):
     """The network an `experiments.train` sub-run trained, with the data it was trained on.
 
-    `path`: a sub-run, `<out>/<estimator>-seed<k>/` (finished, or interrupted after its
-    first epoch). **Returns** `(net, (train, valid, test), info)`: the network (the last
+    `path`: a finished sub-run, `<out>/<estimator>-seed<k>/` (its network is saved when it
+    ends; an interrupted one has none until its command is rerun). **Returns** `(net, (train, valid, test), info)`: the network (the last
     epoch's, or with `restore_best: true` the best validation epoch's), the run's splits
     as `(X, labels)` pairs, preprocessed as in training (the same seed, the same split, the
     statistics of the training split), and `info` (`seed`, `epoch`: the epoch whose
@@ -274,8 +272,8 @@ def load_network(path):
     if info is None or blob is None:
         raise ndc.ConfigError(
             f"{path} holds no trained network: pass a sub-run "
-            "(<out>/<estimator>-seed<k>, not <out>) of a run that finished an epoch since it saved networks; "
-            "rerun its command to resume it"
+            "(<out>/<estimator>-seed<k>, not <out>) that has finished (its network is saved when it ends); "
+            "rerun its command to finish it"
         )
     train, valid, test = load_data(cfg.data, info["seed"])
     if cfg.train_subset:
@@ -339,11 +337,11 @@ def main(argv=None):
                 restore_best=cfg.restore_best,
                 **options,
             )
-            save_network(sub, net, seed=seed, n_out=k, history=history, best=cfg.restore_best)
             curves += [dict(row, part="training") for row in history]
             last = history[-1]
             # Early stopping's model selection: the epoch where validation accuracy peaked.
             best = max(history, key=lambda r: (r.get("valid_accuracy") or 0.0, -r["epoch"]))
+            save_network(sub, net, seed=seed, n_out=k, epoch=(best if cfg.restore_best else last)["epoch"])
             rows.append(
                 dict(
                     estimator=name,
