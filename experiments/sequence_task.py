@@ -10,7 +10,9 @@ steps) and `figures/training.png`. Each (estimator, seed) is a resumable sub-run
 (`<out>/<estimator>-seed<k>/`) of the training engine, `nd.training.train_loop`, with the
 step of `nd.training.make_train_step` (the batch gradient, `nd.batch_value_and_grad`),
 checkpointed every `log_every` steps: run the same command again after an interruption to
-continue. `tensorboard: true` also writes TensorBoard event files into each sub-run.
+continue. `tensorboard: true` also writes TensorBoard event files into each sub-run. Each
+sub-run keeps its trained network: `experiments.sequence_task.load_network("<out>/<estimator>-seed<k>")`
+returns it with the task's data, and `score` measures it as the run did.
 """
 
 import dataclasses
@@ -121,6 +123,60 @@ def step_memory(compiled) -> int | None:
     return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
 
 
+# Every rollout of this experiment, in training and evaluation: Euler, one step per time unit.
+ROLLOUT = dict(solver=diffrax.Euler(), dt0=1.0)
+
+
+def predict(net, xs):
+    """The network's outputs `(B, T, n_out)` at steps 1..T of a batch of sequences `xs (B, T, n_in)`."""
+    T = xs.shape[1]
+    return jax.vmap(lambda x: nd.rollout(net, x, np.arange(1, T + 1), **ROLLOUT)[0])(xs)
+
+
+def score(net, xs, ys, w, *, classify: bool):
+    """The run's metric on a batch `(xs, ys, w)`: with `classify`, the accuracy of the argmax
+    over the steps weighted by `w` (the recall or test accuracy); otherwise the `w`-weighted
+    mean squared error (`test_mse`)."""
+    preds = predict(net, xs)
+    if classify:
+        hit = (jnp.argmax(preds, -1) == jnp.argmax(ys, -1)).astype(w.dtype)
+        return jnp.sum(hit * w) / jnp.sum(w)
+    return jnp.sum(w[..., None] * (preds - ys) ** 2) / jnp.sum(w)
+
+
+def is_classification(task: Task) -> bool:
+    """Whether the task is scored by accuracy (copy, mnist1d) rather than squared error."""
+    return task.name in ("copy", "mnist1d")
+
+
+def task_data(task: Task):
+    """`(sample, test)`: `sample(key) -> (xs, ys, w)` draws one training sequence; `test` is a
+    data set's test split `(xs, ys, w)` (arrays with a leading axis), or `None` for a generated
+    task (the run scores 256 fresh sequences drawn with `jr.split(jr.PRNGKey(999), 256)`)."""
+    train, test = mnist1d_sequences() if task.name == "mnist1d" else (None, None)
+    return sampler(task, train), test
+
+
+def load_network(path):
+    """The network a `sequence_task` sub-run trained, with its task.
+
+    `path`: a finished sub-run, `<out>/<estimator>-seed<k>/` (its network is saved when it
+    ends). **Returns** `(net, (sample, test), info)`: the network after its last step,
+    `task_data`'s sampler and test split, and `info` (`seed`, `step`, `classify`). For
+    example, for a generated task,
+    `score(net, *jax.vmap(sample)(jr.split(jr.PRNGKey(999), 256)), classify=info["classify"])`
+    is the run's last recall accuracy (or `test_mse`). Nothing in the directory is written."""
+    run = RunDir.reader(path, ": pass a sub-run of experiments.sequence_task, <out>/<estimator>-seed<k>")
+    cfg = run.read_config(Config)
+    info = run.network_info()
+    like = ndc.build_network(cfg.network, n_in=info["n_in"], n_out=info["n_out"], key=jr.PRNGKey(info["seed"]))
+    return (
+        run.load_network(like),
+        task_data(cfg.task),
+        dict(seed=info["seed"], step=info["step"], classify=is_classification(cfg.task)),
+    )
+
+
 def make_optimizer(cfg: Config):
     """Adam at the config's learning rate, its schedule over `steps`, clipped if asked."""
     return ndc.optimizer_from(cfg, "adam", cfg.learning_rate, total_steps=cfg.steps)
@@ -135,14 +191,12 @@ def main(argv=None):
     }
     opt = make_optimizer(cfg)  # before the run directory: a schedule that cannot run leaves nothing
     run = RunDir(args.out, cfg)
-    train, test = mnist1d_sequences() if cfg.task.name == "mnist1d" else (None, None)
-    sample = sampler(cfg.task, train)
+    sample, test = task_data(cfg.task)
     xs0, ys0, w0 = sample(jr.PRNGKey(0))
     T, n_in, n_out = xs0.shape[0], xs0.shape[1], ys0.shape[1]
-    classify = cfg.task.name in ("copy", "mnist1d")
+    classify = is_classification(cfg.task)
     metric_name = "test_accuracy" if classify else "test_mse"
     loss = nd.losses.softmax_cross_entropy if classify else nd.losses.squared_error
-    opts = dict(solver=diffrax.Euler(), dt0=1.0)
     rows, curves = [], []
     for seed in cfg.seeds:
         for name, est in estimators.items():
@@ -150,7 +204,7 @@ def main(argv=None):
             params, static = eqx.partition(net, eqx.is_inexact_array)
             # Each sequence has its own step weights w (B, T): the batch gradient's weights.
             objective = nd.Trajectory(loss, np.arange(1, T + 1))
-            step = nd.training.make_train_step(objective, est, opt, **opts)
+            step = nd.training.make_train_step(objective, est, opt, **ROLLOUT)
             opt_state = step.init(params)
             key = jr.PRNGKey(100 + seed)
 
@@ -169,12 +223,7 @@ def main(argv=None):
             def evaluate(params, key, test, static=static):
                 # A data set: its test set (an argument: no constant folding); a generated task: 256 fresh sequences.
                 xs, ys, w = jax.vmap(sample)(jr.split(key, 256)) if test is None else test
-                net = eqx.combine(params, static)
-                preds = jax.vmap(lambda x: nd.rollout(net, x, np.arange(1, T + 1), **opts)[0])(xs)
-                if classify:
-                    hit = (jnp.argmax(preds, -1) == jnp.argmax(ys, -1)).astype(w.dtype)
-                    return jnp.sum(hit * w) / jnp.sum(w)
-                return jnp.sum(w[..., None] * (preds - ys) ** 2) / jnp.sum(w)
+                return score(eqx.combine(params, static), xs, ys, w, classify=classify)
 
             def advance(state, u, compiled=compiled):
                 params, opt_state = state
@@ -206,6 +255,8 @@ def main(argv=None):
                 steps=lambda u: min((u + 1) * cfg.log_every, cfg.steps) - u * cfg.log_every,
                 tensorboard=cfg.tensorboard,
             )
+            # Kept for load_network: the parameters after the last step, and what rebuilding the network needs.
+            sub.save_network(eqx.combine(params, static), seed=seed, n_in=n_in, n_out=n_out, step=cfg.steps)
             last = history[-1]
             curves += history
             timed = [r["step_seconds"] for r in history if r.get("step_seconds") is not None]

@@ -14,12 +14,9 @@ it was trained on.
 
 import dataclasses
 import functools
-import io
-import pathlib
 import sys
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -240,47 +237,25 @@ def make_optimizer(o: Optimizer, total_steps: int | None = None):
     )
 
 
-def save_network(run: RunDir, net, *, seed: int, n_out: int, epoch: int):
-    """Writes the trained network (the parameters of `epoch`) into its sub-run
-    (`results/network.result`, its arrays serialised by equinox and checksummed) with what
-    `load_network` needs to rebuild it."""
-    buf = io.BytesIO()
-    eqx.tree_serialise_leaves(buf, net)
-    run.save_result("network", buf.getvalue())
-    run.save_result("network_info", dict(seed=seed, n_out=n_out, epoch=epoch))
-
-
 def load_network(path):
     """The network an `experiments.train` sub-run trained, with the data it was trained on.
 
     `path`: a finished sub-run, `<out>/<estimator>-seed<k>/` (its network is saved when it
-    ends; an interrupted one has none until its command is rerun). **Returns** `(net, (train, valid, test), info)`: the network (the last
-    epoch's, or with `restore_best: true` the best validation epoch's), the run's splits
+    ends; an interrupted one has none until its command is rerun). **Returns**
+    `(net, (train, valid, test), info)`: the network (the last epoch's, or with
+    `restore_best: true` the best validation epoch's), the run's splits
     as `(X, labels)` pairs, preprocessed as in training (the same seed, the same split, the
     statistics of the training split), and `info` (`seed`, `epoch`: the epoch whose
     parameters these are). For example `nd.training.accuracy(net, *test)` is the run's test
     accuracy at that epoch. Nothing in the directory is written."""
-    path = pathlib.Path(path)
-    if not (path / "config.yaml").is_file():
-        raise ndc.ConfigError(
-            f"{path} is not a run directory of experiments.train (no config.yaml): pass a sub-run, "
-            "<out>/<estimator>-seed<k>"
-        )
-    run = RunDir(path, lock=False)
+    run = RunDir.reader(path, ": pass a sub-run of experiments.train, <out>/<estimator>-seed<k>")
     cfg = run.read_config(Config)
-    info, blob = run.load_result("network_info", on_damaged="raise"), run.load_result("network", on_damaged="raise")
-    if info is None or blob is None:
-        raise ndc.ConfigError(
-            f"{path} holds no trained network: pass a sub-run "
-            "(<out>/<estimator>-seed<k>, not <out>) that has finished (its network is saved when it ends); "
-            "rerun its command to finish it"
-        )
+    info = run.network_info()
     train, valid, test = load_data(cfg.data, info["seed"])
     if cfg.train_subset:
         train = (train[0][: cfg.train_subset], train[1][: cfg.train_subset])
     like = make_network(cfg, train[0].shape[1], info["n_out"], jr.PRNGKey(info["seed"]), train[0])
-    net = eqx.tree_deserialise_leaves(io.BytesIO(blob), like)
-    return net, (train, valid, test), dict(seed=info["seed"], epoch=info["epoch"])
+    return run.load_network(like), (train, valid, test), dict(seed=info["seed"], epoch=info["epoch"])
 
 
 @ndc.entrypoint
@@ -341,7 +316,8 @@ def main(argv=None):
             last = history[-1]
             # Early stopping's model selection: the epoch where validation accuracy peaked.
             best = max(history, key=lambda r: (r.get("valid_accuracy") or 0.0, -r["epoch"]))
-            save_network(sub, net, seed=seed, n_out=k, epoch=(best if cfg.restore_best else last)["epoch"])
+            # Kept for load_network: the parameters of this epoch, and what rebuilding the network needs.
+            sub.save_network(net, seed=seed, n_out=k, epoch=(best if cfg.restore_best else last)["epoch"])
             rows.append(
                 dict(
                     estimator=name,

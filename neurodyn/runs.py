@@ -9,7 +9,8 @@ resumable.
 <out>/figures/        PNG and PDF
 <out>/checkpoints/    <name>-<step>.eqx (eqx.tree_serialise_leaves) + <name>-<step>.json
                       (metadata with the sha256 of both); <name>.json is the newest one's copy
-<out>/results/        <name>.result: named results (bytes or JSON) with their sha256
+<out>/results/        <name>.result: named results (bytes or JSON) with their sha256;
+                      network.result + network_info.result: a trained network (save_network)
 ```
 
 ```python
@@ -261,6 +262,16 @@ class RunDir:
                 self._lock_key = _acquire(self.path)
         if config is not None:
             self.write_config(config)
+
+    @classmethod
+    def reader(cls, path, hint: str = "") -> "RunDir":
+        """An existing run directory opened for reading only: no lock taken, nothing created.
+        `RunDirError` when `path` holds no run (no `config.yaml`); `hint` ends that message
+        (what to pass instead)."""
+        path = pathlib.Path(path)
+        if not (path / "config.yaml").is_file():
+            raise RunDirError(f"{path} is not a run directory: it has no config.yaml{hint}")
+        return cls(path, lock=False)
 
     def close(self) -> None:
         """Releases this RunDir's hold on the directory's lock (the lock itself goes when every
@@ -607,6 +618,45 @@ class RunDir:
         if self.writer:
             print(f"warning: {p} is damaged ({why}): recomputing it", file=sys.stderr)
         return None
+
+    # -- the trained network -------------------------------------------------------------
+
+    def save_network(self, net, **info) -> None:
+        """Saves a trained network: its arrays (`eqx.tree_serialise_leaves`) as the result
+        `network`, then `info` (JSON: what rebuilding its structure needs, and which epoch or
+        step it is) as `network_info`, last, so an `info` that exists names a complete network."""
+        buf = io.BytesIO()
+        eqx.tree_serialise_leaves(buf, net)
+        self.save_result("network", buf.getvalue())
+        self.save_result("network_info", info)
+
+    def network_info(self) -> dict:
+        """The `info` saved with the network. `RunDirError` when the directory holds none (a
+        run that has not finished, or a directory of sub-runs); `DamagedFileError` when it is
+        damaged."""
+        info = self.load_result("network_info", on_damaged="raise")
+        if not isinstance(info, dict):
+            raise RunDirError(
+                f"{self.path} holds no trained network: pass a sub-run (<out>/<estimator>-seed<k>, not <out>) "
+                "that has finished (its network is saved when it ends); rerun its command to finish it"
+            )
+        return info
+
+    def load_network(self, like):
+        """The saved network, its arrays read into `like` (a network of the same structure,
+        e.g. rebuilt from `read_config` and `network_info`). `DamagedFileError` for a damaged
+        file, `StaleRunError` when the arrays do not fit `like`."""
+        self.network_info()
+        blob = self.load_result("network", on_damaged="raise")
+        if blob is None:
+            raise RunDirError(f"{self.path} has network_info but no network result: rerun its command")
+        try:
+            return eqx.tree_deserialise_leaves(io.BytesIO(blob), like)
+        except Exception as e:
+            raise StaleRunError(
+                f"{self._result_path('network')} does not fit the network rebuilt from {self.path / 'config.yaml'} "
+                f"({type(e).__name__}): it was saved by another network class or version"
+            ) from None
 
     def done(self, key: str) -> bool:
         """Whether `mark_done(key)` was called for this directory (by any earlier process)."""

@@ -13,7 +13,10 @@ import stat
 import subprocess
 import sys
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 
@@ -153,6 +156,24 @@ def test_read_config_gives_the_runs_config_back(tmp_path):
         run.read_config()
     with pytest.raises(RunDirError, match="is not a run directory: it has no config.yaml"):
         RunDir(tmp_path / "empty", lock=False).read_config()
+
+
+def test_a_saved_network_comes_back_only_into_its_own_structure(tmp_path):
+    with pytest.raises(RunDirError, match="nowhere is not a run directory: it has no config.yaml: pass X"):
+        RunDir.reader(tmp_path / "nowhere", ": pass X")
+    assert not (tmp_path / "nowhere").exists()  # reading creates nothing
+    net, other = eqx.nn.Linear(2, 3, key=jr.PRNGKey(0)), eqx.nn.Linear(2, 3, key=jr.PRNGKey(1))
+    with RunDir(tmp_path / "run", Cfg()) as run:
+        with pytest.raises(RunDirError, match="holds no trained network"):
+            run.network_info()
+        run.save_network(net, seed=3, epoch=7)
+    run = RunDir.reader(tmp_path / "run")
+    assert run.network_info() == {"seed": 3, "epoch": 7}
+    back = run.load_network(other)  # `other` gives the structure only: the arrays are the saved ones
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(net), strict=True))
+    assert not np.array_equal(back.weight, other.weight)
+    with pytest.raises(StaleRunError, match="network.result does not fit the network rebuilt"):
+        run.load_network(eqx.nn.Linear(2, 4, key=jr.PRNGKey(0)))  # another size
 
 
 def test_a_start_that_never_ran_does_not_block_the_corrected_rerun(tmp_path, capsys):

@@ -45,10 +45,43 @@ def test_load_network_names_what_is_missing(tmp_path):
     out, _ = _train(tmp_path, "run", "epochs: 1\n")
     with pytest.raises(nd.config.ConfigError, match="holds no trained network: pass a sub-run"):
         train.load_network(out)  # the top-level run, not a sub-run
-    with pytest.raises(nd.config.ConfigError, match="is not a run directory of experiments.train"):
+    with pytest.raises(
+        nd.config.ConfigError,
+        match="is not a run directory: it has no config.yaml: pass a sub-run of experiments.train",
+    ):
         train.load_network(tmp_path / "nowhere")
     # A damaged network file is named, never loaded as another network.
     f = out / "rbp-seed0" / "results" / "network.result"
     f.write_bytes(f.read_bytes()[:-3] + b"xyz")
     with pytest.raises(nd.runs.DamagedFileError, match="network.result is damaged"):
         train.load_network(out / "rbp-seed0")
+
+
+SEQUENCE = (
+    "experiment: sequence_task\ntask: {name: adding, T: 6}\nnetwork: {kind: ctrnn, n: 8}\n"
+    "estimators: {bptt: {kind: BPTT}}\nlearning_rate: 0.02\nsteps: 20\nbatch_size: 8\nlog_every: 10\n"
+)
+
+
+def test_a_sequence_task_network_scores_the_runs_last_metric(tmp_path):
+    import jax
+    import jax.random as jr
+
+    from experiments import sequence_task
+
+    cfg = tmp_path / "seq.yaml"
+    cfg.write_text(SEQUENCE)
+    out = tmp_path / "seq"
+    sequence_task.main(["--config", str(cfg), "--out", str(out)])
+    with open(out / "summary.csv") as f:
+        (row,) = csv.DictReader(f)
+    net, (sample, test), info = sequence_task.load_network(out / "bptt-seed0")
+    assert info == dict(seed=0, step=20, classify=False) and test is None
+    batch = jax.vmap(sample)(jr.split(jr.PRNGKey(999), 256))  # the run's evaluation sequences
+    expected = float(row["test_mse"])
+    assert float(sequence_task.score(net, *batch, classify=False)) == pytest.approx(expected, rel=1e-6)
+    # The network is the trained one, not the initialisation its structure was rebuilt from.
+    init = nd.config.build_network({"kind": "ctrnn", "n": 8}, n_in=2, n_out=1, key=jr.PRNGKey(0))
+    assert float(sequence_task.score(init, *batch, classify=False)) != pytest.approx(expected, rel=1e-3)
+    with pytest.raises(nd.config.ConfigError, match="holds no trained network"):
+        sequence_task.load_network(out)
