@@ -15,6 +15,22 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (the default, pyproject's addopts): one worker per core this process may use,
+    by its CPU affinity and its cgroup's CPU quota (a container limited to 2 cores of a
+    64-core host gets 2, not 64), at most 8 (each worker holds its own compiled programs).
+    Each test compiles on one core, so 2 workers on 2 cores take half the serial time.
+    `-n 0` runs serially (for `--pdb`)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(n, 8))
+
+
 @pytest.fixture
 def getkey(request):
     """A fresh PRNG key at each call. The keys of a test depend on its node id alone, not on
