@@ -17,16 +17,22 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (the default, pyproject's addopts): one worker per core this process may use,
-    by its CPU affinity and its cgroup's CPU quota (a container limited to 2 cores of a
+    by its CPU affinity and its cgroup's CPU quota (v2 or v1; a container limited to 2 cores of a
     64-core host gets 2, not 64), at most 8 (each worker holds its own compiled programs).
     Each test compiles on one core, so 2 workers on 2 cores take half the serial time.
     `-n 0` runs serially (for `--pdb`)."""
+    import pathlib
+
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    v2, v1 = pathlib.Path("/sys/fs/cgroup/cpu.max"), pathlib.Path("/sys/fs/cgroup/cpu")
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
-        if quota != "max":
+        if v2.is_file():
+            quota, period = v2.read_text().split()  # "max 100000" or "200000 100000"
+        else:
+            quota, period = ((v1 / f).read_text().strip() for f in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        if quota not in ("max", "-1"):
             n = min(n, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # no cgroup CPU controller visible: the affinity alone
         pass
     return max(1, min(n, 8))
 
