@@ -380,7 +380,8 @@ class RunDir:
         """The config this run was started with, read back from `config.yaml`: a plain
         mapping, or with `schema` (the experiment's config dataclass) built into it with
         `nd.config.build`'s checks (a field added to `schema` since the run began takes its
-        default). A missing or damaged file is a `RunDirError` naming it."""
+        default). A missing or damaged file is a `RunDirError` naming it, and so is a run of
+        another experiment (its `experiment` field is not `schema`'s default)."""
         file = self.path / "config.yaml"
         try:
             doc = yaml.safe_load(file.read_text())
@@ -395,6 +396,14 @@ class RunDir:
             return cfg
         from .config import build
 
+        fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+        ours = getattr(fields.get("experiment"), "default", None)
+        theirs = cfg.get("experiment")
+        if isinstance(ours, str) and isinstance(theirs, str) and theirs != ours:
+            raise RunDirError(
+                f"{self.path} is a run of experiments.{theirs}, not of experiments.{ours}: "
+                f"read it with experiments.{theirs}'s own functions"
+            )
         try:
             return build(schema, cfg)
         except ConfigError as e:
@@ -646,9 +655,9 @@ class RunDir:
         """The saved network, its arrays read into `like` (a network of the same structure,
         e.g. rebuilt from `read_config` and `network_info`). `DamagedFileError` for a damaged
         file, `StaleRunError` when the arrays do not fit `like`."""
-        self.network_info()
         blob = self.load_result("network", on_damaged="raise")
         if blob is None:
+            self.network_info()  # no info either: "holds no trained network"
             raise RunDirError(f"{self.path} has network_info but no network result: rerun its command")
         try:
             return eqx.tree_deserialise_leaves(io.BytesIO(blob), like)

@@ -158,6 +158,28 @@ def test_read_config_gives_the_runs_config_back(tmp_path):
         RunDir(tmp_path / "empty", lock=False).read_config()
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainCfg:
+    experiment: str = "train"
+    lr: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepCfg:
+    experiment: str = "sweep"
+    lr: float = 0.1
+
+
+def test_read_config_names_the_experiment_a_run_belongs_to(tmp_path):
+    with RunDir(tmp_path, SweepCfg()) as run:
+        run.log(dict(step=1))
+    run = RunDir.reader(tmp_path)
+    assert run.read_config(SweepCfg) == SweepCfg()
+    # The same fields, another experiment: refused by name, not built into the wrong schema.
+    with pytest.raises(RunDirError, match=r"is a run of experiments.sweep, not of experiments.train"):
+        run.read_config(TrainCfg)
+
+
 def test_a_saved_network_comes_back_only_into_its_own_structure(tmp_path):
     with pytest.raises(RunDirError, match="nowhere is not a run directory: it has no config.yaml: pass X"):
         RunDir.reader(tmp_path / "nowhere", ": pass X")
@@ -174,6 +196,9 @@ def test_a_saved_network_comes_back_only_into_its_own_structure(tmp_path):
     assert not np.array_equal(back.weight, other.weight)
     with pytest.raises(StaleRunError, match="network.result does not fit the network rebuilt"):
         run.load_network(eqx.nn.Linear(2, 4, key=jr.PRNGKey(0)))  # another size
+    (tmp_path / "run" / "results" / "network.result").unlink()  # info kept, arrays lost
+    with pytest.raises(RunDirError, match="has network_info but no network result: rerun its command"):
+        run.load_network(other)
 
 
 def test_a_start_that_never_ran_does_not_block_the_corrected_rerun(tmp_path, capsys):

@@ -85,3 +85,5 @@ def test_a_sequence_task_network_scores_the_runs_last_metric(tmp_path):
     assert float(sequence_task.score(init, *batch, classify=False)) != pytest.approx(expected, rel=1e-3)
     with pytest.raises(nd.config.ConfigError, match="holds no trained network"):
         sequence_task.load_network(out)
+    with pytest.raises(nd.config.ConfigError, match="is a run of experiments.sequence_task, not of experiments.train"):
+        train.load_network(out / "bptt-seed0")  # the other experiment's loader
