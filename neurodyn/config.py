@@ -22,6 +22,9 @@ Loading (`load`), in this order, each problem one `ConfigError` line naming the 
    aliases and anchors before anything is expanded (a 1 KB "billion laughs" file would
    otherwise expand to gigabytes), and reads `1e-3`, `1E5`, `.5` as numbers (YAML 1.2, where
    PyYAML's YAML 1.1 reads `1e-3` as a string). An empty file (or only comments) is an error.
+   A schema's `experiment` field names the module that runs it (`experiments.<experiment>`,
+   its default): a config naming another (in the file or by `--experiment`) is refused with
+   the command that runs it (`own_experiment`), before its keys are checked.
 2. A top-level `quick:` mapping holds overrides applied with `--quick` (deep-merged); it is
    checked against the schema even when unused.
 3. Overrides `--a.b.c value` are applied to the plain data, before the dataclasses are
@@ -554,6 +557,12 @@ def load(path, schema, *, quick: bool = False, overrides: list[str] | tuple[str,
     if not isinstance(data, Mapping):
         raise ConfigError(f"config {path}: the top level must be a mapping, got {type(data).__name__}")
     data = dict(data)
+    theirs = _other_experiment(schema, data)
+    if theirs is not None:  # before its keys are checked: they would fail on the first one
+        raise ConfigError(
+            f"config {path} is for experiments.{theirs} (its 'experiment'), not experiments.{own_experiment(schema)}: "
+            f"run python -m experiments.{theirs} --config {path}"
+        )
     quick_section = data.pop("quick", None) or {}
     try:
         if not isinstance(quick_section, Mapping):
@@ -563,9 +572,32 @@ def load(path, schema, *, quick: bool = False, overrides: list[str] | tuple[str,
             data = _merge(data, quick_section)
         if overrides:
             data = apply_overrides(data, schema, overrides)
+        theirs = _other_experiment(schema, data)
+        if theirs is not None:
+            raise ConfigError(
+                f"'experiment' set to '{theirs}', but this command is experiments.{own_experiment(schema)} "
+                f"('experiment' names the module that runs the config): run python -m experiments.{theirs} instead"
+            )
         return _build(schema, data, "")
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _other_experiment(schema, data: Mapping) -> str | None:
+    """The `experiment` `data` names when it is not `schema`'s own, else None."""
+    ours, theirs = own_experiment(schema), data.get("experiment")
+    return theirs if ours is not None and isinstance(theirs, str) and theirs != ours else None
+
+
+def own_experiment(schema) -> str | None:
+    """The experiment a config schema belongs to: the default of its `experiment` field (the
+    module `experiments.<experiment>` that runs it), or None when it declares none."""
+    if not dataclasses.is_dataclass(schema):
+        return None
+    for f in dataclasses.fields(schema):
+        if f.name == "experiment":
+            return f.default if isinstance(f.default, str) else None
+    return None
 
 
 def _check_quick(schema, section: Mapping, where: str):

@@ -394,12 +394,10 @@ class RunDir:
             raise RunDirError(f"{file} is damaged (no config in it, or its checksum does not match)")
         if schema is None:
             return cfg
-        from .config import build
+        from .config import build, own_experiment
 
-        fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
-        ours = getattr(fields.get("experiment"), "default", None)
-        theirs = cfg.get("experiment")
-        if isinstance(ours, str) and isinstance(theirs, str) and theirs != ours:
+        ours, theirs = own_experiment(schema), cfg.get("experiment")
+        if ours is not None and isinstance(theirs, str) and theirs != ours:
             raise RunDirError(
                 f"{self.path} is a run of experiments.{theirs}, not of experiments.{ours}: "
                 f"read it with experiments.{theirs}'s own functions"

@@ -153,6 +153,19 @@ BAD_TRAIN = [
         "optimizer: warmup_steps (100000) must be smaller than the run's",
     ),
     (
+        "another-experiments-config",  # its keys would fail first, on a misleading "unknown key"
+        "experiment: sequence_task\ntask: {name: adding}\nquick: {steps: 2}\n",
+        [],
+        "is for experiments.sequence_task (its 'experiment'), not experiments.train: "
+        "run python -m experiments.sequence_task --config",
+    ),
+    (
+        "experiment-override",
+        TRAIN,
+        ["--experiment", "sweep"],
+        "'experiment' set to 'sweep', but this command is experiments.train",
+    ),
+    (
         "restore-best-without-validation",
         TRAIN + "data: {name: double_moon, n: 60, valid_fraction: 0}\nrestore_best: true\n",
         [],
